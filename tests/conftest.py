@@ -1,0 +1,58 @@
+"""Shared fixtures: the Redis the integration tests use, and a per-test key prefix.
+
+Redis: ``REDIS_URL`` when set and answering, else 127.0.0.1:6379 when it answers, else an embedded
+``redis-server`` or fakeredis (:mod:`worker.embedded`). The session header says which.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from worker.embedded import RedisHandle, ensure_redis
+from worker.queue import Keys
+
+_handle: RedisHandle | None = None
+
+
+@pytest.fixture(scope="session")
+def redis_handle() -> Iterator[RedisHandle]:
+    with ensure_redis(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")) as handle:
+        global _handle
+        _handle = handle
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_handle: RedisHandle) -> str:
+    return redis_handle.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own, so that tests never see each other's keys."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+def redis_client(redis_url: str, prefix: str) -> Iterator[redis.Redis]:
+    """A client on the test Redis; every key under this test's prefix is deleted afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+def pytest_report_header() -> str:
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    return f"ctrelay: Redis for integration tests: {url} if it answers, else an embedded one"

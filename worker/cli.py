@@ -1,0 +1,21 @@
+"""``ctrelay``: the one command line of the relay.
+
+Each subcommand is defined in the module that owns its work and registered here; heavy imports
+(uvicorn, Celery) happen inside the commands, so ``ctrelay transform`` starts fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="ctrelay",
+    help="Self-hosted Segment → CleverTap relay.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

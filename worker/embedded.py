@@ -1,0 +1,105 @@
+"""A Redis to talk to: the configured one when it answers, else an embedded one.
+
+Used by ``ctrelay dev`` and by the test suite. The embedded Redis is the ``redis-server`` binary
+when it is on the PATH (started on a free loopback port, keeping nothing on disk), else an
+in-process fakeredis TCP server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(url: str, timeout: float = 0.5) -> bool:
+    """Whether a Redis answers PING at ``url``."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+@dataclass
+class RedisHandle:
+    """Where the Redis is, what kind it is (``configured``, ``redis-server`` or ``fakeredis``)."""
+
+    url: str
+    kind: str
+
+
+def _wait_until_answers(url: str, deadline_s: float = 10.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if answers(url, timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"embedded Redis at {url} did not answer within {deadline_s:.0f}s")
+
+
+@contextlib.contextmanager
+def redis_server(binary: str) -> Iterator[RedisHandle]:
+    """Run ``redis-server`` on a free port in a temporary directory, stopped on exit."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ctrelay-redis-") as workdir:
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", workdir, "--daemonize", "no", "--loglevel", "warning"]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            _wait_until_answers(url)
+            yield RedisHandle(url=url, kind="redis-server")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
+def fake_server() -> Iterator[RedisHandle]:
+    """Run an in-process fakeredis TCP server on a free port, stopped on exit."""
+    from fakeredis import TcpFakeServer
+
+    port = free_port()
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
+    thread.start()
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        _wait_until_answers(url)
+        yield RedisHandle(url=url, kind="fakeredis")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def ensure_redis(url: str, *, prefer_binary: bool = True) -> Iterator[RedisHandle]:
+    """Yield the configured Redis when it answers, else an embedded one for the block's duration."""
+    if answers(url):
+        yield RedisHandle(url=url, kind="configured")
+        return
+    binary = shutil.which("redis-server") if prefer_binary else None
+    embedded = redis_server(binary) if binary else fake_server()
+    with embedded as handle:
+        yield handle

@@ -1,0 +1,26 @@
+"""The relay's exception tree. Expected outcomes (a message skipped or invalid) are values, not exceptions.
+
+::
+
+    RelayError
+    ├── ConfigError          settings or the destinations file are invalid (raised at start-up)
+    └── MessageError         a Segment message breaks the wire contract (SPEC §1); `reason` says why
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of every error the relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """Invalid settings or destinations: the process must not start."""
+
+
+class MessageError(RelayError):
+    """A message that breaks the wire contract. ``reason`` is short and safe to show a client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
