@@ -13,10 +13,13 @@ with what ingest added (``messageId`` when missing, ``receivedAt``, merged batch
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 GROUP = "workers"
 """The one consumer group every worker reads the streams with."""
@@ -44,6 +47,23 @@ class Keys:
         """A marker that ``message_id`` was accepted for ``write_key`` (expires after the dedup window)."""
         return f"{self.prefix}:dedup:{write_key}:{message_id}"
 
+    # Dead letters (worker/deadletters.py): four keys, kept in step by Lua scripts.
+    def deadletters(self) -> str:
+        """Hash: letter id → the letter, JSON."""
+        return f"{self.prefix}:dlq:letters"
+
+    def deadletter_times(self) -> str:
+        """Sorted set: letter id scored by its last failure (epoch s); time ranges, order, retention."""
+        return f"{self.prefix}:dlq:times"
+
+    def deadletter_reasons(self) -> str:
+        """Hash: letter id → its reason (so that counts stay right when a letter is replaced or removed)."""
+        return f"{self.prefix}:dlq:reasons"
+
+    def deadletter_counts(self) -> str:
+        """Hash: reason → number of letters (the ``ctrelay_deadletters{reason}`` gauge)."""
+        return f"{self.prefix}:dlq:counts"
+
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
@@ -60,3 +80,117 @@ class Envelope:
     def decode(cls, fields: dict[bytes, bytes]) -> Envelope:
         """Read a stream entry back; raises KeyError / orjson.JSONDecodeError on a foreign entry."""
         return cls(write_key=fields[FIELD_WRITE_KEY].decode("utf-8"), message=orjson.loads(fields[FIELD_MESSAGE]))
+
+
+# The producer: ingest writes accepted messages with it; dead-letter replay re-adds them. -----------------------
+
+_ENQUEUE_LUA = """
+local window = ARGV[1]
+local out = {}
+for i = 1, #KEYS / 2 do
+  if redis.call('SET', KEYS[2 * i - 1], '1', 'NX', 'EX', window) then
+    out[i] = redis.call('XADD', KEYS[2 * i], '*', 'w', ARGV[2 * i], 'm', ARGV[2 * i + 1])
+  else
+    out[i] = false
+  end
+end
+return out
+"""
+
+_BACKLOG_LUA = """
+local total = 0
+for _, key in ipairs(KEYS) do
+  local length = redis.call('XLEN', key)
+  if length > 0 then
+    local counted = false
+    for _, group in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+      local info = {}
+      for j = 1, #group, 2 do info[group[j]] = group[j + 1] end
+      if info['name'] == ARGV[1] and type(info['lag']) == 'number' then
+        total = total + info['lag'] + info['pending']
+        counted = true
+      end
+    end
+    if not counted then total = total + length end
+  end
+end
+return total
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One envelope ready to write: its stream, its dedup marker, and the encoded fields."""
+
+    stream: str
+    dedup: str
+    write_key: bytes
+    message: bytes
+
+
+class Producer:
+    """Writes envelopes into their partition streams, each message its own entry.
+
+    :meth:`enqueue` is ingest's path: one round trip per request (one ``EVALSHA``) that, per
+    message and atomically, sets the dedup marker ``SET NX EX`` and ``XADD``\\s the entry only when
+    the marker was new. A conditional XADD needs the script: a plain pipeline cannot skip the
+    XADD of a duplicate. :meth:`add` queues plain XADDs (no dedup) on the caller's pipeline, so that
+    dead-letter replay can re-add a letter and delete it in one MULTI.
+    """
+
+    def __init__(self, keys: Keys, partitions: int, dedup_window: int) -> None:
+        self.keys = keys
+        self.partitions = partitions
+        self.dedup_window = dedup_window
+        self._scripts: dict[tuple[bool, str], Any] = {}
+
+    def entry(self, write_key: str, message: dict[str, Any], encoded: bytes | None = None) -> Entry:
+        """Prepare one envelope; ``message`` must carry ``messageId``. ``encoded`` saves a second dumps."""
+        user = str(message.get("userId") or message.get("anonymousId") or "")
+        return Entry(
+            stream=self.keys.stream(partition_of(user, self.partitions)),
+            dedup=self.keys.dedup(write_key, str(message["messageId"])),
+            write_key=write_key.encode("utf-8"),
+            message=encoded if encoded is not None else orjson.dumps(message),
+        )
+
+    def _script(self, client: Any, source: str) -> Any:
+        """The registered script for ``source`` (one per client kind; called with ``client=``)."""
+        kind = (type(client).__module__.startswith("redis.asyncio"), source)
+        script = self._scripts.get(kind)
+        if script is None:
+            script = self._scripts[kind] = client.register_script(source)
+        return script
+
+    async def enqueue(self, client: AsyncRedis, entries: Sequence[Entry]) -> list[bytes | None]:
+        """Write ``entries`` in one round trip; per entry its stream id, or None for a duplicate.
+
+        Raises ``redis.RedisError`` (or ``OSError``) when Redis does not answer: then the caller
+        must not report success; a retry is safe, as markers and entries are written together.
+        """
+        if not entries:
+            return []
+        keys: list[str] = []
+        args: list[bytes | int] = [self.dedup_window]
+        for entry in entries:
+            keys += (entry.dedup, entry.stream)
+            args += (entry.write_key, entry.message)
+        result: list[bytes | None] = await self._script(client, _ENQUEUE_LUA)(keys=keys, args=args, client=client)
+        return result
+
+    def add(self, pipe: Any, entries: Sequence[Entry]) -> None:
+        """Queue one XADD per entry on the caller's (sync or async) pipeline; no dedup marker is checked."""
+        for entry in entries:
+            pipe.xadd(entry.stream, {FIELD_WRITE_KEY: entry.write_key, FIELD_MESSAGE: entry.message})
+
+    def streams(self) -> list[str]:
+        return [self.keys.stream(p) for p in range(self.partitions)]
+
+    async def backlog(self, client: AsyncRedis) -> int:
+        """Messages not yet delivered, over every partition: the group's lag plus its pending entries
+        (or the stream length where the group is not there yet, or its lag is unknown)."""
+        return int(await self._script(client, _BACKLOG_LUA)(keys=self.streams(), args=[GROUP], client=client))
+
+    def backlog_sync(self, client: Redis) -> int:
+        """:meth:`backlog` for a synchronous client (the operator CLI)."""
+        return int(self._script(client, _BACKLOG_LUA)(keys=self.streams(), args=[GROUP], client=client))

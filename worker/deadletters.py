@@ -1,0 +1,361 @@
+"""The dead-letter store: messages that will not be delivered, kept for operators to inspect and replay.
+
+A letter keeps the raw message as accepted, its destination (write key), the reason
+(:data:`REASONS`), CleverTap's per-record code and error text, the last HTTP status, the attempt
+count and the first and last failure times (SPEC §4). Its id is deterministic per
+(write key, messageId), so a message dead-lettered twice is one letter (the second write replaces
+the first).
+
+Layout (key names in :class:`worker.queue.Keys`)::
+
+    dlq:letters   hash   id → letter JSON
+    dlq:times     zset   id scored by last_failure   (time ranges, newest-first listing, retention)
+    dlq:reasons   hash   id → reason                 (keeps the counts right on replace and remove)
+    dlq:counts    hash   reason → count              (the ctrelay_deadletters{reason} gauge, O(1))
+
+The four keys change together, inside Lua scripts, so they never disagree. :meth:`DeadLetterStore.add`
+and :meth:`DeadLetterStore.remove` only *queue* commands on the caller's pipeline: the worker writes
+a letter and XACKs the stream entry in one MULTI; a replay XADDs the message back and removes its
+letter in one MULTI. Retention is lazy (each ``add`` drops up to 100 letters older than the
+retention) and periodic (:meth:`DeadLetterStore.expire`, for the scheduler).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+from redis.client import Pipeline
+
+from worker.queue import Keys
+
+REASONS = ("invalid_message", "rejected", "retries_exhausted", "auth_failed")
+DEFAULT_RETENTION_S = 14 * 86_400
+LAZY_EXPIRE_LIMIT = 100
+_SCAN_BATCH = 1000
+
+# KEYS: letters, times, reasons, counts.
+_DROP = """
+local function drop(id)
+  local reason = redis.call('HGET', KEYS[3], id)
+  if reason then
+    if redis.call('HINCRBY', KEYS[4], reason, -1) <= 0 then redis.call('HDEL', KEYS[4], reason) end
+  end
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[2], id)
+  return redis.call('HDEL', KEYS[1], id)
+end
+local function expire(cutoff, limit)
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do drop(id) end
+  return #ids
+end
+"""
+# ARGV: id, letter JSON, last_failure, reason, expiry cutoff, expiry limit.
+_ADD = (
+    _DROP
+    + """
+drop(ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+return expire(ARGV[5], ARGV[6])
+"""
+)
+# ARGV: ids. Returns how many existed.
+_REMOVE = (
+    _DROP
+    + """
+local removed = 0
+for _, id in ipairs(ARGV) do removed = removed + drop(id) end
+return removed
+"""
+)
+# ARGV: cutoff, limit. Returns how many were removed.
+_EXPIRE = _DROP + "\nreturn expire(ARGV[1], ARGV[2])\n"
+
+
+def letter_id(write_key: str, message_id: str) -> str:
+    """The letter id of a message: 16 hex digits of SHA-256 over (write key, messageId)."""
+    return hashlib.sha256(f"{write_key}\n{message_id}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """One dead letter. Times are epoch seconds; ``status`` is the last HTTP status (None: no response)."""
+
+    id: str
+    write_key: str
+    message: dict[str, Any]
+    reason: str
+    code: int | None = None
+    error: str = ""
+    status: int | None = None
+    attempts: int = 1
+    first_failure: float = 0.0
+    last_failure: float = 0.0
+
+    @classmethod
+    def of(
+        cls,
+        write_key: str,
+        message: Mapping[str, Any],
+        reason: str,
+        *,
+        now: float,
+        code: int | None = None,
+        error: str = "",
+        status: int | None = None,
+        attempts: int = 1,
+        first_failure: float | None = None,
+    ) -> Letter:
+        """A letter for ``message``, its id derived from (write key, messageId)."""
+        message_id = message.get("messageId")
+        if not isinstance(message_id, str) or not message_id:
+            # ingest always assigns one; a foreign message is identified by its content instead
+            message_id = "sha256:" + hashlib.sha256(orjson.dumps(message, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return cls(
+            id=letter_id(write_key, message_id),
+            write_key=write_key,
+            message=dict(message),
+            reason=reason,
+            code=code,
+            error=error,
+            status=status,
+            attempts=attempts,
+            first_failure=now if first_failure is None else first_failure,
+            last_failure=now,
+        )
+
+    @property
+    def type(self) -> str:
+        """The Segment call type (``track``, ``identify``, ...), or '' when the message has none."""
+        value = self.message.get("type")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def event(self) -> str | None:
+        """The event name of a track call; None for other calls."""
+        value = self.message.get("event")
+        return value if isinstance(value, str) and self.type == "track" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The letter as JSON-ready data, with the derived ``type`` and ``event`` (the export format)."""
+        return {
+            "id": self.id,
+            "write_key": self.write_key,
+            "reason": self.reason,
+            "code": self.code,
+            "error": self.error,
+            "status": self.status,
+            "attempts": self.attempts,
+            "first_failure": self.first_failure,
+            "last_failure": self.last_failure,
+            "type": self.type,
+            "event": self.event,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Letter:
+        """Read :meth:`to_dict` output back (derived fields ignored); KeyError/TypeError/ValueError if malformed."""
+        message = data["message"]
+        if not isinstance(message, dict):
+            raise TypeError("message: must be an object")
+        code, status = data.get("code"), data.get("status")
+        return cls(
+            id=str(data["id"]),
+            write_key=str(data["write_key"]),
+            message=message,
+            reason=str(data["reason"]),
+            code=None if code is None else int(code),
+            error=str(data.get("error") or ""),
+            status=None if status is None else int(status),
+            attempts=int(data.get("attempts", 1)),
+            first_failure=float(data["first_failure"]),
+            last_failure=float(data["last_failure"]),
+        )
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Letter:
+        return cls.from_dict(orjson.loads(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which letters an operation applies to. Empty fields match everything; times bound last_failure."""
+
+    reason: str | None = None
+    code: int | None = None
+    event: str | None = None
+    type: str | None = None
+    destination: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int | None = None
+    ids: tuple[str, ...] = field(default=())
+
+    def matches(self, letter: Letter) -> bool:
+        return (
+            (self.reason is None or letter.reason == self.reason)
+            and (self.code is None or letter.code == self.code)
+            and (self.event is None or letter.event == self.event)
+            and (self.type is None or letter.type == self.type)
+            and (self.destination is None or letter.write_key == self.destination)
+            and (self.since is None or letter.last_failure >= self.since)
+            and (self.until is None or letter.last_failure <= self.until)
+        )
+
+
+class DeadLetterStore:
+    """The dead letters of one relay (one key prefix) in Redis."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, retention_s: float = DEFAULT_RETENTION_S) -> None:
+        self.client = client
+        self.keys = keys
+        self.retention_s = retention_s
+        self._keys = [keys.deadletters(), keys.deadletter_times(), keys.deadletter_reasons(), keys.deadletter_counts()]
+        self._add = client.register_script(_ADD)
+        self._remove = client.register_script(_REMOVE)
+        self._expire = client.register_script(_EXPIRE)
+
+    # -- writes that join the caller's transaction ---------------------------------------------------------
+
+    def add(self, pipe: Pipeline, letter: Letter) -> None:
+        """Queue the write of ``letter`` (replacing one with the same id) on ``pipe``, a MULTI pipeline.
+
+        Also drops up to 100 letters older than the retention (counted from ``letter.last_failure``).
+        """
+        if letter.reason not in REASONS:
+            raise ValueError(f"unknown dead-letter reason {letter.reason!r} (expected one of {', '.join(REASONS)})")
+        cutoff = letter.last_failure - self.retention_s
+        args: list[str | bytes | int] = [
+            letter.id,
+            letter.encode(),
+            repr(letter.last_failure),
+            letter.reason,
+            repr(cutoff),
+            LAZY_EXPIRE_LIMIT,
+        ]
+        self._add(keys=self._keys, args=args, client=pipe)
+
+    def remove(self, pipe: Pipeline, ids: Iterable[str]) -> None:
+        """Queue the removal of the letters ``ids`` on ``pipe`` (its result: how many existed)."""
+        ids = list(ids)
+        if ids:
+            self._remove(keys=self._keys, args=ids, client=pipe)
+
+    # -- standalone operations -----------------------------------------------------------------------------
+
+    def put(self, letters: Iterable[Letter]) -> int:
+        """Write letters in transactions of up to 1000 (import, tests). Returns how many were written."""
+        written = 0
+        batch: list[Letter] = []
+        for letter in letters:
+            batch.append(letter)
+            if len(batch) >= _SCAN_BATCH:
+                written += self._put(batch)
+                batch = []
+        return written + (self._put(batch) if batch else 0)
+
+    def _put(self, letters: list[Letter]) -> int:
+        with self.client.pipeline(transaction=True) as pipe:
+            for letter in letters:
+                self.add(pipe, letter)
+            pipe.execute()
+        return len(letters)
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove letters now; returns how many existed."""
+        ids = list(ids)
+        return int(self._remove(keys=self._keys, args=ids)) if ids else 0
+
+    def expire(self, now: float, batch: int = 1000) -> int:
+        """Remove every letter whose last failure is older than the retention; returns how many. For the scheduler."""
+        cutoff = now - self.retention_s
+        removed = 0
+        while True:
+            count = int(self._expire(keys=self._keys, args=[repr(cutoff), batch]))
+            removed += count
+            if count < batch:
+                return removed
+
+    def get(self, letter_id: str) -> Letter | None:
+        raw = self.client.hget(self.keys.deadletters(), letter_id)
+        return None if raw is None else Letter.decode(raw)
+
+    def get_many(self, ids: list[str]) -> list[Letter]:
+        """The letters that exist among ``ids``, in that order."""
+        if not ids:
+            return []
+        raws = self.client.hmget(self.keys.deadletters(), ids)
+        return [Letter.decode(raw) for raw in raws if raw is not None]
+
+    def count(self) -> int:
+        return int(self.client.zcard(self.keys.deadletter_times()))
+
+    def counts(self) -> dict[str, int]:
+        """Letters per reason (O(reasons))."""
+        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.deadletter_counts())  # type: ignore[assignment]
+        return {key.decode(): int(value) for key, value in raw.items() if int(value) > 0}
+
+    def oldest(self) -> float | None:
+        """The last-failure time of the oldest letter, or None when the store is empty."""
+        first = self.client.zrange(self.keys.deadletter_times(), 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def scan(self, where: Filter | None = None, *, newest_first: bool = True) -> Iterator[Letter]:
+        """The letters matching ``where``, newest (or oldest) first, read 1000 at a time.
+
+        The time range is answered by the sorted set; the other filters by decoding each letter in the range.
+        """
+        where = where or Filter()
+        if where.ids:
+            letters: Iterable[Letter] = self.get_many(list(dict.fromkeys(where.ids)))
+            yield from _limited((letter for letter in letters if where.matches(letter)), where.limit)
+            return
+        yield from _limited(
+            (letter for letter in self._range(where, newest_first) if where.matches(letter)), where.limit
+        )
+
+    def _range(self, where: Filter, newest_first: bool) -> Iterator[Letter]:
+        """Walk the time index by score (not by offset), so that concurrent adds and removals skip nothing."""
+        low = -float("inf") if where.since is None else where.since
+        high = float("inf") if where.until is None else where.until
+        times = self.keys.deadletter_times()
+        bound: float | None = None  # the score the previous page ended at
+        seen: set[bytes] = set()  # members at that score already read
+        while low <= high:
+            page: list[tuple[bytes, float]]
+            num = _SCAN_BATCH + len(seen)
+            if newest_first:
+                page = self.client.zrevrangebyscore(times, high, low, start=0, num=num, withscores=True)  # type: ignore[assignment]
+            else:
+                page = self.client.zrangebyscore(times, low, high, start=0, num=num, withscores=True)  # type: ignore[assignment]
+            page = [(member, score) for member, score in page if member not in seen]
+            if not page:
+                return
+            yield from self.get_many([member.decode() for member, _ in page])
+            edge = float(page[-1][1])
+            at_edge = {member for member, score in page if score == edge}
+            seen = at_edge | seen if edge == bound else at_edge
+            bound = edge
+            if newest_first:
+                high = edge
+            else:
+                low = edge
+
+
+def _limited(letters: Iterable[Letter], limit: int | None) -> Iterator[Letter]:
+    for index, letter in enumerate(letters):
+        if limit is not None and index >= limit:
+            return
+        yield letter
