@@ -17,5 +17,10 @@ app = typer.Typer(
 )
 
 
+from worker.dlq_cli import dlq as _dlq  # noqa: E402  (dead letters; heavy imports inside its commands)
+
+app.add_typer(_dlq, name="dlq")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -4,6 +4,7 @@
 
     RelayError
     ├── ConfigError          settings or the destinations file are invalid (raised at start-up)
+    ├── OperatorError        an operator's dead-letter request is invalid (filter, letter id, import line)
     └── MessageError         a Segment message breaks the wire contract (SPEC §1); `reason` says why
 """
 
@@ -24,3 +25,7 @@ class MessageError(RelayError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class OperatorError(RelayError):
+    """An operator's request on the dead letters cannot be done as asked; the message says why and what to do."""

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     destinations: Path = Field(default=Path("destinations.toml"), description="the destinations TOML file")
     partitions: int = Field(default=16, ge=1, le=4096, description="number of stream partitions")
     admin_token: SecretStr | None = Field(default=None, description="enables the admin API when set")
+    deadletter_retention: int = Field(default=14 * 86_400, ge=1, description="seconds a dead letter is kept")
     log_level: str = "info"
     log_format: str = Field(default="auto", description="json, console, or auto (console on a terminal)")
 

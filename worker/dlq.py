@@ -1,0 +1,346 @@
+"""Operations on the dead letters, shared by the CLI (``ctrelay dlq``) and the admin API (``/admin/deadletters``).
+
+stats, preview (what today's transform makes of a letter), replay, purge, export and import.
+The CLI and the API only parse arguments and print; everything they do is here.
+
+Replay moves letters back into the partition streams through the normal producer
+(:class:`worker.queue.Producer`), in transactions: each batch WATCHes the letters hash, reads the
+batch's letters, then in one MULTI XADDs them and removes them. A letter therefore leaves the store
+only together with its XADD; a replay killed at any instant loses nothing and sends nothing twice,
+and a second run continues with what is left. A concurrent write to the store (a worker adding a
+letter, another replay, a purge) aborts the batch, which is then read and tried again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from worker.deadletters import REASONS, DeadLetterStore, Filter, Letter
+from worker.destinations import Destination
+from worker.errors import OperatorError
+from worker.queue import Keys, Producer
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+MAX_REPLAY_BATCH = 500
+_WATCH_TRIES = 200
+
+
+def parse_time(value: str | float | None, now: float) -> float | None:
+    """A time bound: epoch seconds, an ISO 8601 time (UTC if no zone), or an age (``90s``, ``15m``, ``2h``, ``7d``)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(value)
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise OperatorError(
+            f"time {value!r}: expected epoch seconds, an ISO 8601 time (2026-11-28T10:00:00Z) or an age (15m, 2h, 7d)"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def make_filter(
+    *,
+    now: float,
+    reason: str | None = None,
+    code: int | None = None,
+    event: str | None = None,
+    type: str | None = None,
+    destination: str | None = None,
+    since: str | float | None = None,
+    until: str | float | None = None,
+    limit: int | None = None,
+    ids: Iterable[str] = (),
+) -> Filter:
+    """A :class:`Filter` from an operator's options, checked (unknown reason, bad time, negative limit)."""
+    if reason is not None and reason not in REASONS:
+        raise OperatorError(f"reason {reason!r}: expected one of {', '.join(REASONS)}")
+    if limit is not None and limit < 0:
+        raise OperatorError("limit: must be 0 or more")
+    start, end = parse_time(since, now), parse_time(until, now)
+    if start is not None and end is not None and start > end:
+        raise OperatorError("since is after until: nothing can match")
+    return Filter(reason, code, event, type, destination, start, end, limit, tuple(ids))
+
+
+# -- stats ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    """Counts of the matching letters, by reason and by (reason, code, event, destination)."""
+
+    total: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+    groups: Counter[tuple[str, int | None, str, str]] = field(default_factory=Counter)
+    oldest: float | None = None
+    newest: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "by_reason": dict(self.by_reason.most_common()),
+            "groups": [
+                {"reason": r, "code": c, "event": e, "destination": d, "count": n}
+                for (r, c, e, d), n in self.groups.most_common()
+            ],
+            "oldest": self.oldest,
+            "newest": self.newest,
+        }
+
+
+def event_label(letter: Letter) -> str:
+    """How stats name what a letter is: the track event's name, else ``(type)``."""
+    return letter.event if letter.event is not None else f"({letter.type or '?'})"
+
+
+def stats(store: DeadLetterStore, where: Filter) -> Stats:
+    result = Stats()
+    for letter in store.scan(where):
+        result.total += 1
+        result.by_reason[letter.reason] += 1
+        result.groups[(letter.reason, letter.code, event_label(letter), letter.write_key)] += 1
+        result.oldest = letter.last_failure if result.oldest is None else min(result.oldest, letter.last_failure)
+        result.newest = letter.last_failure if result.newest is None else max(result.newest, letter.last_failure)
+    return result
+
+
+# -- show -------------------------------------------------------------------------------------------------------
+
+
+def preview(letter: Letter, destinations: Mapping[str, Destination], now: float) -> dict[str, Any]:
+    """What today's transform, with today's settings, makes of the letter's message (no passcode in it).
+
+    ``{"outcome": "records", "records": [...]}``, ``{"outcome": "skip" | "invalid", "reason": ...}``, or
+    ``{"outcome": "no_destination", ...}`` when the write key is no longer configured.
+    """
+    from worker.transform import Invalid, Skip, transform
+
+    destination = destinations.get(letter.write_key)
+    if destination is None:
+        return {"outcome": "no_destination", "reason": f"write key {letter.write_key!r} is not configured"}
+    result = transform(letter.message, destination, now)
+    if isinstance(result, Skip):
+        return {"outcome": "skip", "reason": result.reason}
+    if isinstance(result, Invalid):
+        return {"outcome": "invalid", "reason": result.reason}
+    return {"outcome": "records", "records": result}
+
+
+# -- replay -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did: letters put back into the queue, and letters left in the store (with why)."""
+
+    replayed: int = 0
+    kept: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    previews: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"replayed": self.replayed, "kept": self.kept, "dry_run": self.dry_run}
+        if self.dry_run:
+            data["would_send"] = self.previews
+        return data
+
+
+Progress = Callable[[int, int], None]
+"""Called with (letters done, letters selected) after each batch."""
+
+
+def replay_producer(keys: Keys, partitions: int) -> Producer:
+    """The producer replays write with. ``Producer.add`` sets no dedup marker, so the dedup window plays no part."""
+    return Producer(keys, partitions, dedup_window=0)
+
+
+def select_ids(store: DeadLetterStore, where: Filter) -> list[str]:
+    """The ids of the matching letters, oldest first (a replay keeps each user's order)."""
+    return [letter.id for letter in store.scan(where, newest_first=False)]
+
+
+def replay(
+    store: DeadLetterStore,
+    producer: Producer,
+    destinations: Mapping[str, Destination],
+    where: Filter,
+    *,
+    rate: float | None = None,
+    dry_run: bool = False,
+    now: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Progress | None = None,
+) -> ReplayResult:
+    """Put the matching letters back into the delivery queue, at most ``rate`` messages/s (None or 0: no cap).
+
+    Letters whose write key is no longer configured stay in the store (``kept``). With ``dry_run``,
+    nothing changes and ``previews`` says what the transform makes of each letter today.
+    """
+    ids = select_ids(store, where)
+    result = ReplayResult(dry_run=dry_run)
+    if dry_run:
+        for offset in range(0, len(ids), 1000):
+            for letter in store.get_many(ids[offset : offset + 1000]):
+                today = preview(letter, destinations, now())
+                result.previews.append({"id": letter.id, "destination": letter.write_key, **today})
+                if letter.write_key not in destinations:
+                    result.kept[letter.id] = "destination not configured"
+        if progress:
+            progress(len(ids), len(ids))
+        return result
+    batch = MAX_REPLAY_BATCH if not rate else max(1, min(MAX_REPLAY_BATCH, int(rate / 10) or 1))
+    started, done = now(), 0
+    for offset in range(0, len(ids), batch):
+        chunk = ids[offset : offset + batch]
+        if rate:
+            wait = started + done / rate - now()
+            if wait > 0:
+                sleep(wait)
+        result.replayed += _move(store, producer, destinations, chunk, result.kept)
+        done += len(chunk)
+        if progress:
+            progress(done, len(ids))
+    return result
+
+
+def _move(
+    store: DeadLetterStore,
+    producer: Producer,
+    destinations: Mapping[str, Destination],
+    ids: list[str],
+    kept: dict[str, str],
+) -> int:
+    """One batch: XADD the letters that still exist and remove them, in one MULTI guarded by WATCH."""
+    letters_key = store.keys.deadletters()
+    with store.client.pipeline(transaction=True) as pipe:
+        for _ in range(_WATCH_TRIES):
+            try:
+                pipe.watch(letters_key)  # type: ignore[no-untyped-call]
+                raws = pipe.hmget(letters_key, ids)
+                letters = [Letter.decode(raw) for raw in raws if raw is not None]
+                movable = [letter for letter in letters if letter.write_key in destinations]
+                for letter in letters:
+                    if letter.write_key not in destinations:
+                        kept[letter.id] = "destination not configured"
+                if not movable:
+                    pipe.unwatch()
+                    return 0
+                pipe.multi()
+                producer.add(pipe, [producer.entry(letter.write_key, _with_id(letter)) for letter in movable])
+                store.remove(pipe, [letter.id for letter in movable])
+                pipe.execute()
+                return len(movable)
+            except redis.WatchError:
+                time.sleep(0.001)
+    raise OperatorError("the dead-letter store changed under every attempt of a replay batch; run the replay again")
+
+
+def _with_id(letter: Letter) -> dict[str, Any]:
+    """The letter's message; one that came without a messageId (an import) gets one, as ingest would give it."""
+    if letter.message.get("messageId"):
+        return letter.message
+    return {**letter.message, "messageId": f"dlq-{letter.id}"}
+
+
+# -- purge, export, import --------------------------------------------------------------------------------------
+
+
+def purge(store: DeadLetterStore, where: Filter) -> int:
+    """Delete the matching letters; returns how many were deleted."""
+    ids = [letter.id for letter in store.scan(where)]
+    return sum(store.delete(ids[i : i + 1000]) for i in range(0, len(ids), 1000))
+
+
+def export(store: DeadLetterStore, where: Filter) -> Iterator[bytes]:
+    """The matching letters as JSON lines (each ending in a newline), oldest first."""
+    for letter in store.scan(where, newest_first=False):
+        yield orjson.dumps(letter.to_dict()) + b"\n"
+
+
+@dataclass
+class ImportResult:
+    imported: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"imported": self.imported, "errors": self.errors}
+
+
+def import_lines(store: DeadLetterStore, lines: Iterable[bytes | str]) -> ImportResult:
+    """Add the letters of JSON lines (the export format); a bad line is reported by number and skipped."""
+    result = ImportResult()
+    letters: list[Letter] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            letter = Letter.from_dict(orjson.loads(line))
+            if letter.reason not in REASONS:
+                raise ValueError(f"reason {letter.reason!r}: expected one of {', '.join(REASONS)}")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            result.errors.append(f"line {number}: {detail}")
+            continue
+        letters.append(letter)
+    result.imported = store.put(letters)
+    return result
+
+
+# -- metrics ----------------------------------------------------------------------------------------------------
+
+
+class DeadLetterMetrics(Collector):
+    """``ctrelay_deadletters{reason}`` and ``ctrelay_deadletters_oldest_age_seconds``, read from Redis at scrape time.
+
+    O(reasons): the counts hash and the head of the time index. Register it once per process that
+    serves /metrics (:func:`register_metrics`); when Redis does not answer, the two series are left out.
+    """
+
+    def __init__(self, store: DeadLetterStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            counts, oldest = self.store.counts(), self.store.oldest()
+        except (redis.RedisError, OSError):
+            return
+        letters = GaugeMetricFamily("ctrelay_deadletters", "Dead letters in the store, by reason.", labels=["reason"])
+        for reason in REASONS:
+            letters.add_metric([reason], counts.get(reason, 0))
+        yield letters
+        age = 0.0 if oldest is None else max(0.0, self.clock() - oldest)
+        yield GaugeMetricFamily(
+            "ctrelay_deadletters_oldest_age_seconds", "Age of the oldest dead letter (0 when none).", value=age
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def register_metrics(store: DeadLetterStore, registry: CollectorRegistry = REGISTRY) -> DeadLetterMetrics:
+    collector = DeadLetterMetrics(store)
+    registry.register(collector)
+    return collector
