@@ -17,6 +17,11 @@ app = typer.Typer(
 )
 
 
+from worker.sandbox_cli import sandbox as _sandbox  # noqa: E402  (CleverTap sandbox; loads its server lazily)
+
+app.command("sandbox")(_sandbox)
+
+
 from worker.dlq_cli import dlq as _dlq  # noqa: E402  (dead letters; heavy imports inside its commands)
 
 app.add_typer(_dlq, name="dlq")
