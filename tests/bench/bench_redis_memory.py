@@ -1,0 +1,81 @@
+"""Redis memory per queued message and per dedup marker, for sizing Redis (deploy/runbook.md).
+
+Writes N typical track messages (~300 bytes as accepted) through the real producer (``Producer.add``,
+plain XADDs into the partition streams) and N dedup markers shaped like ingest's (``SET NX EX``), under a
+private key prefix, measures ``MEMORY USAGE`` and the change of ``used_memory``, then deletes them.
+
+    .venv/bin/python tests/bench/bench_redis_memory.py [N]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+
+import redis
+
+from worker.queue import Keys, Producer
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+PARTITIONS = 16
+
+
+def message(i: int) -> dict[str, object]:
+    return {
+        "type": "track",
+        "event": "Product Viewed",
+        "userId": f"user-{i % 5000}",
+        "anonymousId": str(uuid.uuid4()),
+        "messageId": str(uuid.uuid4()),
+        "timestamp": "2026-11-28T20:00:00.000Z",
+        "receivedAt": "2026-11-28T20:00:00.120Z",
+        "properties": {"product_id": f"p-{i % 977}", "price": 19.99, "currency": "EUR", "category": "Shoes"},
+        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}, "ip": "203.0.113.7"},
+    }
+
+
+def used(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def main() -> None:
+    client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    keys = Keys(f"bench-mem-{uuid.uuid4().hex[:8]}")
+    producer = Producer(keys, PARTITIONS, dedup_window=86_400)
+    messages = [message(i) for i in range(N)]
+    size = sum(len(producer.entry("wk_live_1", m).message) for m in messages) / N
+    try:
+        before = used(client)
+        for start in range(0, N, 1000):
+            pipe = client.pipeline(transaction=False)
+            producer.add(pipe, [producer.entry("wk_live_1", m) for m in messages[start : start + 1000]])
+            pipe.execute()
+        streams_used = used(client) - before
+        streams_usage = sum(int(client.memory_usage(keys.stream(p), samples=0) or 0) for p in range(PARTITIONS))
+        before = used(client)
+        for start in range(0, N, 1000):
+            pipe = client.pipeline(transaction=False)
+            for m in messages[start : start + 1000]:
+                pipe.set(keys.dedup("wk_live_1", str(m["messageId"])), b"1", nx=True, ex=86_400)
+            pipe.execute()
+        dedup_used = used(client) - before
+        sample = [int(client.memory_usage(keys.dedup("wk_live_1", str(m["messageId"]))) or 0) for m in messages[:1000]]
+    finally:
+        for p in range(PARTITIONS):
+            client.delete(keys.stream(p))
+        for start in range(0, N, 5000):
+            client.delete(*[keys.dedup("wk_live_1", str(m["messageId"])) for m in messages[start : start + 5000]])
+        client.close()
+    print(f"messages: {N}, average message as queued: {size:.0f} bytes (JSON)")
+    entry_usage, entry_used = streams_usage / N, streams_used / N
+    print(f"stream entry: MEMORY USAGE {entry_usage:.0f} B/message, used_memory delta {entry_used:.0f} B/message")
+    marker_usage, marker_used = sum(sample) / len(sample), dedup_used / N
+    print(f"dedup marker: MEMORY USAGE {marker_usage:.0f} B/key, used_memory delta {marker_used:.0f} B/key")
+    print(f"ratio dedup marker / stream entry (used_memory): {dedup_used / max(streams_used, 1):.2f}")
+    print(f"measured at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC")
+
+
+if __name__ == "__main__":
+    main()
