@@ -71,8 +71,6 @@ def _scalar_array(values: list[Any], stats: TransformStats | None) -> list[Any] 
 
 def _unusual(value: Any, keep_arrays: bool, stats: TransformStats | None) -> Any:
     """The slow path: ``null``, objects, and subclasses of the JSON types (normalized to the type itself)."""
-    if isinstance(value, bool):
-        return bool(value)
     if isinstance(value, str):
         return truncate(str.__str__(value), stats)
     if isinstance(value, int):
