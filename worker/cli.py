@@ -32,5 +32,13 @@ from worker.dlq_cli import dlq as _dlq  # noqa: E402  (dead letters; heavy impor
 app.add_typer(_dlq, name="dlq")
 
 
+@app.command("flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _flower(ctx: typer.Context) -> None:
+    """Monitor the workers with Flower (Celery's web UI) on the relay's Celery app; extra options go to Flower."""
+    from worker.monitor import run_flower
+
+    raise typer.Exit(run_flower(list(ctx.args)))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
