@@ -52,7 +52,7 @@ class Selection(BaseModel):
     def filter(self) -> Filter:
         if not self.ids and not self.all:
             raise OperatorError('give "ids", or "all": true (with filters to narrow it)')
-        options = self.model_dump(exclude={"ids", "all"})
+        options = self.model_dump(include=set(Selection.model_fields) - {"ids", "all"})
         return dlq.make_filter(now=time.time(), ids=self.ids, **options)
 
 
@@ -81,6 +81,10 @@ def _query_filter(
         raise HTTPException(400, str(exc)) from None
 
 
+Where = Annotated[Filter, Depends(_query_filter)]
+"""A route parameter: the filter of the query string."""
+
+
 def build_router(
     store: DeadLetterStore, producer: Producer, destinations: Mapping[str, Destination], token: str
 ) -> APIRouter:
@@ -93,7 +97,6 @@ def build_router(
             raise HTTPException(401, "admin token required: Authorization: Bearer <CTRELAY_ADMIN_TOKEN>")
 
     router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(authorize)])
-    Where = Annotated[Filter, Depends(_query_filter)]
 
     @router.get("/stats")
     def stats(where: Where) -> dict[str, Any]:

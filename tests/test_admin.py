@@ -1,0 +1,201 @@
+"""The admin API (ingest/admin.py) against a real Redis: token, every route, filters, never a passcode."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+from fastapi import FastAPI
+
+from ingest.admin import mount
+from worker.deadletters import DeadLetterStore, Letter
+from worker.destinations import Destination, Destinations
+from worker.queue import Envelope, Keys
+from worker.settings import Config, Settings
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "admin-token-0123456789"
+PARTITIONS = 4
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def message(i: int, event: str = "Product Viewed") -> dict[str, Any]:
+    return {"type": "track", "event": event, "userId": f"u{i}", "messageId": f"m{i}", "properties": {"n": i}}
+
+
+def config(redis_url: str, prefix: str, token: str | None) -> Config:
+    settings = Settings(REDIS_URL=redis_url, redis_prefix=prefix, partitions=PARTITIONS, admin_token=token)
+    destinations = Destinations(
+        [
+            Destination(write_key="wk1", account_id="ACC-1", passcode="top-secret-1"),
+            Destination(write_key="wk2", account_id="ACC-2", passcode="top-secret-2"),
+        ]
+    )
+    return Config(settings=settings, destinations=destinations)
+
+
+class AdminClient:
+    """A synchronous client over httpx's ASGITransport (one event loop per request)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as client:
+                return await client.request(method, path, **kw)
+
+        return asyncio.run(send())
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("DELETE", path, **kw)
+
+
+@pytest.fixture
+def client(redis_url: str, prefix: str) -> AdminClient:
+    app = FastAPI()
+    assert mount(app, config(redis_url, prefix, TOKEN))
+    return AdminClient(app)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, keys: Keys) -> DeadLetterStore:
+    store = DeadLetterStore(redis_client, keys)
+    now = time.time()
+    store.put(
+        [Letter.of("wk1", message(i), "rejected", code=523, error="missing identity", now=now - 3600 - i)
+         for i in range(3)]
+        + [Letter.of("wk2", message(10 + i, "Signed Up"), "auth_failed", status=401, now=now - 60 - i)
+           for i in range(2)]
+    )  # fmt: skip
+    return store
+
+
+def streamed(client: redis.Redis, keys: Keys) -> list[str]:
+    ids = []
+    for partition in range(PARTITIONS):
+        ids += [Envelope.decode(f).message["messageId"] for _, f in client.xrange(keys.stream(partition))]
+    return sorted(ids)
+
+
+ROUTES = [
+    ("GET", "/admin/deadletters", None),
+    ("GET", "/admin/deadletters/stats", None),
+    ("GET", "/admin/deadletters/export", None),
+    ("GET", "/admin/deadletters/abc", None),
+    ("DELETE", "/admin/deadletters/abc", None),
+    ("POST", "/admin/deadletters/replay", {"all": True}),
+    ("POST", "/admin/deadletters/purge", {"all": True}),
+    ("POST", "/admin/deadletters/import", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES)
+def test_every_route_refuses_without_or_with_a_wrong_token(
+    client: AdminClient, store: DeadLetterStore, method: str, path: str, body: Any
+) -> None:
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Basic {TOKEN}"},
+    ):
+        response = client.request(method, path, json=body, headers=headers)
+        assert response.status_code == 401, (headers, response.text)
+    assert store.count() == 5  # nothing happened
+
+
+def test_off_when_no_token_is_configured(redis_url: str, prefix: str) -> None:
+    for token in (None, ""):
+        app = FastAPI()
+        assert not mount(app, config(redis_url, prefix, token))
+        response = AdminClient(app).get("/admin/deadletters/stats", headers=AUTH)
+        assert response.status_code == 404
+
+
+def test_stats_and_filters(client: AdminClient, store: DeadLetterStore) -> None:
+    data = client.get("/admin/deadletters/stats", headers=AUTH).json()
+    assert data["total"] == 5
+    assert data["by_reason"] == {"rejected": 3, "auth_failed": 2}
+    assert client.get("/admin/deadletters/stats?destination=wk2", headers=AUTH).json()["total"] == 2
+    assert client.get("/admin/deadletters/stats?since=10m", headers=AUTH).json()["total"] == 2
+    bad = client.get("/admin/deadletters/stats?reason=nope", headers=AUTH)
+    assert bad.status_code == 400
+    assert "reason 'nope'" in bad.text
+
+
+def test_list_and_show(client: AdminClient, store: DeadLetterStore) -> None:
+    listed = client.get("/admin/deadletters", headers=AUTH).json()
+    assert listed["count"] == 5
+    assert [x["message"]["messageId"] for x in listed["letters"]] == ["m10", "m11", "m0", "m1", "m2"]
+    filtered = client.get("/admin/deadletters?code=523&limit=2", headers=AUTH).json()
+    assert [x["message"]["messageId"] for x in filtered["letters"]] == ["m0", "m1"]
+    assert client.get("/admin/deadletters?event=Signed%20Up&type=track", headers=AUTH).json()["count"] == 2
+    letter = listed["letters"][0]
+    shown = client.get(f"/admin/deadletters/{letter['id']}", headers=AUTH)
+    assert shown.status_code == 200
+    assert shown.json()["letter"] == letter
+    assert shown.json()["transform"]["records"][0]["evtName"] == "Signed Up"
+    assert "top-secret" not in shown.text
+    assert "top-secret" not in client.get("/admin/deadletters", headers=AUTH).text
+    assert client.get("/admin/deadletters/nope", headers=AUTH).status_code == 404
+
+
+def test_replay_dry_run_then_for_real(
+    client: AdminClient, store: DeadLetterStore, redis_client: redis.Redis, keys: Keys
+) -> None:
+    assert client.post("/admin/deadletters/replay", json={}, headers=AUTH).status_code == 400
+    dry = client.post(
+        "/admin/deadletters/replay", json={"all": True, "reason": "auth_failed", "dry_run": True}, headers=AUTH
+    )
+    assert dry.status_code == 200
+    assert dry.json()["replayed"] == 0
+    assert [p["records"][0]["evtName"] for p in dry.json()["would_send"]] == ["Signed Up", "Signed Up"]
+    assert "top-secret" not in dry.text
+    assert store.count() == 5
+    one = next(store.scan()).id
+    assert (
+        client.post("/admin/deadletters/replay", json={"ids": [one], "rate": 0}, headers=AUTH).json()["replayed"] == 1
+    )
+    done = client.post("/admin/deadletters/replay", json={"all": True, "rate": 1000}, headers=AUTH).json()
+    assert done == {"replayed": 4, "kept": {}, "dry_run": False}
+    assert streamed(redis_client, keys) == ["m0", "m1", "m10", "m11", "m2"]
+    assert store.count() == 0
+
+
+def test_purge_and_delete(client: AdminClient, store: DeadLetterStore) -> None:
+    assert client.post("/admin/deadletters/purge", json={"reason": "rejected"}, headers=AUTH).status_code == 400
+    assert client.post("/admin/deadletters/purge", json={"all": True, "reason": "rejected"}, headers=AUTH).json() == {
+        "deleted": 3
+    }
+    one = next(store.scan()).id
+    assert client.delete(f"/admin/deadletters/{one}", headers=AUTH).json() == {"deleted": 1}
+    assert client.delete(f"/admin/deadletters/{one}", headers=AUTH).status_code == 404
+    assert store.count() == 1
+
+
+def test_export_and_import(client: AdminClient, store: DeadLetterStore) -> None:
+    exported = client.get("/admin/deadletters/export?reason=rejected", headers=AUTH)
+    assert exported.headers["content-type"].startswith("application/x-ndjson")
+    lines = exported.content.splitlines()
+    assert [orjson.loads(line)["message"]["messageId"] for line in lines] == ["m2", "m1", "m0"]
+    before = {letter.id: letter for letter in store.scan()}
+    client.post("/admin/deadletters/purge", json={"all": True}, headers=AUTH)
+    body = b"\n".join(lines) + b"\nnot json\n"
+    result = client.post("/admin/deadletters/import", content=body, headers=AUTH).json()
+    assert result["imported"] == 3
+    assert result["errors"][0].startswith("line 4:")
+    assert {letter.id: letter for letter in store.scan()} == {k: v for k, v in before.items() if v.reason == "rejected"}
