@@ -32,6 +32,14 @@ from worker.dlq_cli import dlq as _dlq  # noqa: E402  (dead letters; heavy impor
 app.add_typer(_dlq, name="dlq")
 
 
+@app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _worker(ctx: typer.Context) -> None:
+    """Deliver: drain the streams into CleverTap uploads (a Celery worker; extra options go to Celery)."""
+    from worker.app import run_worker
+
+    run_worker(list(ctx.args))
+
+
 @app.command("flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def _flower(ctx: typer.Context) -> None:
     """Monitor the workers with Flower (Celery's web UI) on the relay's Celery app; extra options go to Flower."""

@@ -64,6 +64,42 @@ class Keys:
         """Hash: reason → number of letters (the ``ctrelay_deadletters{reason}`` gauge)."""
         return f"{self.prefix}:dlq:counts"
 
+    # Delivery (worker/delivery.py, retries.py, concurrency.py, lease.py).
+    def lease(self, partition: int) -> str:
+        """String: the token of the worker draining ``partition`` (PX = the lease TTL)."""
+        return f"{self.prefix}:lease:{partition}"
+
+    def dispatched(self, partition: int) -> str:
+        """String: a drain task for ``partition`` is queued (PX), so that ticks do not queue twice."""
+        return f"{self.prefix}:dispatched:{partition}"
+
+    def retry_due(self, partition: int) -> str:
+        """Sorted set: retry item id scored by its due time (epoch s)."""
+        return f"{self.prefix}:retry:due:{partition}"
+
+    def retry_items(self, partition: int) -> str:
+        """Hash: retry item id → the item, JSON (message, records still to send, attempts, failures)."""
+        return f"{self.prefix}:retry:items:{partition}"
+
+    def slots(self, account_id: str) -> str:
+        """Sorted set: upload slot token scored by its deadline (ms); the account's in-flight uploads."""
+        return f"{self.prefix}:slots:{account_id}"
+
+    def cap(self, account_id: str) -> str:
+        """Hash: the account's adaptive concurrency cap (``cap``) and when it was last lowered (``lowered``)."""
+        return f"{self.prefix}:cap:{account_id}"
+
+    def paused(self, write_key: str) -> str:
+        """String: the destination answered 401/403; its uploads wait until this expires (value: the status)."""
+        return f"{self.prefix}:paused:{write_key}"
+
+    def token_sent(self, write_key: str, object_id: str) -> str:
+        """String: the push token last delivered for ``object_id`` (EX = the destination's token window)."""
+        return f"{self.prefix}:token:{write_key}:{object_id}"
+
+    def celery(self) -> str:
+        """Prefix of the Celery broker's keys and name stem of its queue."""
+        return f"{self.prefix}:celery"
 
 @dataclass(frozen=True, slots=True)
 class Envelope:

@@ -32,6 +32,20 @@ class Settings(BaseSettings):
     deadletter_retention: int = Field(default=14 * 86_400, ge=1, description="seconds a dead letter is kept")
     log_level: str = "info"
     log_format: str = Field(default="auto", description="json, console, or auto (console on a terminal)")
+    # Delivery (worker/delivery.py, worker/app.py; README "Delivery").
+    metrics_port: int = Field(default=9108, ge=0, description="worker Prometheus metrics port (0: off)")
+    worker_concurrency: int = Field(default=16, ge=1, description="drain threads per `ctrelay worker` process")
+    read_batch: int = Field(default=1000, ge=1, le=1000, description="stream entries read per drain step")
+    upload_timeout_s: float = Field(default=30.0, gt=0, description="timeout of one CleverTap upload request")
+    concurrency_cap: int = Field(default=15, ge=1, description="max concurrent uploads per CleverTap account")
+    lease_ttl_s: float = Field(default=30.0, gt=0, description="a partition's drain lease; expires if its holder dies")
+    drain_budget_s: float = Field(default=5.0, gt=0, description="how long one drain task keeps a partition")
+    tick_interval_s: float = Field(default=0.2, gt=0, description="how often a worker looks for partitions with work")
+    reclaim_idle_s: float = Field(default=60.0, ge=0, description="pending entries idle this long are reclaimed")
+    retry_window_s: float = Field(default=14_400.0, ge=0, description="how long failing records are retried")
+    backoff_min_s: float = Field(default=1.0, gt=0, description="first retry delay ceiling (full jitter)")
+    backoff_max_s: float = Field(default=300.0, gt=0, description="largest retry delay ceiling")
+    auth_pause_s: float = Field(default=60.0, gt=0, description="after a 401/403, wait this long before trying again")
 
 
 @dataclass(frozen=True)

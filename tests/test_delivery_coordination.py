@@ -1,0 +1,131 @@
+"""Integration (real Redis): account slots (cap, expiry, adaptation; threads and processes), leases, dispatch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import redis
+
+from worker.concurrency import AccountSlots
+from worker.delivery import dispatch, ensure_group, partitions_with_work
+from worker.lease import Lease
+from worker.queue import GROUP, Keys
+
+pytestmark = pytest.mark.integration
+
+
+def test_slots_never_exceed_the_cap_across_threads(redis_client: redis.Redis, keys: Keys) -> None:
+    slots = AccountSlots(redis_client, keys, max_cap=4, slot_ttl_s=10)
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0, "done": 0}
+
+    def work() -> None:
+        for _ in range(5):
+            with slots.slot("ACC"):
+                with lock:
+                    state["now"] += 1
+                    state["max"] = max(state["max"], state["now"])
+                time.sleep(0.005)
+                with lock:
+                    state["now"] -= 1
+                    state["done"] += 1
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert state["done"] == 80
+    assert 1 <= state["max"] <= 4
+    assert slots.in_flight("ACC") == 0
+
+
+_HOLDER = """
+import sys, time, redis
+from worker.concurrency import AccountSlots
+from worker.queue import Keys
+slots = AccountSlots(redis.Redis.from_url(sys.argv[1]), Keys(sys.argv[2]), max_cap=3, slot_ttl_s=2.0)
+held = [slots.acquire("ACC", timeout_s=0.2) for _ in range(5)]
+print(sum(token is not None for token in held), flush=True)
+time.sleep(60)
+"""
+
+
+def test_slots_are_shared_by_processes_and_expire_when_the_holder_dies(
+    redis_client: redis.Redis, keys: Keys, redis_url: str
+) -> None:
+    slots = AccountSlots(redis_client, keys, max_cap=3)
+    args = [sys.executable, "-c", _HOLDER, redis_url, keys.prefix]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "3"  # the other process took the whole cap
+            assert slots.try_acquire("ACC") is None
+        finally:
+            process.kill()
+            process.wait(timeout=10)
+    assert slots.acquire("ACC", timeout_s=10.0) is not None  # the dead holder's slots expired
+
+
+def test_a_slot_expires_at_its_deadline(redis_client: redis.Redis, keys: Keys) -> None:
+    slots = AccountSlots(redis_client, keys, max_cap=1, slot_ttl_s=0.2)
+    assert slots.try_acquire("ACC") is not None
+    assert slots.try_acquire("ACC") is None
+    assert slots.acquire("ACC", timeout_s=5.0) is not None  # the first holder never released it
+
+
+def test_the_cap_drops_on_429_once_per_burst_and_recovers_slowly(redis_client: redis.Redis, keys: Keys) -> None:
+    slots = AccountSlots(redis_client, keys, max_cap=15)
+    assert slots.record("ACC", throttled=True) == 11
+    assert slots.record("ACC", throttled=True) == 11  # same burst (within a second)
+    raised = [slots.record("ACC", throttled=False) for _ in range(60)]
+    assert raised[0] == pytest.approx(11 + 1 / 11)
+    assert raised == sorted(raised)
+    assert raised[-1] == 15
+    assert slots.cap("ACC") == 15
+
+
+def test_the_cap_bounds_acquisition(redis_client: redis.Redis, keys: Keys) -> None:
+    slots = AccountSlots(redis_client, keys, max_cap=15)
+    redis_client.hset(keys.cap("ACC"), "cap", "2.5")
+    held = [slots.try_acquire("ACC") for _ in range(4)]
+    assert sum(token is not None for token in held) == 2
+
+
+def test_lease_is_exclusive_renewable_and_expires(redis_client: redis.Redis, keys: Keys) -> None:
+    first = Lease.acquire(redis_client, keys.lease(0), 0.2)
+    assert first is not None
+    assert Lease.acquire(redis_client, keys.lease(0), 0.2) is None
+    assert first.renew()
+    time.sleep(0.3)
+    second = Lease.acquire(redis_client, keys.lease(0), 5)
+    assert second is not None
+    assert not first.renew()  # taken over: the old holder knows
+    first.release()  # and cannot release someone else's lease
+    assert redis_client.get(keys.lease(0)) == second.token.encode()
+    second.release()
+    assert not redis_client.exists(keys.lease(0))
+
+
+def test_partitions_with_work_and_dispatch_markers(redis_client: redis.Redis, keys: Keys) -> None:
+    for partition in range(4):
+        ensure_group(redis_client, keys.stream(partition))
+    redis_client.xadd(keys.stream(1), {"w": "wk", "m": "{}"})
+    redis_client.xadd(keys.stream(2), {"w": "wk", "m": "{}"})
+    redis_client.set(keys.lease(2), "busy")
+    redis_client.zadd(keys.retry_due(3), {"item": time.time() - 1})
+    assert partitions_with_work(redis_client, keys, 4, reclaim_idle_s=60) == [1, 3]
+    sent: list[int] = []
+    assert dispatch(redis_client, keys, [1, 3], sent.append, 10) == [1, 3]
+    assert dispatch(redis_client, keys, [1, 3], sent.append, 10) == []
+    assert sent == [1, 3]
+    assert partitions_with_work(redis_client, keys, 4, reclaim_idle_s=60) == []
+    redis_client.delete(keys.dispatched(1), keys.dispatched(3))
+    redis_client.xreadgroup(GROUP, "c", {keys.stream(1): ">"})  # read: no lag, but pending
+    redis_client.delete(keys.retry_due(3))
+    assert partitions_with_work(redis_client, keys, 4, reclaim_idle_s=60) == []
+    assert partitions_with_work(redis_client, keys, 4, reclaim_idle_s=0) == [1]

@@ -1,0 +1,215 @@
+"""The delivery worker's Celery app, its per-process runtime, and ``ctrelay worker``.
+
+Celery runs *batch-sized* work only: one ``ctrelay.drain(partition)`` task drains up to
+``drain_budget_s`` of one partition (1000 entries per step), never one task per event. The broker is
+the relay's Redis; the queue and every broker key live under ``<prefix>:celery`` so that several
+relays (or tests) share a Redis safely. The default pool is ``threads`` with
+``CTRELAY_WORKER_CONCURRENCY`` (16) threads: a drain mostly waits on CleverTap, and 15 concurrent
+uploads per account need 15 drains in flight. ``--pool prefork`` works too (metrics are then
+summed over the children through ``PROMETHEUS_MULTIPROC_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import structlog
+from celery import Celery
+
+from worker.batches import Deliverer
+from worker.clevertap import CleverTap
+from worker.concurrency import AccountSlots
+from worker.deadletters import DeadLetterStore
+from worker.delivery import Drainer, Ticker, dispatch, ensure_groups, partitions_with_work
+from worker.policy import RetryPolicy
+from worker.queue import Keys
+from worker.settings import Config, Settings, load
+
+log = structlog.get_logger("ctrelay.worker")
+DRAIN_TASK = "ctrelay.drain"
+
+
+class Runtime:
+    """One process's connections and services (built lazily after a prefork fork, never shared across one)."""
+
+    def __init__(self, config: Config, send: Callable[[int], object]) -> None:
+        settings = config.settings
+        self.config = config
+        self.settings = settings
+        self.send = send
+        self.keys = Keys(settings.redis_prefix)
+        self.client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        self.http = httpx.Client(timeout=settings.upload_timeout_s, limits=limits)
+        self.slots = AccountSlots(
+            self.client, self.keys, settings.concurrency_cap, slot_ttl_s=settings.upload_timeout_s + 30
+        )
+        self.deliverer = Deliverer(
+            self.client,
+            self.keys,
+            config.destinations,
+            clevertap=CleverTap(self.http, settings.upload_timeout_s),
+            slots=self.slots,
+            deadletters=DeadLetterStore(self.client, self.keys, settings.deadletter_retention),
+            policy=RetryPolicy(
+                window_s=settings.retry_window_s,
+                backoff_min_s=settings.backoff_min_s,
+                backoff_max_s=settings.backoff_max_s,
+                auth_pause_s=settings.auth_pause_s,
+            ),
+        )
+        self.drainer = Drainer(
+            self.deliverer,
+            lease_ttl_s=settings.lease_ttl_s,
+            budget_s=settings.drain_budget_s,
+            read_batch=settings.read_batch,
+            reclaim_idle_s=settings.reclaim_idle_s,
+        )
+
+    @property
+    def marker_ttl_s(self) -> float:
+        """How long a queued drain blocks re-queuing: generous, since a lost task only costs this delay."""
+        return max(10.0, 3 * self.settings.drain_budget_s)
+
+    def dispatch(self, partitions: list[int]) -> list[int]:
+        return dispatch(self.client, self.keys, partitions, self.send, self.marker_ttl_s)
+
+    def tick(self) -> list[int]:
+        """Queue drains for every partition that has work and no drain."""
+        busy = partitions_with_work(
+            self.client, self.keys, self.settings.partitions, reclaim_idle_s=self.settings.reclaim_idle_s
+        )
+        return self.dispatch(busy) if busy else []
+
+    def drain(self, partition: int) -> dict[str, Any]:
+        result = self.drainer.drain(partition)
+        if result.more:  # the budget ran out with work left: hand over to the next task right away
+            self.client.delete(self.keys.dispatched(partition))
+            self.dispatch([partition])
+        tally = result.tally
+        return {
+            "partition": partition,
+            "acquired": result.acquired,
+            "entries": result.entries,
+            "retries": result.retries,
+            "delivered": tally.delivered,
+            "retried": tally.retried,
+            "deadlettered": tally.deadlettered,
+            "skipped": tally.skipped,
+            "uploads": tally.uploads,
+        }
+
+
+def create_app(config: Config) -> tuple[Celery, Callable[[], Runtime]]:
+    """The Celery app for ``config`` and the accessor of this process's :class:`Runtime`."""
+    settings = config.settings
+    queue = Keys(settings.redis_prefix).celery()
+    app = Celery("ctrelay", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=queue,
+        broker_transport_options={"global_keyprefix": f"{queue}:"},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        worker_pool="threads",
+        worker_concurrency=settings.worker_concurrency,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+    )
+    runtimes: dict[int, Runtime] = {}
+    lock = threading.Lock()
+
+    def send(partition: int) -> None:
+        app.send_task(DRAIN_TASK, args=(partition,), queue=queue)
+
+    def runtime() -> Runtime:
+        pid = os.getpid()
+        with lock:
+            if pid not in runtimes:
+                runtimes.clear()  # a forked child drops its parent's (never reuse connections across a fork)
+                runtimes[pid] = Runtime(config, send)
+            return runtimes[pid]
+
+    from worker.tasks import register
+
+    register(app, runtime)
+    return app, runtime
+
+
+def _pool_of(argv: list[str]) -> str:
+    for index, arg in enumerate(argv):
+        if arg in ("-P", "--pool") and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--pool="):
+            return arg.split("=", 1)[1]
+        if arg.startswith("-P") and len(arg) > 2:
+            return arg[2:]
+    return "threads"
+
+
+def run_worker(argv: list[str]) -> None:
+    """``ctrelay worker [celery worker options]``: drain the streams into CleverTap until stopped."""
+    settings = Settings()
+    multiproc_dir: Path | None = None
+    if _pool_of(argv) in ("prefork", "processes"):
+        multiproc_dir = Path(tempfile.mkdtemp(prefix="ctrelay-worker-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)  # read by prometheus-client in every child
+    config = load(settings)
+    from worker.logs import configure
+
+    configure(settings.log_level, settings.log_format)
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # honour the directory set above
+    from celery import signals
+
+    from worker import metrics
+
+    app, runtime = create_app(config)
+    ticker: list[Ticker] = []
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_: object) -> None:
+        main = runtime()
+        ensure_groups(main.client, main.keys, settings.partitions)
+        if settings.metrics_port:
+            collector = metrics.ClusterCollector(
+                main.client,
+                main.keys,
+                partitions=settings.partitions,
+                accounts=[d.account_id for d in config.destinations.values()],
+                write_keys=list(config.destinations),
+                max_cap=settings.concurrency_cap,
+            )
+            metrics.serve(settings.metrics_port, metrics.registry(multiproc_dir, [collector]))
+        ticker.append(Ticker(settings.tick_interval_s, main.tick))
+        ticker[0].start()
+        log.info(
+            "worker_ready",
+            partitions=settings.partitions,
+            destinations=len(config.destinations),
+            metrics_port=settings.metrics_port,
+        )
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_: object) -> None:
+        for thread in ticker:
+            thread.stop()
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _child_exit(pid: int | None = None, **_: object) -> None:
+        if multiproc_dir is not None and pid is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, str(multiproc_dir))  # type: ignore[no-untyped-call]
+
+    level = "WARNING" if settings.log_level.lower() not in ("debug",) else "INFO"
+    app.worker_main(["worker", f"--loglevel={level}", *argv])
