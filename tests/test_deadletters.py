@@ -131,3 +131,25 @@ def test_retention_lazily_on_add_and_by_expire(store: DeadLetterStore) -> None:
     assert store.counts() == {"rejected": 1}
     assert store.oldest() == NOW - day
     assert store.expire(NOW) == 0
+
+
+def test_gauges_served_by_the_worker_follow_the_store(store: DeadLetterStore, redis_client: redis.Redis) -> None:
+    """The worker's gauges ctrelay_deadletters{reason} and ctrelay_deadletters_oldest_age_seconds read this store."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from worker.metrics import ClusterCollector
+
+    registry = CollectorRegistry()
+    registry.register(ClusterCollector(redis_client, store.keys, partitions=1, accounts=[], write_keys=[], max_cap=15))
+    assert registry.get_sample_value("ctrelay_deadletters_oldest_age_seconds") == 0
+    now = time.time()
+    store.put([make(f"m{i}", at=now - 100 + i) for i in range(3)] + [make("a", "auth_failed", at=now)])
+    assert registry.get_sample_value("ctrelay_deadletters", {"reason": "rejected"}) == 3
+    assert registry.get_sample_value("ctrelay_deadletters", {"reason": "auth_failed"}) == 1
+    age = registry.get_sample_value("ctrelay_deadletters_oldest_age_seconds")
+    assert age is not None
+    assert age >= 100
+    store.expire(now + store.retention_s - 50)  # the three oldest are past the retention now
+    assert registry.get_sample_value("ctrelay_deadletters", {"reason": "rejected"}) is None

@@ -1,4 +1,4 @@
-"""Dead-letter operations (worker/dlq.py) with a real Redis: stats, preview, replay, purge, export, import, gauges."""
+"""Dead-letter operations (worker/dlq.py) with a real Redis: stats, preview, replay, purge, export, import."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from prometheus_client import CollectorRegistry
 
 from worker import dlq
 from worker.deadletters import DeadLetterStore, Filter, Letter
@@ -248,16 +247,3 @@ def test_export_import_round_trip_and_bad_lines(store: DeadLetterStore, redis_cl
         assert list(other.scan(newest_first=False)) == letters
     finally:
         other.delete([letter.id for letter in letters])
-
-
-def test_metrics_collector(store: DeadLetterStore) -> None:
-    registry = CollectorRegistry()
-    collector = dlq.register_metrics(store, registry)
-    collector.clock = lambda: NOW + 100
-    assert registry.get_sample_value("ctrelay_deadletters", {"reason": "rejected"}) == 0
-    assert registry.get_sample_value("ctrelay_deadletters_oldest_age_seconds") == 0
-    store.put([Letter.of("wk1", message(i), "rejected", now=NOW + i) for i in range(3)])
-    store.put([Letter.of("wk1", message(9), "auth_failed", now=NOW + 50)])
-    assert registry.get_sample_value("ctrelay_deadletters", {"reason": "rejected"}) == 3
-    assert registry.get_sample_value("ctrelay_deadletters", {"reason": "auth_failed"}) == 1
-    assert registry.get_sample_value("ctrelay_deadletters_oldest_age_seconds") == 100

@@ -23,9 +23,6 @@ from typing import Any
 
 import orjson
 import redis
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from worker.deadletters import REASONS, DeadLetterStore, Filter, Letter
 from worker.destinations import Destination
@@ -306,41 +303,3 @@ def import_lines(store: DeadLetterStore, lines: Iterable[bytes | str]) -> Import
         letters.append(letter)
     result.imported = store.put(letters)
     return result
-
-
-# -- metrics ----------------------------------------------------------------------------------------------------
-
-
-class DeadLetterMetrics(Collector):
-    """``ctrelay_deadletters{reason}`` and ``ctrelay_deadletters_oldest_age_seconds``, read from Redis at scrape time.
-
-    O(reasons): the counts hash and the head of the time index. Register it once per process that
-    serves /metrics (:func:`register_metrics`); when Redis does not answer, the two series are left out.
-    """
-
-    def __init__(self, store: DeadLetterStore, clock: Callable[[], float] = time.time) -> None:
-        self.store = store
-        self.clock = clock
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            counts, oldest = self.store.counts(), self.store.oldest()
-        except (redis.RedisError, OSError):
-            return
-        letters = GaugeMetricFamily("ctrelay_deadletters", "Dead letters in the store, by reason.", labels=["reason"])
-        for reason in REASONS:
-            letters.add_metric([reason], counts.get(reason, 0))
-        yield letters
-        age = 0.0 if oldest is None else max(0.0, self.clock() - oldest)
-        yield GaugeMetricFamily(
-            "ctrelay_deadletters_oldest_age_seconds", "Age of the oldest dead letter (0 when none).", value=age
-        )
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
-
-
-def register_metrics(store: DeadLetterStore, registry: CollectorRegistry = REGISTRY) -> DeadLetterMetrics:
-    collector = DeadLetterMetrics(store)
-    registry.register(collector)
-    return collector
