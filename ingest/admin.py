@@ -168,7 +168,7 @@ def _fields(where: Filter) -> dict[str, Any]:
 
 
 def mount(app: FastAPI, config: Config) -> bool:
-    """Add the admin routes (and the dead-letter gauges) to ``app`` when an admin token is set; returns whether."""
+    """Add the admin routes to ``app`` when an admin token is set; returns whether it did."""
     settings = config.settings
     token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
     if not token:

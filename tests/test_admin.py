@@ -199,3 +199,17 @@ def test_export_and_import(client: AdminClient, store: DeadLetterStore) -> None:
     assert result["imported"] == 3
     assert result["errors"][0].startswith("line 4:")
     assert {letter.id: letter for letter in store.scan()} == {k: v for k, v in before.items() if v.reason == "rejected"}
+
+
+def test_mounted_on_the_ingest_app_only_with_a_token(store: DeadLetterStore, redis_url: str, prefix: str) -> None:
+    ingest_app = pytest.importorskip("ingest.app")
+    on = AdminClient(ingest_app.create_app(config(redis_url, prefix, TOKEN)))
+    assert on.get("/admin/deadletters/stats", headers=AUTH).json()["total"] == 5
+    refused = on.get("/admin/deadletters/stats")
+    assert refused.status_code == 401
+    assert refused.json()["code"]  # ingest's error shape: code and message
+    assert on.get("/admin/deadletters/stats", headers={"Authorization": "Bearer nope"}).status_code == 401
+    off = AdminClient(ingest_app.create_app(config(redis_url, prefix, None)))
+    assert off.get("/admin/deadletters/stats", headers=AUTH).status_code == 404
+    assert off.post("/admin/deadletters/purge", json={"all": True}, headers=AUTH).status_code == 404
+    assert store.count() == 5
