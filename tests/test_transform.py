@@ -254,3 +254,21 @@ print("LOADED", loaded)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "LOADED []"
+
+
+def test_any_mapping_is_an_object() -> None:
+    from types import MappingProxyType
+
+    message = MappingProxyType(
+        {
+            "type": "track",
+            "anonymousId": "a",
+            "event": "Order Completed",
+            "properties": MappingProxyType({"products": [MappingProxyType({"sku": "s"})]}),
+            "context": MappingProxyType({"device": MappingProxyType({"token": "t", "type": "ios"})}),
+        }
+    )
+    records = run(message)
+    assert isinstance(records, list)
+    assert records[0]["evtData"] == {"Items": [{"sku": "s"}]}
+    assert records[1]["tokenData"] == {"id": "t", "type": "apns"}

@@ -78,8 +78,13 @@ def _timestamp(message: Mapping[str, Any], now: float) -> int:
     return math.floor(now)
 
 
+def _is_object(value: Any) -> bool:
+    """A JSON object (a dict, tested first: the ABC check is slow), or any other mapping."""
+    return value.__class__ is dict or isinstance(value, Mapping)
+
+
 def _object(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if _is_object(value) else {}
 
 
 def _amount(value: Any) -> int | float | None:
@@ -115,17 +120,17 @@ def _charged(properties: Mapping[str, Any], stats: TransformStats | None) -> dic
         if snake_case(key) == "products":  # the last spelling of "products" wins
             products = value
     if isinstance(products, list):
-        data["Items"] = [clean(product, stats) for product in products if isinstance(product, Mapping)]
+        data["Items"] = [clean(product, stats) for product in products if _is_object(product)]
     return data
 
 
 def _push_token(message: Mapping[str, Any], anonymous_id: str | None) -> Record | None:
     """The token record of a message with ``context.device.token`` and an anonymousId (SPEC §2.8)."""
     context = message.get("context")
-    if anonymous_id is None or not isinstance(context, Mapping):
+    if anonymous_id is None or not _is_object(context):
         return None
     device = context.get("device")
-    if not isinstance(device, Mapping):
+    if not _is_object(device):
         return None
     token = device.get("token")
     if not isinstance(token, str) or not token:
@@ -159,7 +164,7 @@ def transform(
     ``now`` (epoch seconds) is the timestamp of a message without a usable one; ``stats``, when given,
     counts the keys dropped and the values truncated.
     """
-    if not isinstance(message, Mapping):
+    if not _is_object(message):
         return Invalid("message: must be a JSON object")
     kind = message.get("type")
     if kind not in CALL_TYPES:

@@ -1,0 +1,191 @@
+"""Transform throughput on one core, side by side in one run: with the key cache, and without it.
+
+Run: ``.venv/bin/python tests/bench/bench_transform.py [--messages 20000] [--rounds 5]``
+
+A realistic mix, in equal parts: identify with 15 traits (special ones included), track with 10
+properties, Order Completed with 3 products, page, screen; every message has its own ids, values and
+timestamp (as ingest stores them), the keys repeat as they do in real traffic. Three figures:
+
+- cached: the bounded LRU key cache warm (the steady state of a worker);
+- cold cache: ``snake_case.cache_clear()`` before every round (the first messages after a start);
+- uncached: every key converted again (:func:`worker.keycase.convert` in place of the cache).
+
+Rates are per second of this process's CPU time (what one core does, on a machine shared with other
+work) and, beside them, per second of wall time. Rounds are interleaved and the best of each is shown;
+nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import worker.transform  # noqa: E402
+import worker.values  # noqa: E402
+from worker.destinations import Destination  # noqa: E402
+from worker.keycase import convert, snake_case  # noqa: E402
+from worker.transform import TransformStats, transform  # noqa: E402
+
+
+def stamp(i: int) -> str:
+    return f"2026-11-28T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.{i % 1000:03d}Z"
+
+
+def identify(i: int) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "userId": f"user-{i}",
+        "anonymousId": f"anon-{i:08x}",
+        "messageId": f"m-{i}",
+        "timestamp": stamp(i),
+        "receivedAt": stamp(i),
+        "traits": {
+            "name": f"User {i}",
+            "email": f"user{i}@example.com",
+            "phone": f"+1 415 555 {i % 10000:04d}",
+            "gender": "female" if i % 2 else "male",
+            "birthday": "1990-05-17",
+            "avatar": f"https://cdn.example.com/a/{i}.png",
+            "firstName": "Ada",
+            "lastName": "Lovelace",
+            "plan": "pro",
+            "createdAt": "2024-01-05T10:00:00Z",
+            "companyName": "Acme Inc",
+            "industry": "Software",
+            "employees": 120 + i % 50,
+            "isPaid": i % 3 == 0,
+            "favouriteColors": ["red", "green"],
+        },
+        "context": {"library": {"name": "analytics-python", "version": "2.3.2"}, "ip": "10.0.0.1"},
+    }
+
+
+def track(i: int) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": f"user-{i}",
+        "anonymousId": f"anon-{i:08x}",
+        "event": "Video Played",
+        "timestamp": stamp(i),
+        "properties": {
+            "videoId": f"v{i}",
+            "title": "Introduction to relays",
+            "durationSeconds": 312,
+            "position": i % 312,
+            "quality": "1080p",
+            "autoPlay": False,
+            "Playlist Name": "Getting started",
+            "utm.source": "newsletter",
+            "sessionID": f"s-{i}",
+            "volume": 0.8,
+        },
+        "context": {"device": {"type": "android", "token": f"fcm-{i}"}, "os": {"name": "Android"}},
+    }
+
+
+def order(i: int) -> dict[str, Any]:
+    products = [
+        {"product_id": f"p{i}-{n}", "sku": f"SKU-{n}", "name": "Widget", "price": 9.99 + n, "quantity": n + 1}
+        for n in range(3)
+    ]
+    return {
+        "type": "track",
+        "userId": f"user-{i}",
+        "event": "Order Completed",
+        "timestamp": stamp(i),
+        "properties": {
+            "order_id": f"o-{i}",
+            "total": 45.97,
+            "revenue": 40.0,
+            "shipping": 5.97,
+            "currency": "USD",
+            "coupon": "WELCOME",
+            "products": products,
+        },
+    }
+
+
+def page(i: int) -> dict[str, Any]:
+    return {
+        "type": "page",
+        "anonymousId": f"anon-{i:08x}",
+        "name": "Pricing",
+        "category": "Marketing",
+        "timestamp": stamp(i),
+        "properties": {"url": "https://example.com/pricing", "path": "/pricing", "referrer": "", "title": "Pricing"},
+    }
+
+
+def screen(i: int) -> dict[str, Any]:
+    return {
+        "type": "screen",
+        "userId": f"user-{i}",
+        "anonymousId": f"anon-{i:08x}",
+        "name": "Home",
+        "timestamp": stamp(i),
+        "properties": {"variation": "blue", "tabIndex": 0},
+    }
+
+
+def mix(count: int) -> list[dict[str, Any]]:
+    makers = (identify, track, order, page, screen)
+    return [makers[i % len(makers)](i) for i in range(count)]
+
+
+def measure(messages: list[dict[str, Any]], before: Callable[[], None]) -> tuple[float, float]:
+    """Messages per second of CPU time (this process only: fair on a shared machine) and of wall time."""
+    destination = Destination(account_id="bench")
+    stats = TransformStats()
+    before()
+    gc.disable()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for message in messages:
+        transform(message, destination, 1.8e9, stats)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    gc.enable()
+    return len(messages) / cpu, len(messages) / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    messages = mix(args.messages)
+
+    def uncached() -> None:
+        worker.values.snake_case = worker.transform.snake_case = convert  # type: ignore[assignment]
+
+    def cached() -> None:
+        worker.values.snake_case = worker.transform.snake_case = snake_case
+
+    def cold() -> None:
+        cached()
+        snake_case.cache_clear()
+
+    best = {"cached": (0.0, 0.0), "cold cache": (0.0, 0.0), "uncached": (0.0, 0.0)}
+    measure(messages[:2000], cached)  # warm the interpreter and the cache
+    for _ in range(args.rounds):
+        for name, before in (("cached", cached), ("cold cache", cold), ("uncached", uncached)):
+            rate = measure(messages, before)
+            best[name] = max(best[name], rate)
+    cached()
+
+    print(f"transform, {args.messages} messages (identify 15 traits, track 10 props, Order Completed 3 products,")
+    print(f"page, screen, in equal parts), best of {args.rounds} rounds, one core, Python {sys.version.split()[0]}")
+    print("                  per CPU second       per wall second")
+    for name, (cpu, wall) in best.items():
+        print(f"  {name:<11} {cpu:>10,.0f} msg/s {1e6 / cpu:6.2f} µs   {wall:>10,.0f} msg/s")
+    print(f"  ratio cached / uncached (CPU): {best['cached'][0] / best['uncached'][0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
