@@ -48,5 +48,30 @@ def _flower(ctx: typer.Context) -> None:
     raise typer.Exit(run_flower(list(ctx.args)))
 
 
+@app.command("dev")
+def _dev(
+    port: int = typer.Option(8000, help="ingest port (when taken, or 0: any free port)"),
+    sandbox_port: int = typer.Option(8900, help="sandbox CleverTap port (when taken, or 0: any free port)"),
+    metrics_port: int = typer.Option(9108, help="worker metrics port (when taken, or 0: any free port)"),
+    write_key: str = typer.Option("wk_dev", help="the development write key"),
+) -> None:
+    """Run the whole relay locally (Redis, sandbox CleverTap, worker, ingest) until Ctrl-C."""
+    from worker.dev import main as run_dev
+
+    raise typer.Exit(run_dev(port=port, sandbox_port=sandbox_port, metrics_port=metrics_port, write_key=write_key))
+
+
+@app.command("status")
+def _status(
+    json_output: bool = typer.Option(False, "--json", help="one JSON object instead of tables"),
+    watch: float = typer.Option(0.0, min=0.0, help="refresh every this many seconds (0: once)"),
+    show_all: bool = typer.Option(False, "--all", help="list idle partitions too"),
+) -> None:
+    """Show queue lag and pending per partition, uploads in flight per account, retries and dead letters."""
+    from worker.status import status_command
+
+    raise typer.Exit(status_command(json_output, watch, show_all))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
