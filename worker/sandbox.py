@@ -10,11 +10,13 @@ Part of the product: ``ctrelay dev`` and every end-to-end test deliver to it. Ro
   ``GET|POST /_sandbox/accounts``, ``GET /_sandbox/health``.
 
 A CleverTap call meets, in order: the outage fault; the credentials (401); the per-account cap on
-concurrent requests (429 "Too many concurrent requests"); latency; the timeout fault; injected HTTP
-errors; the body's shape and limits (400); poison events (400); per-record checks
-(:mod:`worker.sandbox_checks`) and injected record codes (:mod:`worker.sandbox_faults`). What it
-accepted is kept by :mod:`worker.sandbox_store`. One process, one event loop: the counters need no
-locks because nothing awaits between a check and its update.
+concurrent requests (429 "Too many concurrent requests"); the timeout fault; injected HTTP errors;
+the body's shape and limits (400); poison events (400); per-record checks
+(:mod:`worker.sandbox_checks`) and injected record codes (:mod:`worker.sandbox_faults`). The answer
+then waits until the latency has passed since the request came in (so the work is inside the
+latency, as at CleverTap), and only then are its records stored (:mod:`worker.sandbox_store`). The
+``/_sandbox/*`` routes live in :mod:`worker.sandbox_admin`. One process, one event loop: the
+counters need no locks because nothing awaits between a check and its update.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from worker.sandbox_admin import Admin, fail, json_response
 from worker.sandbox_checks import FUTURE_SKEW_S, Oversize, check_record, is_token
 from worker.sandbox_faults import RECORD_ERRORS, FaultState
 from worker.sandbox_store import RecordStore, Stats
@@ -73,14 +75,6 @@ class _Dropped(Response):
         await send({"type": "http.response.start", "status": 503, "headers": headers})
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _fail(status: int, error: str, headers: dict[str, str] | None = None) -> Response:
-    return _json(status, {"status": "fail", "error": error, "code": status}, headers)
-
-
 async def _hold(receive: Receive, seconds: float) -> bool:
     """Wait ``seconds``, or less if the client hangs up; True when it did."""
 
@@ -95,6 +89,10 @@ async def _hold(receive: Receive, seconds: float) -> bool:
     return True
 
 
+Handled = tuple[Response, Callable[[], None] | None]
+"""A CleverTap call's answer, and what to store once its latency has passed (None: nothing)."""
+
+
 class Handlers:
     """The routes, bound to one :class:`Sandbox`."""
 
@@ -105,7 +103,7 @@ class Handlers:
         self.sandbox.stats.status[response.status_code] += 1
         return response
 
-    async def _serve(self, request: Request, handle: Callable[[str, bytes], Response]) -> Response:
+    async def _serve(self, request: Request, handle: Callable[[str, bytes], Handled]) -> Response:
         """The path every CleverTap call takes up to its own body handling."""
         sandbox = self.sandbox
         sandbox.stats.requests += 1
@@ -116,30 +114,39 @@ class Handlers:
             if faults.outage_mode == "drop":
                 sandbox.stats.dropped += 1
                 return _Dropped()
-            return self._answer(_fail(503, "Service Unavailable", retry))
+            return self._answer(fail(503, "Service Unavailable", retry))
         account = request.headers.get("x-clevertap-account-id", "")
         if not sandbox.authorised(account, request.headers.get("x-clevertap-passcode", "")):
-            return self._answer(_fail(401, "Invalid Credentials"))
+            return self._answer(fail(401, "Invalid Credentials"))
         if sandbox.stats.in_flight[account] >= faults.cap:
             sandbox.stats.too_many_concurrent += 1
-            return self._answer(_fail(429, "Too many concurrent requests"))
+            return self._answer(fail(429, "Too many concurrent requests"))
         sandbox.stats.enter(account)
         try:
+            started = time.monotonic()
             body = await request.body()
             delay = state.delay()
-            if delay:
-                await asyncio.sleep(delay)
             hold = state.timeout()
             if hold:
                 sandbox.stats.timeouts += 1
                 if await _hold(request.receive, hold) and not faults.timeout_accepts:
                     sandbox.stats.abandoned += 1
-                    return self._answer(_fail(504, "Gateway Timeout"))
+                    return self._answer(fail(504, "Gateway Timeout"))
             status = state.error_status()
             if status is not None:
-                headers = retry if status in (429, 503) else None
-                return self._answer(_fail(status, f"Injected HTTP {status}", headers))
-            return self._answer(handle(account, body))
+                response, commit = (
+                    fail(status, f"Injected HTTP {status}", retry if status in (429, 503) else None),
+                    None,
+                )
+            else:
+                response, commit = handle(account, body)
+            # the latency covers the work: a 200 ms sandbox answers in 200 ms, not 200 ms + processing
+            remaining = started + delay - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            if commit is not None:
+                commit()
+            return self._answer(response)
         finally:
             sandbox.stats.leave(account)
 
@@ -147,23 +154,23 @@ class Handlers:
         self.sandbox.stats.uploads += 1
         return await self._serve(request, self._upload)
 
-    def _upload(self, account: str, body: bytes) -> Response:
-        sandbox, stats, faults = self.sandbox, self.sandbox.stats, self.sandbox.faults.faults
+    def _upload(self, account: str, body: bytes) -> Handled:
+        sandbox, faults = self.sandbox, self.sandbox.faults.faults
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return _fail(400, "Invalid JSON body")
+            return fail(400, "Invalid JSON body"), None
         records = payload.get("d") if type(payload) is dict else None
         if type(records) is not list or not records:
-            return _fail(400, 'The body must be {"d": [record, ...]} with at least one record')
+            return fail(400, 'The body must be {"d": [record, ...]} with at least one record'), None
         tokens = sum(1 for record in records if is_token(record))
         if len(records) - tokens > MAX_RECORDS:
-            return _fail(400, f"At most {MAX_RECORDS} event and profile records per request")
+            return fail(400, f"At most {MAX_RECORDS} event and profile records per request"), None
         if tokens > MAX_TOKENS:
-            return _fail(400, f"At most {MAX_TOKENS} token records per request")
+            return fail(400, f"At most {MAX_TOKENS} token records per request"), None
         poison = faults.poison_events
         if poison and any(type(r) is dict and r.get("evtName") in poison for r in records):
-            return _fail(400, "Bad Request: invalid record")
+            return fail(400, "Bad Request: invalid record"), None
         max_ts = int(time.time()) + FUTURE_SKEW_S
         oversize = Oversize()
         event_codes = faults.event_codes
@@ -179,116 +186,66 @@ class Handlers:
             if code is None:
                 accepted.append(record)
             else:
-                stats.codes[code] += 1
                 unprocessed.append({"status": "fail", "code": code, "error": RECORD_ERRORS[code], "record": record})
-        if accepted:
-            sandbox.store.add(account, accepted)
-        stats.records += len(accepted)
-        stats.records_by_account[account] += len(accepted)
-        stats.records_unprocessed += len(unprocessed)
-        stats.oversize_keys += oversize.keys
-        stats.oversize_values += oversize.values
+
+        def commit() -> None:
+            stats = sandbox.stats
+            if accepted:
+                sandbox.store.add(account, accepted)
+            stats.records += len(accepted)
+            stats.records_by_account[account] += len(accepted)
+            stats.records_unprocessed += len(unprocessed)
+            for entry in unprocessed:
+                stats.codes[entry["code"]] += 1
+            stats.oversize_keys += oversize.keys
+            stats.oversize_values += oversize.values
+
         status = "success" if not unprocessed else ("partial" if accepted else "fail")
-        return _json(200, {"status": status, "processed": len(accepted), "unprocessed": unprocessed})
+        return json_response(200, {"status": status, "processed": len(accepted), "unprocessed": unprocessed}), commit
 
     async def delete_profiles(self, request: Request) -> Response:
         self.sandbox.stats.deletes += 1
         return await self._serve(request, self._delete)
 
-    def _delete(self, account: str, body: bytes) -> Response:
+    def _delete(self, account: str, body: bytes) -> Handled:
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return _fail(400, "Invalid JSON body")
+            return fail(400, "Invalid JSON body"), None
         if type(payload) is not dict:
-            return _fail(400, 'The body must be {"identity": [...]} and/or {"guid": [...]}')
+            return fail(400, 'The body must be {"identity": [...]} and/or {"guid": [...]}'), None
         ids: dict[str, list[str]] = {}
         for key in ("identity", "guid"):
             value = payload.get(key, [])
             values = [value] if type(value) is str else value
             if type(values) is not list or not all(type(v) is str and v for v in values):
-                return _fail(400, f"{key} must be a non-empty string or a list of them")
+                return fail(400, f"{key} must be a non-empty string or a list of them"), None
             if len(values) > MAX_DELETE_IDS:
-                return _fail(400, f"At most {MAX_DELETE_IDS} values of {key} per request")
+                return fail(400, f"At most {MAX_DELETE_IDS} values of {key} per request"), None
             ids[key] = values
         if not ids["identity"] and not ids["guid"]:
-            return _fail(400, "Give identity and/or guid")
-        self.sandbox.store.delete(account, ids["identity"], ids["guid"])
+            return fail(400, "Give identity and/or guid"), None
         processed = len(ids["identity"]) + len(ids["guid"])
-        return _json(200, {"status": "success", "processed": processed, "unprocessed": []})
+        answer = json_response(200, {"status": "success", "processed": processed, "unprocessed": []})
 
-    async def records(self, request: Request) -> Response:
-        if request.method == "DELETE":
-            self.sandbox.store.clear()
-            self.sandbox.stats = self.sandbox.stats.fresh()
-            return _json(200, {"cleared": True})
-        query = request.query_params
-        try:
-            since = int(query.get("since", "0"))
-            limit = int(query["limit"]) if "limit" in query else None
-        except ValueError:
-            return _fail(400, "since and limit must be integers")
-        body = self.sandbox.store.render(query.get("account_id"), since, limit)
-        return Response(body, media_type="application/json")
+        def commit() -> None:
+            self.sandbox.store.delete(account, ids["identity"], ids["guid"])
 
-    async def stats(self, request: Request) -> Response:
-        store = self.sandbox.store
-        return _json(200, self.sandbox.stats.describe(len(store), store.not_stored, len(store.deletions)))
-
-    async def deletions(self, request: Request) -> Response:
-        account = request.query_params.get("account_id")
-        found = [d for d in self.sandbox.store.deletions if account is None or d["account_id"] == account]
-        return _json(200, {"deletions": found})
-
-    async def faults(self, request: Request) -> Response:
-        state = self.sandbox.faults
-        if request.method == "POST":
-            try:
-                changes = orjson.loads(await request.body())
-                if type(changes) is not dict:
-                    raise ValueError("the body must be a JSON object of fault settings")
-                state.update(changes)
-            except ValidationError as exc:
-                return _fail(400, FaultState.explain(exc))
-            except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
-                return _fail(400, str(exc))
-        elif request.method == "DELETE":
-            state.reset()
-        return _json(200, state.describe())
-
-    async def accounts(self, request: Request) -> Response:
-        sandbox = self.sandbox
-        if request.method == "POST":
-            try:
-                body = orjson.loads(await request.body())
-            except orjson.JSONDecodeError:
-                return _fail(400, "Invalid JSON body")
-            accounts = body.get("accounts", False) if type(body) is dict else False
-            if accounts is not None and not (
-                type(accounts) is dict
-                and all(type(k) is str and k and type(v) is str and v for k, v in accounts.items())
-            ):
-                return _fail(400, 'The body must be {"accounts": {"ID": "PASSCODE", ...}} or {"accounts": null}')
-            sandbox.accounts = accounts
-        ids = None if sandbox.accounts is None else sorted(sandbox.accounts)
-        return _json(200, {"accounts": ids})
-
-    async def health(self, request: Request) -> Response:
-        return _json(200, {"ok": True})
+        return answer, commit
 
 
 def create_app(sandbox: Sandbox) -> Starlette:
     """The ASGI app serving ``sandbox``."""
-    h = Handlers(sandbox)
+    h, admin = Handlers(sandbox), Admin(sandbox)
     routes = [
         Route("/1/upload", h.upload, methods=["POST"]),
         Route("/1/delete/profiles.json", h.delete_profiles, methods=["POST"]),
-        Route("/_sandbox/records", h.records, methods=["GET", "DELETE"]),
-        Route("/_sandbox/stats", h.stats, methods=["GET"]),
-        Route("/_sandbox/deletions", h.deletions, methods=["GET"]),
-        Route("/_sandbox/faults", h.faults, methods=["GET", "POST", "DELETE"]),
-        Route("/_sandbox/accounts", h.accounts, methods=["GET", "POST"]),
-        Route("/_sandbox/health", h.health, methods=["GET"]),
+        Route("/_sandbox/records", admin.records, methods=["GET", "DELETE"]),
+        Route("/_sandbox/stats", admin.stats, methods=["GET"]),
+        Route("/_sandbox/deletions", admin.deletions, methods=["GET"]),
+        Route("/_sandbox/faults", admin.faults, methods=["GET", "POST", "DELETE"]),
+        Route("/_sandbox/accounts", admin.accounts, methods=["GET", "POST"]),
+        Route("/_sandbox/health", admin.health, methods=["GET"]),
     ]
     app = Starlette(routes=routes)
     app.state.sandbox = sandbox

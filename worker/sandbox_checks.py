@@ -56,7 +56,10 @@ _PHONE = re.compile(r"\+\d{6,15}")
 _GENDERS = frozenset({"M", "F", "O", "U"})
 _YES_NO = frozenset({"Y", "N"})
 _EDUCATION = frozenset({"School", "College", "Graduate"})
-_SCALARS = (str, int, float, bool)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_ARRAY_ITEMS = _SCALARS | {dict}
+_SPACE = re.compile(r"\s")
+_SHORT = MAX_VALUE_BYTES // 4  # a string this short is within MAX_VALUE_BYTES whatever its characters
 
 
 class Oversize:
@@ -72,7 +75,7 @@ class Oversize:
         for key, value in data.items():
             if len(key) > MAX_KEY_CHARS:
                 self.keys += 1
-            if type(value) is str and len(value) > MAX_VALUE_BYTES // 4 and len(value.encode()) > MAX_VALUE_BYTES:
+            if type(value) is str and len(value) > _SHORT and len(value.encode()) > MAX_VALUE_BYTES:
                 self.values += 1
 
 
@@ -80,16 +83,13 @@ def _valid_object_id(value: Any) -> bool:
     return (
         type(value) is str
         and value != ""
-        and len(value.encode()) <= MAX_VALUE_BYTES
-        and not any(c.isspace() for c in value)
+        and (len(value) <= _SHORT or len(value.encode()) <= MAX_VALUE_BYTES)
+        and _SPACE.search(value) is None
     )
 
 
-def _has_identity(record: dict[str, Any]) -> bool:
-    identity = record.get("identity")
-    if (type(identity) is str and identity.strip()) or type(identity) is int:
-        return True
-    return "objectId" in record or bool(record.get("FBID")) or bool(record.get("GPID"))
+def _has_other_id(record: dict[str, Any]) -> bool:
+    return bool(record.get("FBID")) or bool(record.get("GPID"))
 
 
 def _check_event(record: dict[str, Any], oversize: Oversize) -> int | None:
@@ -99,17 +99,22 @@ def _check_event(record: dict[str, Any], oversize: Oversize) -> int | None:
     data = record.get("evtData", {})
     if type(data) is not dict:
         return 512
-    for value in data.values():
-        if isinstance(value, _SCALARS) or value is None:
-            continue
-        if type(value) is list and all(isinstance(v, (*_SCALARS, dict)) for v in value):
-            continue
-        return 512
     if name in RESTRICTED_EVENTS:
         return 513
     if len(data) > MAX_EVENT_PROPERTIES:
         return 522
-    oversize.scan(data)
+    for key, value in data.items():  # one pass: structure and the oversize counts
+        kind = type(value)
+        if kind is str:
+            if len(value) > _SHORT and len(value.encode()) > MAX_VALUE_BYTES:
+                oversize.values += 1
+        elif kind is list:
+            if not all(type(v) in _ARRAY_ITEMS for v in value):
+                return 512
+        elif kind not in _SCALARS:
+            return 512
+        if len(key) > MAX_KEY_CHARS:
+            oversize.keys += 1
     return None
 
 
@@ -167,14 +172,17 @@ def check_record(record: Any, max_ts: int, oversize: Oversize) -> int | None:
         return _check_token(record)
     if kind not in ("event", "profile"):
         return 524
-    if "objectId" in record and not _valid_object_id(record["objectId"]):
-        return 526
-    if not _has_identity(record):
-        return 523
-    if "ts" in record:
-        ts = record["ts"]
-        if type(ts) is not int or not 0 < ts <= max_ts:
-            return 525
+    object_id = record.get("objectId")
+    if object_id is not None or "objectId" in record:
+        if not _valid_object_id(object_id):
+            return 526
+    else:
+        identity = record.get("identity")
+        if not ((type(identity) is str and identity.strip()) or type(identity) is int or _has_other_id(record)):
+            return 523
+    ts = record.get("ts")
+    if (ts is not None or "ts" in record) and (type(ts) is not int or not 0 < ts <= max_ts):
+        return 525
     if kind == "event":
         return _check_event(record, oversize)
     return _check_profile(record, oversize)

@@ -10,7 +10,8 @@ What each key does, in the order a request meets them:
 - ``outage`` + ``outage_mode``: ``"503"`` answers every call 503 at once; ``"drop"`` sends a status
   line and then closes the connection mid-response (the client sees a network/protocol error).
 - ``cap``: concurrent requests per account (CleverTap: 15); one more is answered 429.
-- ``latency_ms`` (+ uniform ``jitter_ms``): added to every accepted request.
+- ``latency_ms`` (+ uniform ``jitter_ms``): a request past the cap is answered no sooner than this
+  after it came in (the sandbox's own work happens inside it); records are stored when it ends.
 - ``timeout_rate`` / ``timeout_ms``: that share of requests is held ``timeout_ms`` (longer than the
   client's timeout). A client that hangs up frees its slot; its records are dropped unless
   ``timeout_accepts`` (then they are stored although the client never saw the answer: the
