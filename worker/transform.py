@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from worker.keycase import snake_case
 from worker.messages import CALL_TYPES, coerce_id
@@ -78,7 +78,7 @@ def _timestamp(message: Mapping[str, Any], now: float) -> int:
     return math.floor(now)
 
 
-def _is_object(value: Any) -> bool:
+def _is_object(value: Any) -> TypeGuard[Mapping[str, Any]]:
     """A JSON object (a dict, tested first: the ABC check is slow), or any other mapping."""
     return value.__class__ is dict or isinstance(value, Mapping)
 
