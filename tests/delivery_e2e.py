@@ -43,10 +43,8 @@ class Proc:
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()
 
     def tail(self, lines: int = 30) -> str:
@@ -230,7 +228,7 @@ def reconcile(client: redis.Redis, relay: Relay, messages: list[dict[str, Any]],
 
 
 def settle(
-    client: redis.Redis, relay: Relay, messages: list[dict[str, Any]], write_key: str, timeout_s: float, proc: Proc
+    client: redis.Redis, relay: Relay, messages: list[dict[str, Any]], write_key: str, *, timeout_s: float, proc: Proc
 ) -> Reconciliation:
     """Wait until every message is delivered or dead-lettered and nothing waits; return the reconciliation."""
     result: list[Reconciliation] = []

@@ -57,7 +57,7 @@ def test_transient_faults_end_with_everything_delivered(relay: Relay, client: re
     worker = relay.start_worker(CTRELAY_UPLOAD_TIMEOUT_S="1")
     messages = tracks(600)
     enqueue(client, relay, WK, messages)
-    state = settle(client, relay, messages, WK, 120, worker)
+    state = settle(client, relay, messages, WK, timeout_s=120, proc=worker)
     assert state.dead == {}
     assert len(state.delivered) == len(messages)
     print(f"{flags}: delivered={len(state.delivered)} duplicates={state.duplicates}")
@@ -72,7 +72,7 @@ def test_permanent_codes_and_a_poison_record(relay: Relay, client: redis.Redis) 
     good, bad, poison = tracks(300), tracks(7, event="Bad Event"), tracks(1, event="Poison")
     messages = good[:150] + bad + good[150:] + poison
     enqueue(client, relay, WK, messages)
-    state = settle(client, relay, messages, WK, 60, worker)
+    state = settle(client, relay, messages, WK, timeout_s=60, proc=worker)
     assert state.delivered == {m["messageId"] for m in good}
     reasons = {mid: (letter.reason, letter.code, letter.status) for mid, letter in state.dead.items()}
     assert reasons == {m["messageId"]: ("rejected", 512, 200) for m in bad} | {
@@ -96,7 +96,7 @@ def test_wrong_passcode_pauses_without_dead_letters_then_delivers_once_fixed(rel
     worker.stop()
     one_destination(relay, passcode="right")
     worker = relay.start_worker()
-    state = settle(client, relay, messages, WK, 60, worker)
+    state = settle(client, relay, messages, WK, timeout_s=60, proc=worker)
     assert state.dead == {}
     assert len(state.delivered) == len(messages)
 
@@ -107,7 +107,7 @@ def test_wrong_passcode_dead_letters_as_auth_failed_after_the_window(relay: Rela
     worker = relay.start_worker(CTRELAY_RETRY_WINDOW_S="3")
     messages = tracks(50)
     enqueue(client, relay, WK, messages)
-    state = settle(client, relay, messages, WK, 60, worker)
+    state = settle(client, relay, messages, WK, timeout_s=60, proc=worker)
     assert {letter.reason for letter in state.dead.values()} == {"auth_failed"}
     assert len(state.dead) == len(messages)
 
@@ -129,7 +129,7 @@ def test_sigkilled_workers_lose_nothing(relay: Relay, client: redis.Redis) -> No
     assert 0 < len(partial.delivered) < len(messages)  # really killed mid-way
     assert partial.pending > 0  # entries the dead workers read and never acknowledged
     worker = relay.start_worker()
-    state = settle(client, relay, messages, WK, 120, worker)
+    state = settle(client, relay, messages, WK, timeout_s=120, proc=worker)
     assert state.dead == {}
     assert len(state.delivered) == len(messages)
     print(f"SIGKILL x4: delivered={len(state.delivered)} duplicates={state.duplicates}")
@@ -144,7 +144,7 @@ def test_two_workers_never_exceed_the_account_cap(relay: Relay, client: redis.Re
     env = {"CTRELAY_CONCURRENCY_CAP": "5", "CTRELAY_WORKER_CONCURRENCY": "8", "CTRELAY_READ_BATCH": "100"}
     first = relay.start_worker(**env)
     relay.start_worker(**env)
-    state = settle(client, relay, messages, WK, 120, first)
+    state = settle(client, relay, messages, WK, timeout_s=120, proc=first)
     stats = relay.sandbox("/_sandbox/stats")
     assert len(state.delivered) == len(messages)
     assert stats["max_concurrency_by_account"][ACC] <= 5
