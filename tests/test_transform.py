@@ -272,3 +272,25 @@ def test_any_mapping_is_an_object() -> None:
     assert isinstance(records, list)
     assert records[0]["evtData"] == {"Items": [{"sku": "s"}]}
     assert records[1]["tokenData"] == {"id": "t", "type": "apns"}
+
+
+@pytest.mark.parametrize(
+    ("integrations", "skipped"),
+    [
+        ("not an object", False),
+        ({}, False),
+        ({"CleverTap": True, "All": False}, False),
+        ({"CleverTap": 0}, False),  # only false turns a destination off
+        ({"All": True, "CleverTap": False}, True),
+        ({"clevertap": False}, False),  # Segment matches the destination's name exactly
+    ],
+)
+def test_integrations(integrations: Any, skipped: bool) -> None:
+    result = run({"type": "screen", "userId": "u", "integrations": integrations})
+    assert (result == Skip("disabled_by_integrations")) is skipped
+
+
+def test_invalid_wins_over_integrations_and_integrations_over_group() -> None:
+    assert isinstance(run({"type": "track", "userId": "u", "integrations": {"All": False}}), Invalid)
+    group = {"type": "group", "userId": "u", "groupId": "g", "integrations": {"CleverTap": False}}
+    assert run(group) == Skip("disabled_by_integrations")

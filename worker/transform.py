@@ -7,7 +7,10 @@ It never raises on a JSON object: expected outcomes are values.
 - ``list`` of records: the main record first, then a push-token record when there is one (§2.8);
 - :class:`Skip`: the message is acknowledged and sends nothing, token records included (``group`` is
   ``unsupported_type``; ``alias`` is ``alias_disabled`` when the destination's ``alias`` is off, and
-  ``alias_needs_object_id`` when ``send_anonymous_id_as_object_id`` is off: there is no objectId to link);
+  ``alias_needs_object_id`` when ``send_anonymous_id_as_object_id`` is off: there is no objectId to link;
+  **Decision:** a message whose ``integrations`` turn CleverTap off, as Segment reads them
+  (``"CleverTap": false``, or ``"All": false`` without ``"CleverTap"`` turned on), is
+  ``disabled_by_integrations``);
 - :class:`Invalid`: the message breaks the contract (no ``userId``/``anonymousId``, unknown ``type``,
   a track without ``event``, ...); the worker dead-letters it as ``invalid_message``. Checked before any
   setting is applied, so an invalid message is invalid whatever the destination's settings.
@@ -40,6 +43,7 @@ _TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
 _PUSH_TYPES = {"android": "fcm", "ios": "apns", "ipados": "apns", "tvos": "apns", "watchos": "apns", "macos": "apns"}
 _NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
 _IDS_REQUIRED = "userId or anonymousId: one of them must be a non-empty string"
+INTEGRATION_NAME = "CleverTap"  # the destination's name in Segment's ``integrations`` object
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,17 @@ def _push_token(message: Mapping[str, Any], anonymous_id: str | None) -> Record 
     return None
 
 
+def _turned_off(integrations: Any) -> bool:
+    """Segment's ``integrations``: ``false`` for CleverTap, or for ``All`` when CleverTap is not named.
+
+    Only ``false`` turns a destination off; ``true`` or an options object turn it on.
+    """
+    if integrations is None or not _is_object(integrations):
+        return False
+    own = integrations.get(INTEGRATION_NAME)
+    return own is False if own is not None else integrations.get("All") is False
+
+
 def _check(message: Mapping[str, Any], kind: str) -> Invalid | None:
     """What each call type needs beyond an id (SPEC §1), so that an invalid message is never sent."""
     if kind == "track":
@@ -176,6 +191,8 @@ def transform(
     problem = _check(message, kind)
     if problem is not None:
         return problem
+    if _turned_off(message.get("integrations")):
+        return Skip("disabled_by_integrations")
     if kind == "group":
         return Skip("unsupported_type")
 
