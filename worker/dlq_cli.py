@@ -183,23 +183,20 @@ def list_(
                 ctx.console.print(_json(letter.to_dict()), markup=False, highlight=False, soft_wrap=True)
             return
         table = Table(title=f"Dead letters (newest first, at most {limit})", title_justify="left")
-        for column in ("ID", "Last failure (UTC)", "Destination", "Type/Event", "Reason", "Code", "Error"):
-            table.add_column(column, overflow="fold")
-        table.add_column("Attempts", justify="right")
+        for column in ("ID", "Last failure (UTC)", "Destination"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("Type/Event", overflow="fold")
+        table.add_column("Reason", no_wrap=True)
+        for column in ("Code", "HTTP", "Attempts"):
+            table.add_column(column, justify="right", no_wrap=True)
+        table.add_column("Error", overflow="fold")
         for letter in letters:
             what = letter.type + (f": {letter.event}" if letter.event is not None else "")
-            code_text = "-" if letter.code is None else str(letter.code)
-            if letter.status is not None:
-                code_text += f" (HTTP {letter.status})"
+            code_text, status_text = ("-" if value is None else str(value) for value in (letter.code, letter.status))
+            when = _when(letter.last_failure)
+            attempts = str(letter.attempts)
             table.add_row(
-                letter.id,
-                _when(letter.last_failure),
-                letter.write_key,
-                what,
-                letter.reason,
-                code_text,
-                letter.error[:80],
-                str(letter.attempts),
+                letter.id, when, letter.write_key, what, letter.reason, code_text, status_text, attempts, letter.error
             )
         ctx.console.print(table)
 
