@@ -1,8 +1,9 @@
-"""Redis memory per queued message and per dedup marker, for sizing Redis (deploy/runbook.md).
+"""Redis memory per queued message, per dedup marker and per dead letter, for sizing Redis (deploy/runbook.md).
 
-Writes N typical track messages (~300 bytes as accepted) through the real producer (``Producer.add``,
-plain XADDs into the partition streams) and N dedup markers shaped like ingest's (``SET NX EX``), under a
-private key prefix, measures ``MEMORY USAGE`` and the change of ``used_memory``, then deletes them.
+Writes N typical track messages (~420 bytes as accepted) through the real producer (``Producer.add``,
+plain XADDs into the partition streams), N dedup markers shaped like ingest's (``SET NX EX``) and N/10
+dead letters through the real store (``DeadLetterStore.add``), under a private key prefix, measures
+``MEMORY USAGE`` and the change of ``used_memory``, then deletes them.
 
     .venv/bin/python tests/bench/bench_redis_memory.py [N]
 """
@@ -16,6 +17,7 @@ import uuid
 
 import redis
 
+from worker.deadletters import DeadLetterStore, Letter
 from worker.queue import Keys, Producer
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
@@ -62,9 +64,21 @@ def main() -> None:
             pipe.execute()
         dedup_used = used(client) - before
         sample = [int(client.memory_usage(keys.dedup("wk_live_1", str(m["messageId"]))) or 0) for m in messages[:1000]]
+        store = DeadLetterStore(client, keys, retention_s=14 * 86_400)
+        letters = N // 10
+        before = used(client)
+        now = time.time()
+        for start in range(0, letters, 500):
+            pipe = client.pipeline(transaction=True)
+            for m in messages[start : min(start + 500, letters)]:
+                letter = Letter.of("wk_live_1", m, "rejected", now=now, code=512, error="Invalid event structure")
+                store.add(pipe, letter)
+            pipe.execute()
+        letters_used = used(client) - before
     finally:
         for p in range(PARTITIONS):
             client.delete(keys.stream(p))
+        client.delete(keys.deadletters(), keys.deadletter_times(), keys.deadletter_reasons(), keys.deadletter_counts())
         for start in range(0, N, 5000):
             client.delete(*[keys.dedup("wk_live_1", str(m["messageId"])) for m in messages[start : start + 5000]])
         client.close()
@@ -73,6 +87,7 @@ def main() -> None:
     print(f"stream entry: MEMORY USAGE {entry_usage:.0f} B/message, used_memory delta {entry_used:.0f} B/message")
     marker_usage, marker_used = sum(sample) / len(sample), dedup_used / N
     print(f"dedup marker: MEMORY USAGE {marker_usage:.0f} B/key, used_memory delta {marker_used:.0f} B/key")
+    print(f"dead letter: used_memory delta {letters_used / max(letters, 1):.0f} B/letter ({letters} letters)")
     print(f"ratio dedup marker / stream entry (used_memory): {dedup_used / max(streams_used, 1):.2f}")
     print(f"measured at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC")
 
