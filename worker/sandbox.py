@@ -122,8 +122,8 @@ class Handlers:
             sandbox.stats.too_many_concurrent += 1
             return self._answer(fail(429, "Too many concurrent requests"))
         sandbox.stats.enter(account)
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             body = await request.body()
             delay = state.delay()
             hold = state.timeout()
@@ -148,7 +148,7 @@ class Handlers:
                 commit()
             return self._answer(response)
         finally:
-            sandbox.stats.leave(account)
+            sandbox.stats.leave(account, time.monotonic() - started)
 
     async def upload(self, request: Request) -> Response:
         self.sandbox.stats.uploads += 1

@@ -42,6 +42,8 @@ class Stats:
         self.max_in_flight: Counter[str] = Counter()
         self.in_flight_total = 0
         self.max_in_flight_total = 0
+        self.served = 0
+        self.served_seconds = 0.0
 
     def enter(self, account: str) -> None:
         """One more request in flight for ``account`` (the caller checked the cap)."""
@@ -51,9 +53,12 @@ class Stats:
         self.in_flight_total += 1
         self.max_in_flight_total = max(self.max_in_flight_total, self.in_flight_total)
 
-    def leave(self, account: str) -> None:
+    def leave(self, account: str, seconds: float) -> None:
+        """A request of ``account`` answered after ``seconds`` in flight."""
         self.in_flight[account] -= 1
         self.in_flight_total -= 1
+        self.served += 1
+        self.served_seconds += seconds
 
     def fresh(self) -> Stats:
         """New zeroed counters that carry over the requests in flight right now."""
@@ -84,6 +89,7 @@ class Stats:
             "in_flight": self.in_flight_total,
             "in_flight_by_account": {k: v for k, v in self.in_flight.items() if v},
             "max_concurrency": self.max_in_flight_total,
+            "mean_in_flight_ms": round(self.served_seconds / self.served * 1000, 1) if self.served else None,
             "max_concurrency_by_account": dict(self.max_in_flight),
             "deletions": deletions,
         }

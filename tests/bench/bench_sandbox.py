@@ -148,6 +148,8 @@ def main() -> None:
         print(
             f"{name:>15}: {rate:>9,.0f} records/s accepted, {stats['uploads'] / run['elapsed']:>6,.1f} uploads/s, "
             f"sandbox CPU {run['cpu'] / run['elapsed']:.0%} of one core ({per_cpu:,.0f} records per CPU second), "
+            f"round trip {run['elapsed'] * args.concurrency / max(stats['uploads'], 1) * 1000:.0f} ms "
+            f"(in the sandbox {stats['mean_in_flight_ms']:.0f} ms), "
             f"max concurrency {stats['max_concurrency']}, statuses {run['statuses']}, "
             f"unprocessed {stats['records_unprocessed']}"
         )
