@@ -294,3 +294,19 @@ def test_invalid_wins_over_integrations_and_integrations_over_group() -> None:
     assert isinstance(run({"type": "track", "userId": "u", "integrations": {"All": False}}), Invalid)
     group = {"type": "group", "userId": "u", "groupId": "g", "integrations": {"CleverTap": False}}
     assert run(group) == Skip("disabled_by_integrations")
+
+
+def test_lone_surrogates_and_long_keys_never_raise() -> None:
+    stats = TransformStats()
+    properties = {"\ud800key": "\udfff" * 300, "k" * 5000: 1, "ok" + "$" * 300: "v"}
+    records = transform(
+        {"type": "track", "userId": "u", "event": "E", "properties": properties},
+        Destination(account_id="t"),
+        NOW,
+        stats,
+    )
+    assert isinstance(records, list)
+    data = records[0]["evtData"]
+    assert data["ok"] == "v"
+    assert data["key"] == "\udfff" * 170  # 3 bytes each in surrogatepass: cut at 510 bytes
+    assert stats.keys_dropped == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.keycase import CACHE_SIZE, convert, snake_case
+from worker.keycase import CACHE_SIZE, MAX_CACHED_KEY, convert, convert_key, snake_case
 
 SPEC_EXAMPLES = [
     ("Industry Of Traits", "industry_of_traits"),
@@ -93,3 +93,12 @@ def test_the_cache_is_bounded_and_can_be_cleared() -> None:
     assert (info.hits, info.misses, info.maxsize) == (1, 1, CACHE_SIZE)
     snake_case.cache_clear()
     assert snake_case.cache_info().currsize == 0
+
+
+def test_long_keys_are_converted_without_the_cache() -> None:
+    long_key = "someKey" + "x" * MAX_CACHED_KEY
+    snake_case.cache_clear()
+    assert convert_key(long_key) == "some_key" + "x" * MAX_CACHED_KEY
+    assert convert_key("someKey") == "some_key"
+    assert convert_key(7) == ""
+    assert snake_case.cache_info().currsize == 1

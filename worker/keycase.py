@@ -14,8 +14,8 @@ needs one decision: split camelCase or not. Digits are word characters and never
 **Decision (SPEC):** letters and digits of any script are word characters and case follows Unicode
 (``prénom`` → ``prénom``, ``名前`` → ``名前``), where the JavaScript original drops them.
 
-Keys repeat massively across messages, so :func:`snake_case` is cached (bounded LRU);
-:func:`convert` is the uncached algorithm (benchmarks and tests call it directly). Pure.
+Keys repeat massively across messages, so :func:`convert_key` converts a key through a bounded LRU cache
+(:func:`snake_case`) unless the key is long; :func:`convert` is the uncached algorithm. Pure.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from functools import lru_cache
 from itertools import pairwise
 
 CACHE_SIZE = 65_536
+MAX_CACHED_KEY = 200  # characters; with CACHE_SIZE this bounds the cache to some 30 MB in the worst case
 
 _WHITESPACE = re.compile(r"\s")
 _SEPARATOR = re.compile(r"[_\-.:]")
@@ -61,4 +62,12 @@ def convert(key: object) -> str:
 
 
 snake_case = lru_cache(maxsize=CACHE_SIZE)(convert)
-"""The cached :func:`convert`: what the transform uses (``snake_case.cache_clear()`` empties it)."""
+"""The cached :func:`convert`, for keys of at most ``MAX_CACHED_KEY`` characters (``cache_clear()`` empties it)."""
+
+
+def convert_key(key: object) -> str:
+    """The snake_case of ``key``: cached when it is short, converted every time when it is long, so that the
+    cache holds at most ``CACHE_SIZE`` keys of ``MAX_CACHED_KEY`` characters whatever clients send.
+    (:func:`worker.values.clean` inlines this test: it is the transform's hot path.)
+    """
+    return snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)

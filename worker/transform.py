@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from worker.keycase import snake_case
+from worker.keycase import convert_key
 from worker.messages import CALL_TYPES, coerce_id
 from worker.timestamps import epoch_seconds
 from worker.traits import profile_data
@@ -121,7 +121,7 @@ def _charged(properties: Mapping[str, Any], stats: TransformStats | None) -> dic
             break
     products: Any = None
     for key, value in properties.items():
-        if snake_case(key) == "products":  # the last spelling of "products" wins
+        if convert_key(key) == "products":  # the last spelling of "products" wins
             products = value
     if isinstance(products, list):
         data["Items"] = [clean(product, stats) for product in products if _is_object(product)]

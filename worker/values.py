@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.keycase import snake_case
+from worker.keycase import MAX_CACHED_KEY, convert, snake_case
 
 MAX_KEY_LENGTH = 120
 MAX_VALUE_BYTES = 512
@@ -87,7 +87,7 @@ def clean(data: Mapping[Any, Any], stats: TransformStats | None = None, *, keep_
     """``data`` with converted keys and kept values (see the module docstring)."""
     out: dict[str, Any] = {}
     for key, item in data.items():
-        name = snake_case(key)
+        name = snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)
         size = len(name)
         if not 0 < size <= MAX_KEY_LENGTH:
             if size and stats is not None:

@@ -28,7 +28,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import worker.transform  # noqa: E402
 import worker.values  # noqa: E402
 from worker.destinations import Destination  # noqa: E402
 from worker.keycase import convert, snake_case  # noqa: E402
@@ -162,10 +161,10 @@ def main() -> None:
     messages = mix(args.messages)
 
     def uncached() -> None:
-        worker.values.snake_case = worker.transform.snake_case = convert  # type: ignore[assignment]
+        worker.values.snake_case = convert  # type: ignore[assignment]
 
     def cached() -> None:
-        worker.values.snake_case = worker.transform.snake_case = snake_case
+        worker.values.snake_case = snake_case
 
     def cold() -> None:
         cached()
