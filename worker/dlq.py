@@ -265,8 +265,8 @@ def _with_id(letter: Letter) -> dict[str, Any]:
 
 
 def purge(store: DeadLetterStore, where: Filter) -> int:
-    """Delete the matching letters; returns how many were deleted."""
-    ids = [letter.id for letter in store.scan(where)]
+    """Delete the matching letters (with ``limit``: the oldest ones); returns how many were deleted."""
+    ids = select_ids(store, where)
     return sum(store.delete(ids[i : i + 1000]) for i in range(0, len(ids), 1000))
 
 
