@@ -60,7 +60,7 @@ def stats(sandbox: Sandbox) -> dict[str, Any]:
 
 
 def test_requests_beyond_the_cap_get_429_and_are_counted() -> None:
-    sandbox = make(cap=3, latency_ms=300)
+    sandbox = make(cap=3, latency_ms=500)
 
     async def calls(client: httpx.AsyncClient) -> list[httpx.Response]:
         async def one(account: str) -> httpx.Response:
@@ -75,6 +75,7 @@ def test_requests_beyond_the_cap_get_429_and_are_counted() -> None:
     found = stats(sandbox)
     assert found["too_many_concurrent"] == found["rejected_429"] == 7
     assert found["max_concurrency_by_account"] == {"ACC-1": 3, "ACC-2": 3}
+    assert found["max_attempted_concurrency_by_account"] == {"ACC-1": 4, "ACC-2": 4}
     assert found["max_concurrency"] == 6
     assert found["in_flight"] == 0
     assert found["records"] == 6
@@ -84,6 +85,7 @@ def test_the_cap_frees_slots_as_requests_finish() -> None:
     sandbox = make(cap=1)
     assert [a.status_code for a in upload_many(sandbox, 5)] == [200] * 5
     assert stats(sandbox)["max_concurrency"] == 1
+    assert stats(sandbox)["max_attempted_concurrency_by_account"] == {"ACC-1": 1}
 
 
 # --- latency, timeouts -------------------------------------------------------------------------

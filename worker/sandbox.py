@@ -119,7 +119,7 @@ class Handlers:
         if not sandbox.authorised(account, request.headers.get("x-clevertap-passcode", "")):
             return self._answer(fail(401, "Invalid Credentials"))
         if sandbox.stats.in_flight[account] >= faults.cap:
-            sandbox.stats.too_many_concurrent += 1
+            sandbox.stats.refuse(account)
             return self._answer(fail(429, "Too many concurrent requests"))
         sandbox.stats.enter(account)
         started = time.monotonic()

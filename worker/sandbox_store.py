@@ -40,6 +40,7 @@ class Stats:
         self.records_by_account: Counter[str] = Counter()
         self.in_flight: Counter[str] = Counter()
         self.max_in_flight: Counter[str] = Counter()
+        self.max_attempted: Counter[str] = Counter()
         self.in_flight_total = 0
         self.max_in_flight_total = 0
         self.served = 0
@@ -50,8 +51,15 @@ class Stats:
         now = self.in_flight[account] + 1
         self.in_flight[account] = now
         self.max_in_flight[account] = max(self.max_in_flight[account], now)
+        self.max_attempted[account] = max(self.max_attempted[account], now)
         self.in_flight_total += 1
         self.max_in_flight_total = max(self.max_in_flight_total, self.in_flight_total)
+
+    def refuse(self, account: str) -> None:
+        """A request of ``account`` over the cap (answered 429): it would have been one more in flight."""
+        self.too_many_concurrent += 1
+        attempted = self.in_flight[account] + 1
+        self.max_attempted[account] = max(self.max_attempted[account], attempted)
 
     def leave(self, account: str, seconds: float) -> None:
         """A request of ``account`` answered after ``seconds`` in flight."""
@@ -91,6 +99,7 @@ class Stats:
             "max_concurrency": self.max_in_flight_total,
             "mean_in_flight_ms": round(self.served_seconds / self.served * 1000, 1) if self.served else None,
             "max_concurrency_by_account": dict(self.max_in_flight),
+            "max_attempted_concurrency_by_account": dict(self.max_attempted),
             "deletions": deletions,
         }
 
