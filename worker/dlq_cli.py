@@ -67,6 +67,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 @contextmanager
 def _context() -> Iterator[Context]:
     import redis
+    from pydantic import ValidationError
     from rich.console import Console
 
     from worker.deadletters import DeadLetterStore
@@ -76,13 +77,22 @@ def _context() -> Iterator[Context]:
 
     try:
         settings = Settings()
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
-        store = DeadLetterStore(client, Keys(settings.redis_prefix), settings.deadletter_retention)
+    except ValidationError as exc:
+        raise _fail(f"settings: {exc}") from None
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    store = DeadLetterStore(client, Keys(settings.redis_prefix), settings.deadletter_retention)
+    try:
         yield Context(settings, store, Console(), Console(stderr=True))
     except RelayError as exc:
         raise _fail(str(exc)) from None
-    except (redis.RedisError, OSError) as exc:
-        raise _fail(f"Redis: {exc}") from None
+    except redis.RedisError as exc:
+        raise _fail(f"Redis ({settings.redis_url.rpartition('@')[2]}): {exc}") from None
+    except BrokenPipeError:  # `ctrelay dlq export | head`: the reader has gone, nothing to report
+        raise typer.Exit(0) from None
+    except OSError as exc:
+        raise _fail(f"{exc.filename or 'output'}: {exc.strerror or exc}") from None
+    finally:
+        client.close()
 
 
 def _filter(ids: list[str] | None = None, **options: Any) -> Filter:
