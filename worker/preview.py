@@ -80,7 +80,7 @@ def transform_command(
     ] = False,
     settings: Annotated[
         Path | None,
-        typer.Option(help="a destination's settings: one TOML table, or a file with one [[destinations]] entry"),
+        typer.Option(help="a destination's settings (TOML): one table, or a destinations file with a single entry"),
     ] = None,
 ) -> None:
     """Print what the relay would send to CleverTap for the Segment messages on stdin (one JSON line each)."""
