@@ -191,7 +191,7 @@ class Handlers:
         def commit() -> None:
             stats = sandbox.stats
             if accepted:
-                sandbox.store.add(account, accepted)
+                sandbox.store.add(account, accepted, body if not unprocessed else None)
             stats.records += len(accepted)
             stats.records_by_account[account] += len(accepted)
             stats.records_unprocessed += len(unprocessed)

@@ -121,17 +121,21 @@ class RecordStore:
         """Records stored and still shown (deleted users' records excluded)."""
         return self._size - len(self._hidden)
 
-    def add(self, account: str, records: list[dict[str, Any]]) -> None:
-        """Keep ``records`` (accepted for ``account``) as one chunk, as far as ``max_stored`` allows."""
+    def add(self, account: str, records: list[dict[str, Any]], upload: bytes | None = None) -> None:
+        """Keep ``records`` (accepted for ``account``) as one chunk, as far as ``max_stored`` allows.
+
+        ``upload``, when given, is the request body ``{"d": records}`` as received: kept as it is,
+        which saves serialising the records again (the common case: every record accepted).
+        """
         room = max(self.max_stored - self._size, 0)
         if room < len(records):
             self.not_stored += len(records) - room
-            records = records[:room]
+            records, upload = records[:room], None
         if not records:
             return
         self._starts.append(self._size)
         self._owners.append(account)
-        self._chunks.append(orjson.dumps(records))
+        self._chunks.append(upload if upload is not None else orjson.dumps(records))
         self._size += len(records)
 
     def clear(self) -> None:
@@ -149,7 +153,8 @@ class RecordStore:
             if account is not None and owner != account:
                 continue
             start = self._starts[index]
-            for offset, record in enumerate(orjson.loads(self._chunks[index])):
+            chunk = orjson.loads(self._chunks[index])
+            for offset, record in enumerate(chunk["d"] if type(chunk) is dict else chunk):
                 seq = start + offset
                 if seq >= since and seq not in hidden:
                     yield seq, owner, record
