@@ -1,0 +1,103 @@
+"""The operator's story, end to end with real processes (issue 5).
+
+A destination with a wrong passcode: its messages are dead-lettered as ``auth_failed`` after a short
+retry window. The operator fixes the passcode, restarts the worker, runs ``ctrelay dlq stats`` and
+``ctrelay dlq replay --all --rate 500``; the sandbox then holds every message exactly once and the
+dead-letter store is empty.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from delivery_e2e import CLI, ROOT, Relay, enqueue, settle, tracks, wait_for
+
+from worker.deadletters import DeadLetterStore
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+WK, ACC = "wk-story", "ACC-STORY"
+MESSAGES = 400
+
+
+@pytest.fixture
+def relay(tmp_path: Path, redis_url: str) -> Iterator[Relay]:
+    relay = Relay(tmp_path, redis_url)
+    yield relay
+    relay.stop_all()
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{relay.prefix}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def ctrelay(relay: Relay, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a ``ctrelay`` command as the operator does (same environment as the relay), bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-c", CLI, *args], env=relay.env(COLUMNS="160"), cwd=ROOT, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_wrong_passcode_then_fix_then_replay_delivers_each_message_exactly_once(
+    relay: Relay, client: redis.Redis
+) -> None:
+    relay.start_sandbox("--accounts", f"{ACC}:right")
+    relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "wrong"}])
+    worker = relay.start_worker(CTRELAY_RETRY_WINDOW_S="3")
+    messages = tracks(MESSAGES, users=50)
+    enqueue(client, relay, WK, messages)
+
+    # 1. after the retry window, every message is an auth_failed letter; CleverTap got nothing
+    state = settle(client, relay, messages, WK, timeout_s=90, proc=worker)
+    assert len(state.dead) == MESSAGES
+    assert {letter.reason for letter in state.dead.values()} == {"auth_failed"}
+    assert {letter.status for letter in state.dead.values()} == {401}
+    assert relay.records() == []
+
+    # 2. the operator fixes the passcode and restarts the worker
+    worker.stop()
+    relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "right"}])
+    worker = relay.start_worker()
+
+    # 3. looks at what failed
+    stats = ctrelay(relay, "dlq", "stats")
+    assert stats.returncode == 0, stats.stderr
+    assert f"Dead letters: {MESSAGES}" in stats.stdout
+    assert "auth_failed" in stats.stdout
+    assert WK in stats.stdout
+    counted = orjson.loads(ctrelay(relay, "dlq", "stats", "--json").stdout)
+    assert counted["by_reason"] == {"auth_failed": MESSAGES}
+
+    # 4. replays everything at 500 messages/s
+    replay = ctrelay(relay, "dlq", "replay", "--all", "--rate", "500")
+    assert replay.returncode == 0, replay.stderr
+    assert f"replayed {MESSAGES} letters into the delivery queue" in replay.stderr
+    assert DeadLetterStore(client, relay.keys).count() == 0  # each left the store with its XADD
+
+    # 5. the sandbox holds every message exactly once; the store is empty; nothing waits
+    def delivered() -> bool:
+        return len(relay.records()) >= MESSAGES
+
+    wait_for(delivered, 90, "the replayed messages to reach the sandbox", worker)
+    state = settle(client, relay, messages, WK, timeout_s=60, proc=worker)
+    mids = Counter(item["record"]["evtData"]["mid"] for item in relay.records())
+    assert mids == Counter({m["messageId"]: 1 for m in messages})
+    assert state.dead == {}
+    assert state.missing == set()
+    final = orjson.loads(ctrelay(relay, "dlq", "stats", "--json").stdout)
+    assert final["total"] == 0
