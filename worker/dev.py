@@ -41,6 +41,7 @@ from worker.settings import Settings, environment
 DEV_WRITE_KEY = "wk_dev"
 DEV_ACCOUNT = "DEV-ACCOUNT"
 READY_TIMEOUT_S = 60.0
+DEV_PREFIX = "ctrelay-dev"
 
 
 class Stopped(Exception):
@@ -114,9 +115,24 @@ def stop_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def banner(
-    ports: Ports, *, redis_kind: str, redis_url: str, write_key: str, destinations: Path, roles: list[str]
-) -> str:
+def key_prefix(settings: Settings, redis_kind: str) -> str:
+    """The key prefix: the configured one, else ``ctrelay-dev`` on a shared Redis (never a production relay's keys)."""
+    if "redis_prefix" in settings.model_fields_set or redis_kind != "configured":
+        return settings.redis_prefix
+    return DEV_PREFIX
+
+
+@dataclass(frozen=True)
+class Where:
+    """What the banner tells about the Redis and the files in use."""
+
+    redis_url: str
+    redis_kind: str
+    prefix: str
+    destinations: Path
+
+
+def banner(ports: Ports, where: Where, write_key: str, roles: list[str]) -> str:
     """What ``ctrelay dev`` prints once everything answers: where things are and how to send a message."""
     ingest = f"http://127.0.0.1:{ports.ingest}"
     sandbox = f"http://127.0.0.1:{ports.sandbox}"
@@ -126,12 +142,14 @@ def banner(
         f"  ingest        {ingest}   (Segment clients: host={ingest}, write key {write_key})",
         f"  sandbox       {sandbox}/_sandbox/records   (what CleverTap would have received)",
         f"  metrics       {ingest}/metrics (ingest), http://127.0.0.1:{ports.metrics}/metrics (worker)",
-        f"  redis         {redis_url} ({redis_kind})",
-        f"  destinations  {destinations}",
+        f"  redis         {where.redis_url} ({where.redis_kind}, key prefix {where.prefix})",
+        f"  destinations  {where.destinations}",
         f"  write key     {write_key}",
         "",
         "Send a message:",
         f"  {curl_line(ingest, write_key)}",
+        "Look at the queue:",
+        f"  REDIS_URL={where.redis_url} CTRELAY_REDIS_PREFIX={where.prefix} ctrelay status",
         "",
     ]
     return "\n".join(lines)
@@ -156,7 +174,7 @@ def run(settings: Settings, ports: Ports, write_key: str = DEV_WRITE_KEY, stop_t
                 "REDIS_URL": redis.url,
                 "CTRELAY_DESTINATIONS": str(destinations),
                 "CTRELAY_METRICS_PORT": str(ports.metrics),
-                "CTRELAY_REDIS_PREFIX": settings.redis_prefix,
+                "CTRELAY_REDIS_PREFIX": key_prefix(settings, redis.kind),
                 "CTRELAY_PARTITIONS": str(settings.partitions),
             }
         )
@@ -173,14 +191,8 @@ def run(settings: Settings, ports: Ports, write_key: str = DEV_WRITE_KEY, stop_t
             supervisor.start("ingest", child_args(commands, "ingest", ports, passcode))
             wait_until_ready(f"http://127.0.0.1:{ports.ingest}/readyz", supervisor, READY_TIMEOUT_S, stop)
             roles.append("ingest")
-            text = banner(
-                ports,
-                redis_kind=redis.kind,
-                redis_url=redis.url,
-                write_key=write_key,
-                destinations=destinations,
-                roles=roles,
-            )
+            where = Where(redis.url, redis.kind, env["CTRELAY_REDIS_PREFIX"], destinations)
+            text = banner(ports, where, write_key, roles)
             print(text, flush=True)
             while not stop.wait(0.2):
                 supervisor.raise_if_exited()
