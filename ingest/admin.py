@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
@@ -84,6 +85,8 @@ def _query_filter(
 Where = Annotated[Filter, Depends(_query_filter)]
 """A route parameter: the filter of the query string."""
 
+_bearer = HTTPBearer(auto_error=False, description="the admin token, CTRELAY_ADMIN_TOKEN")
+
 
 def build_router(
     store: DeadLetterStore, producer: Producer, destinations: Mapping[str, Destination], token: str
@@ -91,9 +94,9 @@ def build_router(
     """The admin routes over ``store``; every route requires the Bearer ``token``."""
     expected = token.encode("utf-8")
 
-    def authorize(request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), expected):
+    def authorize(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        given = credentials.credentials.encode("utf-8") if credentials is not None else b""
+        if not hmac.compare_digest(given, expected):  # constant time, whatever was given
             raise HTTPException(401, "admin token required: Authorization: Bearer <CTRELAY_ADMIN_TOKEN>")
 
     router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(authorize)])
