@@ -97,5 +97,14 @@ def test_upload_inspect_fault_and_stop(sandbox_url: str) -> None:
         assert (stats["in_flight"], stats["timeouts"], stats["abandoned"], stats["dropped_connections"]) == (0, 1, 1, 1)
         assert stats["records"] == 1
 
+        # with timeout_accepts, the records of a request whose client hung up are stored all the same
+        client.post("/_sandbox/faults", json={"timeout_accepts": True}).raise_for_status()
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/1/upload", json={"d": records[:1]}, headers=ACCOUNT, timeout=0.3)
+        deadline = time.monotonic() + 5
+        while (stats := client.get("/_sandbox/stats").json())["records"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (stats["records"], stats["timeouts"], stats["abandoned"], stats["in_flight"]) == (2, 2, 1, 0)
+
         assert client.delete("/_sandbox/records").status_code == 200
         assert client.get("/_sandbox/records").json()["records"] == []
