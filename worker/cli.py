@@ -54,11 +54,13 @@ def _dev(
     sandbox_port: int = typer.Option(8900, help="sandbox CleverTap port (when taken, or 0: any free port)"),
     metrics_port: int = typer.Option(9108, help="worker metrics port (when taken, or 0: any free port)"),
     write_key: str = typer.Option("wk_dev", help="the development write key"),
+    redis_server: bool = typer.Option(True, help="embed the redis-server binary when on the PATH (else fakeredis)"),
 ) -> None:
     """Run the whole relay locally (Redis, sandbox CleverTap, worker, ingest) until Ctrl-C."""
     from worker.dev import main as run_dev
 
-    raise typer.Exit(run_dev(port=port, sandbox_port=sandbox_port, metrics_port=metrics_port, write_key=write_key))
+    ports = {"port": port, "sandbox_port": sandbox_port, "metrics_port": metrics_port}
+    raise typer.Exit(run_dev(**ports, write_key=write_key, redis_binary=redis_server))
 
 
 @app.command("status")

@@ -155,12 +155,19 @@ def banner(ports: Ports, where: Where, write_key: str, roles: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run(settings: Settings, ports: Ports, write_key: str = DEV_WRITE_KEY, stop_timeout_s: float = 30.0) -> int:
+def run(
+    settings: Settings,
+    ports: Ports,
+    write_key: str = DEV_WRITE_KEY,
+    *,
+    redis_binary: bool = True,
+    stop_timeout_s: float = 30.0,
+) -> int:
     """Run the dev relay until SIGINT/SIGTERM or until a child dies; return the exit code."""
     from worker.cli import app
 
     commands = {info.name or (info.callback.__name__ if info.callback else "") for info in app.registered_commands}
-    with stop_signals() as stop, ensure_redis(settings.redis_url) as redis:
+    with stop_signals() as stop, ensure_redis(settings.redis_url, prefer_binary=redis_binary) as redis:
         workdir = Path(tempfile.mkdtemp(prefix="ctrelay-dev-"))
         passcode = secrets.token_urlsafe(12)
         sandbox_url = f"http://127.0.0.1:{ports.sandbox}"
@@ -209,11 +216,11 @@ def run(settings: Settings, ports: Ports, write_key: str = DEV_WRITE_KEY, stop_t
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def main(*, port: int, sandbox_port: int, metrics_port: int, write_key: str) -> int:
+def main(*, port: int, sandbox_port: int, metrics_port: int, write_key: str, redis_binary: bool = True) -> int:
     """``ctrelay dev``: read the settings, pick the ports (the asked one when free), run until stopped."""
     settings = Settings()
     ports = Ports(ingest=choose_port(port), sandbox=choose_port(sandbox_port), metrics=choose_port(metrics_port))
-    return run(settings, ports, write_key=write_key)
+    return run(settings, ports, write_key=write_key, redis_binary=redis_binary)
 
 
 def child_args(commands: set[str], role: str, ports: Ports, passcode: str) -> list[str]:
