@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from worker.batches import Work, chunks
+from worker.batches import Work
 from worker.clevertap import CleverTap, Failure, Report, match_failures, parse_retry_after
 from worker.destinations import Destination
 from worker.policy import (
@@ -25,6 +25,7 @@ from worker.policy import (
     classify,
     decide,
 )
+from worker.uploads import chunks
 
 DEST = Destination(write_key="wk", account_id="ACC", passcode="secret", endpoint="http://ct.test")
 POLICY = RetryPolicy(window_s=100.0, backoff_min_s=1.0, backoff_max_s=300.0, auth_pause_s=30.0)

@@ -2,11 +2,11 @@
 
 :meth:`Deliverer.deliver` decodes each entry (a foreign or broken one becomes an ``invalid_message``
 dead letter), transforms it (pure), drops push-token records already sent for that objectId within
-the destination's window, groups the records by destination, uploads them (≤ 1000 event/profile and
-≤ 100 token records per request, each request holding an account slot), classifies the answer per
-record (:mod:`worker.policy`), halves a request that CleverTap rejects as a whole until the culprits
-are alone, and then, per destination, writes every message's outcome in **one MULTI**: dead letters,
-retry-schedule items, token markers, and the XACK of the entries. An entry is acknowledged only in
+the destination's window, groups the records by destination, uploads them (:mod:`worker.uploads`:
+≤ 1000 event/profile and ≤ 100 token records per request, each holding an account slot, verdicts per
+record, whole-batch rejections halved until the culprits are alone), and then, per destination, writes
+every message's outcome in **one MULTI** (:mod:`worker.outcomes`): dead letters, retry-schedule items,
+token markers, and the XACK of the entries. An entry is acknowledged only in
 the transaction that makes its outcome durable; a crash before it leaves the entry pending, to be
 reclaimed (at-least-once: duplicates only after a crash between an upload and its commit).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +23,16 @@ import redis
 import structlog
 
 from worker import metrics
-from worker.clevertap import MAX_RECORDS, MAX_TOKENS, CleverTap, Report
+from worker.clevertap import CleverTap
 from worker.concurrency import AccountSlots
 from worker.deadletters import DeadLetterStore, Letter
 from worker.destinations import Destination
-from worker.policy import DELIVERED, SPLIT, DeadLetter, Delivered, RetryPolicy, Verdict, classify, decide
+from worker.outcomes import OutcomeWriter
+from worker.policy import DELIVERED, RetryPolicy, Verdict
 from worker.queue import GROUP, Envelope, Keys
-from worker.retries import RetryItem, RetrySchedule, item_id
+from worker.retries import RetryItem, item_id
 from worker.transform import Invalid, Skip, TransformStats, transform
+from worker.uploads import Uploader
 
 log = structlog.get_logger("ctrelay.delivery")
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
@@ -73,25 +75,6 @@ class Tally:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-Slice = list[tuple[Work, int]]
-
-
-def chunks(items: Slice) -> Iterator[Slice]:
-    """Cut (work, record index) pairs, in order, into requests of ≤ 1000 event/profile and ≤ 100 token records."""
-    chunk: Slice = []
-    records = tokens = 0
-    for work, index in items:
-        token = work.records[index].get("type") == "token"
-        if (token and tokens >= MAX_TOKENS) or (not token and records >= MAX_RECORDS):
-            yield chunk
-            chunk, records, tokens = [], 0, 0
-        chunk.append((work, index))
-        tokens += token
-        records += not token
-    if chunk:
-        yield chunk
-
-
 class Deliverer:
     """Everything a batch needs: Redis, the destinations, the HTTP seam, the slots, the dead letters, the policy."""
 
@@ -111,12 +94,12 @@ class Deliverer:
         self.client = client
         self.keys = keys
         self.destinations = destinations
-        self.clevertap = clevertap
-        self.slots = slots
         self.deadletters = deadletters
-        self.policy = policy
         self.clock = clock
-        self.rng = rng or random.Random()
+        self.uploader = Uploader(client, keys, clevertap=clevertap, slots=slots, policy=policy)
+        self.outcomes = OutcomeWriter(
+            client, keys, deadletters=deadletters, policy=policy, clock=clock, rng=rng or random.Random()
+        )
 
     def deliver(
         self,
@@ -133,14 +116,15 @@ class Deliverer:
         groups: dict[str, list[Work]] = {}
         for work in works:
             groups.setdefault(work.write_key, []).append(work)
-        schedule = RetrySchedule(self.client, self.keys, partition)
         for write_key, group in groups.items():
             destination = self.destinations.get(write_key)
             if destination is None:  # a retry item whose destination was removed from the configuration
-                self._commit_letters(partition, group, "invalid_message", f"unknown write key {write_key!r}", tally)
+                self.outcomes.dead_letter(
+                    partition, group, "invalid_message", f"unknown write key {write_key!r}", tally
+                )
                 continue
-            tally.uploads += self._send(destination, group, keepalive)
-            self._commit(partition, schedule, destination, group, tally)
+            tally.uploads += self.uploader.send(destination, group, keepalive)
+            self.outcomes.commit(partition, destination, group, tally)
         return tally
 
     # -- before any upload ---------------------------------------------------------------------------------
@@ -232,172 +216,3 @@ class Deliverer:
                 work.verdicts[index] = DELIVERED
                 work.deduped.add(index)
             seen.add((key, token))
-
-    # -- uploads -------------------------------------------------------------------------------------------
-
-    def _send(self, destination: Destination, group: list[Work], keepalive: Callable[[], object] | None) -> int:
-        """Upload the group's records; set every record's verdict. Returns the number of requests."""
-        items = [(work, i) for work in group for i, verdict in enumerate(work.verdicts) if verdict is None]
-        paused = self.client.get(self.keys.paused(destination.write_key))
-        if paused is not None:
-            status = int(paused)
-            verdict = Verdict("auth", "auth", status, None, f"destination paused after HTTP {status}")
-            for work, index in items:
-                work.verdicts[index] = verdict
-            return 0
-        requests = 0
-        pending = list(chunks(items))
-        for number, chunk in enumerate(pending):
-            failure, sent = self._upload(destination, chunk, keepalive)
-            requests += sent
-            if failure is not None:  # the whole request failed: the rest would too; do not hammer
-                for rest in pending[number + 1 :]:
-                    for work, index in rest:
-                        work.verdicts[index] = failure
-                break
-        return requests
-
-    def _upload(
-        self, destination: Destination, chunk: Slice, keepalive: Callable[[], object] | None
-    ) -> tuple[Verdict | None, int]:
-        """One request (halved recursively on a whole-batch 4xx). Returns (batch-wide failure or None, requests)."""
-        records = [work.records[index] for work, index in chunk]
-        with self.slots.slot(destination.account_id, keepalive=keepalive):
-            report = self.clevertap.upload(destination, records)
-        self.slots.record(destination.account_id, throttled=report.status == 429)
-        verdicts = classify(report)
-        self._observe(destination, report, verdicts)
-        if verdicts is SPLIT:
-            middle = len(chunk) // 2
-            first, sent_first = self._upload(destination, chunk[:middle], keepalive)
-            if first is not None:
-                for work, index in chunk[middle:]:
-                    work.verdicts[index] = first
-                return first, 1 + sent_first
-            second, sent_second = self._upload(destination, chunk[middle:], keepalive)
-            return second, 1 + sent_first + sent_second
-        assert isinstance(verdicts, list)
-        for (work, index), verdict in zip(chunk, verdicts, strict=True):
-            work.verdicts[index] = verdict
-        first_verdict = verdicts[0] if verdicts else None
-        batch_wide = first_verdict is not None and (
-            first_verdict.kind == "auth"
-            or (first_verdict.kind == "transient" and first_verdict.reason != "record_error")
-        )
-        if first_verdict is not None and first_verdict.kind == "auth":
-            self.client.set(
-                self.keys.paused(destination.write_key),
-                first_verdict.status or 401,
-                px=int(self.policy.auth_pause_s * 1000),
-            )
-            log.error(
-                "destination_paused",
-                destination=destination.name,
-                status=first_verdict.status,
-                pause_s=self.policy.auth_pause_s,
-                hint="CleverTap refused the account id / passcode; fix the destination's credentials",
-            )
-        return (first_verdict if batch_wide else None), 1
-
-    def _observe(self, destination: Destination, report: Report, verdicts: list[Verdict] | object) -> None:
-        if verdicts is SPLIT:
-            outcome = "split"
-        else:
-            assert isinstance(verdicts, list)
-            kinds = {v.kind for v in verdicts}
-            outcome = kinds.pop() if len(kinds) == 1 else "partial"
-        metrics.uploads.labels(destination.name, report.label).inc()
-        metrics.upload_duration.labels(destination.name).observe(report.duration_s)
-        log.info(
-            "upload",
-            destination=destination.name,
-            account=destination.account_id,
-            records=report.count,
-            status=report.label,
-            outcome=outcome,
-            failed=len(report.failures),
-            duration_ms=round(report.duration_s * 1000, 1),
-            error=report.error or None,
-        )
-
-    # -- outcomes ------------------------------------------------------------------------------------------
-
-    def _commit(
-        self, partition: int, schedule: RetrySchedule, destination: Destination, group: list[Work], tally: Tally
-    ) -> None:
-        """Write every message's outcome and ack its entry, in one MULTI."""
-        now = self.clock()
-        acks: list[bytes] = []
-        removals: list[str] = []
-        delivered: dict[str, int] = {}
-        retried: dict[str, int] = {}
-        letters: list[Letter] = []
-        with self.client.pipeline(transaction=True) as pipe:
-            for work in group:
-                verdicts = [v if v is not None else DELIVERED for v in work.verdicts]
-                prior = work.retry
-                attempts = (prior.attempts if prior else 0) + 1
-                first = prior.first_failure if prior else None
-                outcome = decide(
-                    verdicts, attempts=attempts, first_failure=first, now=now, policy=self.policy, rng=self.rng
-                )
-                for index, verdict in enumerate(verdicts):
-                    if verdict.kind == "delivered" and index not in work.deduped:
-                        record = work.records[index]
-                        kind = str(record.get("type"))
-                        delivered[kind] = delivered.get(kind, 0) + 1
-                        if kind == "token" and destination.token_dedup_window > 0 and record.get("objectId"):
-                            key = self.keys.token_sent(work.write_key, str(record["objectId"]))
-                            token = str((record.get("tokenData") or {}).get("id"))
-                            pipe.set(key, token, ex=destination.token_dedup_window)
-                if isinstance(outcome, Delivered | DeadLetter):
-                    if isinstance(outcome, DeadLetter):
-                        letter = Letter.of(
-                            work.write_key, work.message, outcome.reason, now=now, code=outcome.code,
-                            error=outcome.error, status=outcome.status, attempts=attempts, first_failure=first,
-                        )  # fmt: skip
-                        self.deadletters.add(pipe, letter)
-                        letters.append(letter)
-                    else:
-                        tally.delivered += 1
-                    if prior is not None:
-                        removals.append(prior.id)
-                else:
-                    item = RetryItem(
-                        id=work.id, write_key=work.write_key, message=work.message,
-                        records=[work.records[i] for i in outcome.pending], attempts=attempts,
-                        first_failure=now if first is None else first, last_failure=now, reason=outcome.reason,
-                        status=outcome.status, code=outcome.code, error=outcome.error,
-                    )  # fmt: skip
-                    schedule.put(pipe, item, outcome.due)
-                    retried[outcome.reason] = retried.get(outcome.reason, 0) + len(outcome.pending)
-                    tally.retried += 1
-                if work.entry_id is not None:
-                    acks.append(work.entry_id)
-            if acks:
-                pipe.xack(self.keys.stream(partition), GROUP, *acks)
-            schedule.remove(pipe, removals)
-            pipe.execute()
-        tally.deadlettered += len(letters)
-        for kind, count in delivered.items():
-            metrics.records_delivered.labels(destination.name, kind).inc(count)
-        for reason, count in retried.items():
-            metrics.records_retried.labels(destination.name, reason).inc(count)
-        for letter in letters:
-            metrics.deadletters_written.labels(destination.name, letter.reason, str(letter.code or "")).inc()
-
-    def _commit_letters(self, partition: int, group: list[Work], reason: str, error: str, tally: Tally) -> None:
-        now = self.clock()
-        schedule = RetrySchedule(self.client, self.keys, partition)
-        with self.client.pipeline(transaction=True) as pipe:
-            for work in group:
-                first = work.retry.first_failure if work.retry else None
-                attempts = work.retry.attempts if work.retry else 1
-                letter = Letter.of(
-                    work.write_key, work.message, reason, now=now, error=error, attempts=attempts, first_failure=first
-                )
-                self.deadletters.add(pipe, letter)
-                metrics.deadletters_written.labels(work.write_key, reason, "").inc()
-            schedule.remove(pipe, [work.retry.id for work in group if work.retry is not None])
-            pipe.execute()
-        tally.deadlettered += len(group)
