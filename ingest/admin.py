@@ -138,11 +138,7 @@ def build_router(
     def replay(body: ReplayRequest) -> dict[str, Any]:
         """Put letters back into the delivery queue, at ``rate`` messages/s; ``dry_run`` says what would be sent."""
         where = _checked(body)
-        try:
-            result = dlq.replay(store, producer, destinations, where, rate=body.rate, dry_run=body.dry_run)
-        except OperatorError as exc:
-            raise HTTPException(409, str(exc)) from None
-        return result.to_dict()
+        return dlq.replay(store, producer, destinations, where, rate=body.rate, dry_run=body.dry_run).to_dict()
 
     @router.post("/purge")
     def purge(body: Selection) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any
 
 import orjson
@@ -144,29 +145,70 @@ def test_replay_of_a_letter_already_gone_sends_nothing(
     assert len(streamed(redis_client, keys)) == 1
 
 
-def test_replay_retries_a_batch_when_the_store_changes_under_it(
+def test_a_letter_purged_between_read_and_requeue_is_not_sent(
     store: DeadLetterStore, destinations: Destinations, redis_client: redis.Redis, keys: Keys
 ) -> None:
     store.put([Letter.of("wk1", message(i), "rejected", now=NOW) for i in range(3)])
     ids = [letter.id for letter in store.scan()]
-    real_hmget = redis.client.Pipeline.hmget
-    calls = {"n": 0}
+    real_get_many = store.get_many
 
-    def hmget_then_write(pipe: Any, *args: Any, **kw: Any) -> Any:
-        values = real_hmget(pipe, *args, **kw)
-        calls["n"] += 1
-        if calls["n"] == 1:  # a worker writes a letter (and purges one) between our read and our EXEC
-            store.put([Letter.of("wk1", message(50), "auth_failed", now=NOW)])
-            store.delete([Letter.of("wk1", message(0), "rejected", now=NOW).id])
-        return values
+    def read_then_purge(batch: list[str]) -> list[Letter]:
+        letters = real_get_many(batch)
+        store.delete([Letter.of("wk1", message(0), "rejected", now=NOW).id])  # a purge, between our read and our move
+        store.put([Letter.of("wk1", message(50), "auth_failed", now=NOW)])  # and a worker writing a letter
+        return letters
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(redis.client.Pipeline, "hmget", hmget_then_write)
+        patch.setattr(store, "get_many", read_then_purge)
         moved = dlq._move(store, dlq.replay_producer(keys, PARTITIONS), destinations, ids, {})
-    assert calls["n"] == 2
-    assert moved == 2  # the purged letter is not sent
+    assert moved == 2
     assert sorted(e.message["messageId"] for _, e in streamed(redis_client, keys)) == ["m1", "m2"]
     assert [letter.message["messageId"] for letter in store.scan()] == ["m50"]
+    assert store.counts() == {"auth_failed": 1}
+
+
+def test_two_replays_at_once_send_each_letter_once(
+    store: DeadLetterStore, destinations: Destinations, redis_client: redis.Redis, keys: Keys
+) -> None:
+    store.put([Letter.of("wk1", message(i), "rejected", now=NOW + i) for i in range(2000)])
+    results: list[dlq.ReplayResult] = []
+
+    def run() -> None:
+        results.append(dlq.replay(store, dlq.replay_producer(keys, PARTITIONS), destinations, Filter()))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(result.replayed for result in results) == 2000
+    sent = [e.message["messageId"] for _, e in streamed(redis_client, keys)]
+    assert sorted(sent) == sorted(f"m{i}" for i in range(2000))
+    assert store.count() == 0
+
+
+def test_replay_is_not_starved_by_workers_writing_letters(
+    store: DeadLetterStore, destinations: Destinations, redis_client: redis.Redis, keys: Keys
+) -> None:
+    store.put([Letter.of("wk1", message(i), "rejected", now=NOW + i) for i in range(1000)])
+    stop = threading.Event()
+
+    def worker() -> None:  # one letter per transaction, as fast as it can, for another destination
+        other, n = DeadLetterStore(redis.Redis(connection_pool=redis_client.connection_pool), keys), 0
+        while not stop.is_set():
+            other.put([Letter.of("wk2", message(10_000 + n), "auth_failed", now=NOW)])
+            n += 1
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        result = dlq.replay(store, dlq.replay_producer(keys, PARTITIONS), destinations, Filter(destination="wk1"))
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert result.replayed == 1000
+    assert len(streamed(redis_client, keys)) == 1000
+    assert store.counts()["auth_failed"] == store.count()  # only the other destination's letters are left
 
 
 def test_replay_rate_paces_batches(store: DeadLetterStore, destinations: Destinations, keys: Keys) -> None:

@@ -23,7 +23,7 @@ retention) and periodic (:meth:`DeadLetterStore.expire`, for the scheduler).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ import orjson
 import redis
 from redis.client import Pipeline
 
-from worker.queue import Keys
+from worker.queue import FIELD_MESSAGE, FIELD_WRITE_KEY, Entry, Keys
 
 REASONS = ("invalid_message", "rejected", "retries_exhausted", "auth_failed")
 DEFAULT_RETENTION_S = 14 * 86_400
@@ -78,6 +78,23 @@ return removed
 )
 # ARGV: cutoff, limit. Returns how many were removed.
 _EXPIRE = _DROP + "\nreturn expire(ARGV[1], ARGV[2])\n"
+# KEYS[5..]: one stream per letter. ARGV: the two envelope field names, then per letter: id, write key, message.
+# A letter still in the store is removed and its entry XADDed, atomically; one already gone is skipped.
+_REQUEUE = (
+    _DROP
+    + """
+local moved = {}
+for i = 1, #KEYS - 4 do
+  local id = ARGV[3 * i]
+  if redis.call('HEXISTS', KEYS[1], id) == 1 then
+    drop(id)
+    redis.call('XADD', KEYS[4 + i], '*', ARGV[1], ARGV[3 * i + 1], ARGV[2], ARGV[3 * i + 2])
+    moved[#moved + 1] = id
+  end
+end
+return moved
+"""
+)
 
 
 def letter_id(write_key: str, message_id: str) -> str:
@@ -226,6 +243,7 @@ class DeadLetterStore:
         self._add = client.register_script(_ADD)
         self._remove = client.register_script(_REMOVE)
         self._expire = client.register_script(_EXPIRE)
+        self._requeue = client.register_script(_REQUEUE)
 
     # -- writes that join the caller's transaction ---------------------------------------------------------
 
@@ -252,6 +270,23 @@ class DeadLetterStore:
         ids = list(ids)
         if ids:
             self._remove(keys=self._keys, args=ids, client=pipe)
+
+    def requeue(self, moves: Sequence[tuple[str, Entry]]) -> list[str]:
+        """Put letters back into the queue: for each (letter id, producer entry), atomically, remove the letter
+        if it is still here and XADD the entry to its stream. Returns the ids moved (a letter already gone,
+        replayed or purged by someone else, is not sent again).
+
+        One script, so a letter leaves the store only together with its XADD, without WATCH: workers writing
+        letters at the same time cannot starve it.
+        """
+        if not moves:
+            return []
+        keys = self._keys + [entry.stream for _, entry in moves]
+        args: list[str | bytes] = [FIELD_WRITE_KEY, FIELD_MESSAGE]
+        for letter_id, entry in moves:
+            args += (letter_id, entry.write_key, entry.message)
+        moved: list[bytes] = self._requeue(keys=keys, args=args)
+        return [item.decode() for item in moved]
 
     # -- standalone operations -----------------------------------------------------------------------------
 

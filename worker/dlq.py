@@ -3,12 +3,13 @@
 stats, preview (what today's transform makes of a letter), replay, purge, export and import.
 The CLI and the API only parse arguments and print; everything they do is here.
 
-Replay moves letters back into the partition streams through the normal producer
-(:class:`worker.queue.Producer`), in transactions: each batch WATCHes the letters hash, reads the
-batch's letters, then in one MULTI XADDs them and removes them. A letter therefore leaves the store
-only together with its XADD; a replay killed at any instant loses nothing and sends nothing twice,
-and a second run continues with what is left. A concurrent write to the store (a worker adding a
-letter, another replay, a purge) aborts the batch, which is then read and tried again.
+Replay moves letters back into the partition streams as the producer writes them
+(:meth:`worker.queue.Producer.entry`: the user's partition, the envelope encoding), in batches: each
+batch is one atomic Redis script (:meth:`DeadLetterStore.requeue`) that removes each letter still in
+the store and XADDs its entry. A letter therefore leaves the store only together with its XADD; a
+replay killed at any instant loses nothing and sends nothing twice, and a second run continues with
+what is left. Two replays (or a replay and a purge) at once never send a letter twice, and workers
+writing letters meanwhile do not slow it down (no WATCH to lose).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import redis
 
 from worker.deadletters import REASONS, DeadLetterStore, Filter, Letter
 from worker.destinations import Destination
@@ -32,7 +32,6 @@ from worker.queue import Keys, Producer
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 MAX_REPLAY_BATCH = 500
-_WATCH_TRIES = 200
 
 
 def parse_time(value: str | float | None, now: float) -> float | None:
@@ -229,29 +228,14 @@ def _move(
     ids: list[str],
     kept: dict[str, str],
 ) -> int:
-    """One batch: XADD the letters that still exist and remove them, in one MULTI guarded by WATCH."""
-    letters_key = store.keys.deadletters()
-    with store.client.pipeline(transaction=True) as pipe:
-        for _ in range(_WATCH_TRIES):
-            try:
-                pipe.watch(letters_key)  # type: ignore[no-untyped-call]
-                raws = pipe.hmget(letters_key, ids)
-                letters = [Letter.decode(raw) for raw in raws if raw is not None]
-                movable = [letter for letter in letters if letter.write_key in destinations]
-                for letter in letters:
-                    if letter.write_key not in destinations:
-                        kept[letter.id] = "destination not configured"
-                if not movable:
-                    pipe.unwatch()
-                    return 0
-                pipe.multi()
-                producer.add(pipe, [producer.entry(letter.write_key, _with_id(letter)) for letter in movable])
-                store.remove(pipe, [letter.id for letter in movable])
-                pipe.execute()
-                return len(movable)
-            except redis.WatchError:
-                time.sleep(0.001)
-    raise OperatorError("the dead-letter store changed under every attempt of a replay batch; run the replay again")
+    """One batch: the letters still in the store go back to their partition streams (see :meth:`requeue`)."""
+    moves = []
+    for letter in store.get_many(ids):
+        if letter.write_key in destinations:
+            moves.append((letter.id, producer.entry(letter.write_key, _with_id(letter))))
+        else:
+            kept[letter.id] = "destination not configured"
+    return len(store.requeue(moves))
 
 
 def _with_id(letter: Letter) -> dict[str, Any]:
