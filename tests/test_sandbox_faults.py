@@ -247,3 +247,34 @@ def test_sandbox_command_is_registered_and_rejects_bad_flags() -> None:
     for flags in (["--error-rate", "429"], ["--error-rate", "200=0.5"], ["--record-error-code", "555"]):
         result = runner.invoke(cli_app, ["sandbox", *flags])
         assert result.exit_code == 2, result.output
+
+
+def test_a_client_that_hangs_up_mid_upload_is_counted_and_frees_its_slot() -> None:
+    sandbox = make()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/1/upload",
+        "raw_path": b"/1/upload",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"x-clevertap-account-id", b"ACC-1"), (b"x-clevertap-passcode", b"p")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8900),
+    }
+    messages = [{"type": "http.request", "body": b'{"d": [', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(create_app(sandbox)(scope, receive, send))
+    found = stats(sandbox)
+    assert (found["abandoned"], found["in_flight"], found["records"]) == (1, 0, 0)
+    assert sent[0]["status"] == 400

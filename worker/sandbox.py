@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -124,7 +124,11 @@ class Handlers:
         sandbox.stats.enter(account)
         started = time.monotonic()
         try:
-            body = await request.body()
+            try:
+                body = await request.body()
+            except ClientDisconnect:  # the client went away mid-upload: nobody to answer
+                sandbox.stats.abandoned += 1
+                return Response(status_code=400)
             delay = state.delay()
             hold = state.timeout()
             if hold:
