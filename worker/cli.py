@@ -22,6 +22,18 @@ from worker.sandbox_cli import sandbox as _sandbox  # noqa: E402  (CleverTap san
 app.command("sandbox")(_sandbox)
 
 
+@app.command("ingest")
+def _ingest(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes sharing the port"),
+) -> None:
+    """Serve Segment's HTTP Tracking API: validate, deduplicate, enqueue into the Redis streams."""
+    from ingest.app import serve
+
+    serve(host, port, workers)
+
+
 from worker.preview import transform_command as _transform  # noqa: E402  (transform preview; imports lazily)
 
 app.command("transform")(_transform)

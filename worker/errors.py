@@ -5,7 +5,9 @@
     RelayError
     ├── ConfigError          settings or the destinations file are invalid (raised at start-up)
     ├── OperatorError        an operator's dead-letter request is invalid (filter, letter id, import line)
-    └── MessageError         a Segment message breaks the wire contract (SPEC §1); `reason` says why
+    ├── MessageError         a Segment message breaks the wire contract (SPEC §1); `reason` says why
+    └── RequestError         ingest refuses a whole HTTP request: `status`, `code`, `message` (the JSON body)
+        └── Unavailable      503: Redis does not answer or the backlog is above its cap (with Retry-After)
 """
 
 from __future__ import annotations
@@ -25,6 +27,23 @@ class MessageError(RelayError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RequestError(RelayError):
+    """Ingest refuses a whole request; nothing of it is enqueued. The client sees ``{"code", "message"}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Unavailable(RequestError):
+    """The queue cannot take the request now (Redis down, backlog full): 503, the client retries."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(503, code, message)
 
 
 class OperatorError(RelayError):

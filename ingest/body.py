@@ -1,0 +1,72 @@
+"""Request bodies: reading with a size cap, bounded gzip/deflate decompression, and JSON parsing.
+
+Every limit applies to the decompressed bytes, and decompression stops as soon as the limit is
+passed (a gzip bomb costs at most ``limit`` bytes of memory). JSON is parsed whatever the
+Content-Type says (browsers send ``text/plain``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from worker.errors import RequestError
+
+_WIRE_SLACK = 1024
+"""Compressed input may be slightly larger than its output (incompressible data): allow it on the wire."""
+
+
+def too_large(limit: int) -> RequestError:
+    return RequestError(400, "body_too_large", f"request body larger than {limit} bytes (decompressed)")
+
+
+async def read(chunks: AsyncIterator[bytes], content_length: str | None, limit: int) -> bytes:
+    """Read the raw body, refusing more than ``limit`` bytes on the wire (plus a little slack)."""
+    cap = limit + _WIRE_SLACK
+    if content_length is not None and content_length.isdigit() and int(content_length) > cap:
+        raise too_large(limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > cap:
+            raise too_large(limit)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def decompress(raw: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (identity, gzip, deflate), never producing more than ``limit`` bytes."""
+    name = (encoding or "identity").strip().lower()
+    if name in ("", "identity"):
+        if len(raw) > limit:
+            raise too_large(limit)
+        return raw
+    if name in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif name == "deflate":
+        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, auto-detected
+    else:
+        raise RequestError(400, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported")
+    try:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error:
+        raise RequestError(400, "invalid_encoding", f"body is not valid {name} data") from None
+    if len(body) > limit or inflater.unconsumed_tail:
+        raise too_large(limit)
+    if not inflater.eof:
+        raise RequestError(400, "invalid_encoding", f"{name} body is truncated")
+    return body
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse JSON; a client error (400 ``invalid_json``) when it is not."""
+    if not body:
+        raise RequestError(400, "invalid_json", "request body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, "invalid_json", f"request body is not valid JSON: {exc.msg}") from None
