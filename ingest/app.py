@@ -109,7 +109,6 @@ def create_app(config: Config) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.ingest = ingest
-    admin.mount(app, config)  # /admin/deadletters (ingest/admin.py), only when CTRELAY_ADMIN_TOKEN is set
     answers: dict[int | str, dict[str, Any]] = dict(openapi.ANSWERS)
 
     def add(path: str, kind: Kind, implied: str | None, body: str | dict[str, Any], doc: str, **extra: Any) -> None:
