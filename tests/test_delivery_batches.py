@@ -40,6 +40,10 @@ def test_drain_delivers_acks_and_keeps_per_user_order(redis_client: redis.Redis,
     assert [r["evtData"]["n"] for _, r in fake.received] == list(range(30))
     assert pending(redis_client, keys) == 0
     assert drainer.drain(0).entries == 0
+    assert redis_client.xlen(keys.stream(0)) == 0  # delivered entries are deleted, not only acknowledged
+    enqueue(redis_client, keys, "wk", [track("u0", 30)])
+    (group,) = redis_client.xinfo_groups(keys.stream(0))
+    assert group["lag"] == 1  # the lag stays known after the deletions (the ticker relies on it)
 
 
 def test_skipped_invalid_and_foreign_entries(redis_client: redis.Redis, keys: Keys) -> None:

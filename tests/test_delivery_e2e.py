@@ -11,9 +11,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from delivery_e2e import Relay, enqueue, reconcile, settle, tracks, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.embedded import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -152,3 +156,27 @@ def test_two_workers_never_exceed_the_account_cap(relay: Relay, client: redis.Re
     assert stats["max_concurrency_by_account"][ACC] >= 2  # it did upload concurrently
     users = Counter(item["record"]["identity"] for item in relay.records())
     assert len(users) == 400
+
+
+def test_prefork_pool_delivers_and_metrics_sum_over_its_children(relay: Relay, client: redis.Redis) -> None:
+    relay.start_sandbox("--event-code", "Bad Event=512")
+    one_destination(relay)
+    port = free_port()
+    worker = relay.start_worker("--pool", "prefork", "--concurrency", "2", CTRELAY_METRICS_PORT=str(port))
+    good, bad = tracks(300, users=50), tracks(5, event="Bad Event")
+    enqueue(client, relay, WK, good + bad)
+    settle(client, relay, good + bad, WK, timeout_s=60, proc=worker)
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert samples[("ctrelay_records_delivered_total", (("destination", WK), ("type", "event")))] == 300
+    labels = (("code", "512"), ("destination", WK), ("reason", "rejected"))
+    assert samples[("ctrelay_deadletters_written_total", labels)] == 5
+    assert samples[("ctrelay_deadletters", (("reason", "rejected"),))] == 5
+    assert samples[("ctrelay_concurrency_cap", (("account", ACC),))] == 15
+    assert samples[("ctrelay_uploads_in_flight", (("account", ACC),))] == 0
+    assert samples[("ctrelay_retry_schedule_size", ())] == 0
+    assert samples[("ctrelay_destination_paused", (("destination", WK),))] == 0
+    assert sum(v for (name, _), v in samples.items() if name == "ctrelay_stream_lag") == 0
+    assert sum(v for (name, _), v in samples.items() if name == "ctrelay_uploads_total") >= 1

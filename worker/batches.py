@@ -176,6 +176,7 @@ class Deliverer:
                 for letter in letters:
                     self.deadletters.add(pipe, letter)
                 pipe.xack(self.keys.stream(partition), GROUP, *acks)
+                pipe.xdel(self.keys.stream(partition), *acks)  # done with: the stream keeps only work left
                 pipe.execute()
         for letter in letters:
             metrics.deadletters_written.labels(self._name(letter.write_key), letter.reason, "").inc()

@@ -99,6 +99,7 @@ class OutcomeWriter:
                     acks.append(work.entry_id)
             if acks:
                 pipe.xack(self.keys.stream(partition), GROUP, *acks)
+                pipe.xdel(self.keys.stream(partition), *acks)  # done with: the stream keeps only work left
             schedule.remove(pipe, removals)
             pipe.execute()
         tally.deadlettered += len(letters)
