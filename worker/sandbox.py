@@ -22,6 +22,7 @@ counters need no locks because nothing awaits between a check and its update.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -113,6 +114,8 @@ class Handlers:
         if faults.outage:
             if faults.outage_mode == "drop":
                 sandbox.stats.dropped += 1
+                with contextlib.suppress(ClientDisconnect):
+                    await request.body()  # read first, so the close is a clean FIN rather than a reset
                 return _Dropped()
             return self._answer(fail(503, "Service Unavailable", retry))
         account = request.headers.get("x-clevertap-account-id", "")
