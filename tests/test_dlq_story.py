@@ -1,9 +1,10 @@
 """The operator's story, end to end with real processes (issue 5).
 
-A destination with a wrong passcode: its messages are dead-lettered as ``auth_failed`` after a short
-retry window. The operator fixes the passcode, restarts the worker, runs ``ctrelay dlq stats`` and
-``ctrelay dlq replay --all --rate 500``; the sandbox then holds every message exactly once and the
-dead-letter store is empty.
+Segment's Python client sends through ``ctrelay ingest`` to a destination with a wrong passcode; the
+``ctrelay worker`` dead-letters its messages as ``auth_failed`` after a short retry window (the
+``ctrelay sandbox`` answers 401). The operator fixes the passcode, restarts the worker, looks with
+``ctrelay dlq stats`` (and the admin API), runs ``ctrelay dlq replay --all --rate 500``; the sandbox
+then holds every message exactly once and the dead-letter store is empty.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis
-from delivery_e2e import CLI, ROOT, Relay, enqueue, settle, tracks, wait_for
+from delivery_e2e import CLI, ROOT, Relay, settle, tracks, wait_for
 
 from worker.deadletters import DeadLetterStore
+from worker.embedded import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 WK, ACC = "wk-story", "ACC-STORY"
 MESSAGES = 400
+TOKEN = "story-admin-token"
 
 
 @pytest.fixture
@@ -45,6 +50,13 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def ctrelay(relay: Relay, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a ``ctrelay`` command as the operator does (same environment as the relay), bounded in time."""
     return subprocess.run(
@@ -53,14 +65,31 @@ def ctrelay(relay: Relay, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def send_with_segments_client(url: str, messages: list[dict[str, Any]]) -> None:
+    """Segment's Python client (2.4), unchanged, pointed at ingest."""
+    from segment.analytics.client import Client
+
+    errors: list[str] = []
+    sender = Client(WK, host=url, on_error=lambda error, _: errors.append(repr(error)), max_retries=2)
+    for m in messages:
+        sender.track(m["userId"], m["event"], m["properties"], message_id=m["messageId"])
+    sender.flush()
+    sender.join()
+    assert errors == []
+
+
 def test_wrong_passcode_then_fix_then_replay_delivers_each_message_exactly_once(
     relay: Relay, client: redis.Redis
 ) -> None:
     relay.start_sandbox("--accounts", f"{ACC}:right")
     relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "wrong"}])
+    port = free_port()
+    ingest = relay.start("ingest", ["ingest", "--port", str(port)], CTRELAY_ADMIN_TOKEN=TOKEN)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: answers(url + "/healthz"), 30, "ingest to answer", ingest)
     worker = relay.start_worker(CTRELAY_RETRY_WINDOW_S="3")
     messages = tracks(MESSAGES, users=50)
-    enqueue(client, relay, WK, messages)
+    send_with_segments_client(url, messages)
 
     # 1. after the retry window, every message is an auth_failed letter; CleverTap got nothing
     state = settle(client, relay, messages, WK, timeout_s=90, proc=worker)
@@ -82,6 +111,9 @@ def test_wrong_passcode_then_fix_then_replay_delivers_each_message_exactly_once(
     assert WK in stats.stdout
     counted = orjson.loads(ctrelay(relay, "dlq", "stats", "--json").stdout)
     assert counted["by_reason"] == {"auth_failed": MESSAGES}
+    over_http = httpx.get(f"{url}/admin/deadletters/stats", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert over_http.json() == counted
+    assert httpx.get(f"{url}/admin/deadletters/stats", timeout=10).status_code == 401
 
     # 4. replays everything at 500 messages/s
     replay = ctrelay(relay, "dlq", "replay", "--all", "--rate", "500")
