@@ -99,7 +99,11 @@ def build_router(
         if not hmac.compare_digest(given, expected):  # constant time, whatever was given
             raise HTTPException(401, "admin token required: Authorization: Bearer <CTRELAY_ADMIN_TOKEN>")
 
-    router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(authorize)])
+    def retain() -> None:
+        """Retention applies before an operator looks, even when no letter came lately."""
+        store.expire(time.time())
+
+    router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(authorize), Depends(retain)])
 
     @router.get("/stats")
     def stats(where: Where) -> dict[str, Any]:

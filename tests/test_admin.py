@@ -213,3 +213,17 @@ def test_mounted_on_the_ingest_app_only_with_a_token(store: DeadLetterStore, red
     assert off.get("/admin/deadletters/stats", headers=AUTH).status_code == 404
     assert off.post("/admin/deadletters/purge", json={"all": True}, headers=AUTH).status_code == 404
     assert store.count() == 5
+
+
+def test_retention_applies_before_an_answer(redis_url: str, prefix: str, store: DeadLetterStore) -> None:
+    app = FastAPI()
+    settings = config(redis_url, prefix, TOKEN)
+    short = Config(
+        settings=settings.settings.model_copy(update={"deadletter_retention": 1800}), destinations=settings.destinations
+    )
+    assert mount(app, short)
+    client = AdminClient(app)
+    assert client.get("/admin/deadletters/stats").status_code == 401
+    assert store.count() == 5  # a refused request changes nothing
+    assert client.get("/admin/deadletters/stats", headers=AUTH).json()["by_reason"] == {"auth_failed": 2}
+    assert store.count() == 2

@@ -196,3 +196,13 @@ def test_export_then_import(store: DeadLetterStore, env: Path) -> None:
     assert "imported 1 dead letters" in result.stderr
     assert "refused line 2" in result.stderr
     assert run("import", str(env / "nope.jsonl")).exit_code == 2
+
+
+def test_retention_applies_when_an_operator_looks(
+    store: DeadLetterStore, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    monkeypatch.setenv("CTRELAY_DEADLETTER_RETENTION", "1800")  # the three rejected letters are an hour old
+    data = orjson.loads(run("stats", "--json").stdout)
+    assert data["total"] == 3
+    assert data["by_reason"] == {"auth_failed": 2, "invalid_message": 1}
+    assert store.count() == 3

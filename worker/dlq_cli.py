@@ -82,6 +82,7 @@ def _context() -> Iterator[Context]:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
     store = DeadLetterStore(client, Keys(settings.redis_prefix), settings.deadletter_retention)
     try:
+        store.expire(time.time())  # retention applies before an operator looks, even when no letter came lately
         yield Context(settings, store, Console(), Console(stderr=True))
     except RelayError as exc:
         raise _fail(str(exc)) from None
