@@ -236,7 +236,7 @@ def test_valid_records_are_accepted_stored_in_order_and_counted() -> None:
     client = client_for()
     answer = upload(client, VALID)
     assert answer.json() == {"status": "success", "processed": len(VALID), "unprocessed": []}
-    assert records_of(client) == [{"account_id": "ACC-1", "record": r} for r in VALID]
+    assert records_of(client) == [{"account_id": "ACC-1", "record": r, "seq": n} for n, r in enumerate(VALID)]
     stats = client.get("/_sandbox/stats").json()
     assert stats["records"] == len(VALID)
     assert stats["records_by_account"] == {"ACC-1": len(VALID)}
@@ -316,8 +316,9 @@ def test_delete_by_identity_or_guid_hides_that_users_earlier_records_of_that_acc
         ("ACC-1", "kept"),
         ("ACC-2", "gone"),
     ]
-    upload(client, [event("gone")])  # uploaded after the deletion: it shows
-    assert [r["record"]["identity"] for r in records_of(client, "?account_id=ACC-1")] == ["kept", "gone"]
+    upload(client, [event("gone")])  # uploaded after the deletion: it shows, with a seq past the deletion's
+    shown = [(r["record"]["identity"], r["seq"]) for r in records_of(client, "?account_id=ACC-1")]
+    assert shown == [("kept", 1), ("gone", 5)]
     [deletion] = client.get("/_sandbox/deletions").json()["deletions"]
     assert deletion["account_id"] == "ACC-1"
     assert (deletion["identity"], deletion["guid"], deletion["removed"], deletion["seq"]) == (

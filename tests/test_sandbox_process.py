@@ -76,7 +76,8 @@ def test_upload_inspect_fault_and_stop(sandbox_url: str) -> None:
         wrong = {**ACCOUNT, "X-CleverTap-Passcode": "nope"}
         assert client.post("/1/upload", json={"d": records}, headers=wrong).status_code == 401
 
-        assert client.get("/_sandbox/records").json()["records"] == [{"account_id": "ACC-1", "record": records[0]}]
+        shown = client.get("/_sandbox/records").json()["records"]
+        assert shown == [{"account_id": "ACC-1", "record": records[0], "seq": 0}]
         stats = client.get("/_sandbox/stats").json()
         assert (stats["requests"], stats["records"], stats["records_unprocessed"]) == (2, 1, 1)
         assert stats["status_counts"] == {"200": 1, "401": 1}

@@ -160,7 +160,7 @@ class RecordStore:
                     yield seq, owner, record
 
     def render(self, account: str | None, since: int, limit: int | None) -> bytes:
-        """``{"next": seq, "total": n, "records": [{"account_id", "record"}...]}`` as JSON bytes.
+        """``{"next": seq, "total": n, "records": [{"account_id", "record", "seq"}...]}`` as JSON bytes.
 
         ``next`` is where the next page starts (``?since=next``); ``total`` counts every record
         accepted so far (its sequence numbers are 0 .. total-1).
@@ -171,7 +171,7 @@ class RecordStore:
             if limit is not None and len(shown) >= limit:
                 following = seq
                 break
-            shown.append({"account_id": owner, "record": record})
+            shown.append({"account_id": owner, "record": record, "seq": seq})
         return orjson.dumps({"next": following, "total": self._size, "records": shown})
 
     def delete(self, account: str, identities: list[str], guids: list[str]) -> dict[str, Any]:
