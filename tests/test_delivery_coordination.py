@@ -129,3 +129,31 @@ def test_partitions_with_work_and_dispatch_markers(redis_client: redis.Redis, ke
     redis_client.delete(keys.retry_due(3))
     assert partitions_with_work(redis_client, keys, 4, reclaim_idle_s=60) == []
     assert partitions_with_work(redis_client, keys, 4, reclaim_idle_s=0) == [1]
+
+
+def test_worker_tick_dispatches_and_expires_old_dead_letters(
+    redis_client: redis.Redis, keys: Keys, redis_url: str
+) -> None:
+    from worker.app import Runtime
+    from worker.deadletters import DeadLetterStore, Letter
+    from worker.destinations import Destination, Destinations
+    from worker.settings import Config, Settings
+
+    settings = Settings(redis_url=redis_url, redis_prefix=keys.prefix, partitions=2, deadletter_retention=3600)
+    destination = Destination(write_key="wk", account_id="ACC", passcode="p", endpoint="http://ct.test")
+    sent: list[int] = []
+    runtime = Runtime(Config(settings=settings, destinations=Destinations([destination])), sent.append)
+    store = DeadLetterStore(redis_client, keys, 3600)
+    now = time.time()
+    old = Letter.of("wk", {"messageId": "old", "type": "track"}, "rejected", now=now - 7200)
+    new = Letter.of("wk", {"messageId": "new", "type": "track"}, "rejected", now=now)
+    store.put([new, old])  # (adding the newer one first: its lazy expiry would drop the old one)
+    assert store.count() == 2
+    ensure_group(redis_client, keys.stream(1))
+    redis_client.xadd(keys.stream(1), {"w": "wk", "m": "{}"})
+    assert runtime.tick() == [1]
+    assert sent == [1]
+    assert [letter.id for letter in store.scan()] == [new.id]  # past the retention: gone
+    store.put([old])
+    runtime.tick()
+    assert store.count() == 2  # housekeeping runs once a minute, cluster-wide

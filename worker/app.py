@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from worker.settings import Config, Settings, load
 
 log = structlog.get_logger("ctrelay.worker")
 DRAIN_TASK = "ctrelay.drain"
+HOUSEKEEPING_S = 60
+"""Dead letters past their retention are removed this often (by whichever worker ticks first)."""
 
 
 class Runtime:
@@ -82,7 +85,11 @@ class Runtime:
         return dispatch(self.client, self.keys, partitions, self.send, self.marker_ttl_s)
 
     def tick(self) -> list[int]:
-        """Queue drains for every partition that has work and no drain."""
+        """Queue drains for every partition that has work and no drain; once a minute (one worker), housekeeping."""
+        if self.client.set(self.keys.housekeeping(), os.getpid(), nx=True, ex=HOUSEKEEPING_S):
+            expired = self.deliverer.deadletters.expire(time.time())
+            if expired:
+                log.info("deadletters_expired", letters=expired)
         busy = partitions_with_work(
             self.client, self.keys, self.settings.partitions, reclaim_idle_s=self.settings.reclaim_idle_s
         )

@@ -101,6 +101,11 @@ class Keys:
         """Prefix of the Celery broker's keys and name stem of its queue."""
         return f"{self.prefix}:celery"
 
+    def housekeeping(self) -> str:
+        """String (EX): a worker ran the periodic housekeeping (dead-letter retention) recently."""
+        return f"{self.prefix}:housekeeping"
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One queued message: which destination it is for, and the message as accepted."""

@@ -86,6 +86,8 @@ class Uploader:
     ) -> tuple[Verdict | None, int]:
         """One request (halved recursively on a whole-batch 4xx). Returns (batch-wide failure or None, requests)."""
         records = [work.records[index] for work, index in chunk]
+        if keepalive is not None:  # a batch may take several requests (splits): keep the partition's lease
+            keepalive()
         with self.slots.slot(destination.account_id, keepalive=keepalive):
             report = self.clevertap.upload(destination, records)
         self.slots.record(destination.account_id, throttled=report.status == 429)
