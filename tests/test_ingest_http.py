@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -228,3 +229,17 @@ def test_logs_hold_no_secrets_or_bodies(http: httpx.Client, server: Ingest) -> N
     assert "request refused" in text
     for secret in (secret_value, "pass-one", "hook-secret"):
         assert secret not in text
+
+
+def test_metrics_sum_over_worker_processes(
+    redis_url: str, prefix: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    with running_ingest(redis_url, prefix, tmp_path, workers=2) as ingest, ingest.client(auth=ONE) as http:
+        for _ in range(3):  # fresh connections, so that both processes are likely to answer some
+            with ingest.client(auth=ONE) as one:
+                assert one.post(
+                    "/v1/batch", json={"batch": [{"type": "track", **track()} for _ in range(4)]}
+                ).is_success
+        text = http.get("/metrics").text
+    assert 'ctrelay_ingest_messages_accepted_total{destination="wk_one",type="track"} 12.0' in text
+    assert len(queued(redis_client, prefix)) == 12
