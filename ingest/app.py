@@ -26,7 +26,7 @@ from starlette.responses import Response
 from ingest import admin, metrics, openapi
 from ingest.routes import Ingest, Kind, error_response
 from worker import logs
-from worker.errors import RequestError
+from worker.errors import ConfigError, RequestError
 from worker.messages import CALL_TYPES
 from worker.queue import Keys, Producer
 from worker.settings import Config, load
@@ -202,7 +202,10 @@ def serve(host: str, port: int, workers: int) -> None:
 
     import uvicorn
 
-    config = load()
+    try:
+        config = load()
+    except ConfigError as exc:
+        raise SystemExit(f"ctrelay ingest: {exc}") from None
     logs.configure(config.settings.log_level, config.settings.log_format)
     scratch = None
     if workers > 1 and config.settings.prometheus_multiproc_dir is None:

@@ -68,11 +68,9 @@ def _timestamp(message: dict[str, Any], request: Request, received_text: str) ->
     if client_time is None:
         return received_text
     sent = parse_time(message.get("sentAt", request.sent_at))
-    if sent is None:
-        return format_time(client_time)
     try:
-        return format_time(request.received - (sent - client_time))
-    except (OverflowError, ValueError):
+        return format_time(client_time if sent is None else request.received - (sent - client_time))
+    except (OverflowError, ValueError):  # out of datetime's range once shifted (year 1 or 9999): malformed
         return received_text
 
 

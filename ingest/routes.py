@@ -18,7 +18,7 @@ from typing import Any, Literal
 import orjson
 import redis
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ingest import auth, body, metrics
@@ -98,6 +98,9 @@ class Ingest:
         try:
             status = await self._accept(request, kind, implied_type)
             response = Response(SUCCESS, media_type="application/json")
+        except ClientDisconnect:
+            log.debug("client went away before its body was read", path=route)
+            return Response(status_code=400)
         except RequestError as exc:
             status = exc.status
             response = error_response(exc, self.settings.retry_after)

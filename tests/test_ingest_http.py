@@ -97,6 +97,20 @@ def test_duplicates_are_dropped_per_write_key(http: httpx.Client, store: redis.R
     assert 'ctrelay_ingest_duplicates_total{destination="wk_one"} 3.0' in http.get("/metrics").text
 
 
+def test_a_full_batch_of_2500_is_accepted(http: httpx.Client, store: redis.Redis, server: Ingest) -> None:
+    batch = [{"type": "track", "userId": f"u{i}", "event": "E", "messageId": uuid.uuid4().hex} for i in range(2500)]
+    before = len(queued(store, server.prefix))
+    assert http.post("/v1/batch", json={"batch": batch}, auth=ONE).status_code == 200
+    assert len(queued(store, server.prefix)) == before + 2500
+
+
+def test_out_of_range_timestamps_are_not_errors(http: httpx.Client, store: redis.Redis, server: Ingest) -> None:
+    message = track(timestamp="0001-01-01T00:00:00+01:00", sentAt="9999-12-31T23:59:59Z")
+    assert http.post("/v1/track", json=message, auth=ONE).status_code == 200
+    [envelope] = [e for e in queued(store, server.prefix) if e.message["messageId"] == message["messageId"]]
+    assert envelope.message["timestamp"] == envelope.message["receivedAt"]
+
+
 def test_gzip_body(http: httpx.Client, store: redis.Redis, server: Ingest) -> None:
     message = {"type": "page", **track(name="Home")}
     content = gzip.compress(orjson.dumps({"batch": [message]}))

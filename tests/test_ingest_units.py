@@ -131,10 +131,16 @@ def test_batch_sent_at_context_and_integrations() -> None:
     assert message["messageId"] == "m1"
 
 
-@pytest.mark.parametrize("timestamp", ["yesterday", 12345, "", None])
+@pytest.mark.parametrize("timestamp", ["yesterday", 12345, "", None, "0001-01-01T00:00:00+01:00"])
 def test_malformed_or_missing_timestamp_falls_back_to_received_at(timestamp: object) -> None:
     message = {"type": "track", "timestamp": timestamp} if timestamp is not None else {"type": "track"}
     enrich(message, Request(received=RECEIVED, sent_at="2026-11-28T12:00:05Z"), format_time(RECEIVED))
+    assert message["timestamp"] == "2026-11-28T12:00:00.000Z"
+
+
+def test_a_correction_out_of_range_falls_back_to_received_at() -> None:
+    message = {"type": "track", "timestamp": "9999-12-31T23:59:59Z"}
+    enrich(message, Request(received=RECEIVED, sent_at="2026-11-28T11:00:00Z"), format_time(RECEIVED))
     assert message["timestamp"] == "2026-11-28T12:00:00.000Z"
 
 
