@@ -122,7 +122,7 @@ def create_app(config: Config) -> FastAPI:
         app.add_api_route(path + "/", endpoint, methods=["POST"], include_in_schema=False, name=name + "_slash")
 
     for call in CALL_TYPES:
-        add(f"/v1/{call}", "single", call, _TITLES[call], f"One {call} call; `type` is implied by the path.")
+        add(f"/v1/{call}", "single", call, _TITLES[call] + "Call", f"One {call} call; `type` is implied by the path.")
     batch_doc = "Up to {n} messages, each with its `type`; invalid items are dropped and counted, the rest accepted."
     for path in ("/v1/batch", "/v1/import"):
         add(path, "batch", None, "Batch", batch_doc.format(n=settings.max_batch_messages))

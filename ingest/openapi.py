@@ -25,6 +25,10 @@ SUCCESS = {"type": "object", "required": ["success"], "properties": {"success": 
 def components() -> dict[str, Any]:
     """The schemas every operation refers to: the six message types, the batch, success and error."""
     schemas: dict[str, Any] = dict(_MESSAGES["$defs"])
+    for name, schema in _MESSAGES["$defs"].items():  # single-call paths imply `type`: not required there
+        call = dict(schema, required=[field for field in schema.get("required", []) if field != "type"])
+        call["title"] = f"{name} call"
+        schemas[f"{name}Call"] = call
     schemas["Message"] = {key: value for key, value in _MESSAGES.items() if key != "$defs"}
     schemas["Batch"] = {
         "type": "object",
