@@ -198,6 +198,8 @@ def run(
             supervisor.start("ingest", child_args(commands, "ingest", ports, passcode))
             wait_until_ready(f"http://127.0.0.1:{ports.ingest}/readyz", supervisor, READY_TIMEOUT_S, stop)
             roles.append("ingest")
+            # the worker serves its metrics once Celery is ready (consumer groups made, ticker running)
+            wait_until_ready(f"http://127.0.0.1:{ports.metrics}/metrics", supervisor, READY_TIMEOUT_S, stop)
             where = Where(redis.url, redis.kind, env["CTRELAY_REDIS_PREFIX"], destinations)
             text = banner(ports, where, write_key, roles)
             print(text, flush=True)
