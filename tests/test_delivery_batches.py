@@ -234,6 +234,8 @@ def test_one_drain_per_partition(redis_client: redis.Redis, keys: Keys) -> None:
     fake = FakeCleverTap()
     drainer = build(redis_client, keys, DESTS, fake)
     redis_client.set(keys.lease(0), "someone-else", px=5000)
+    redis_client.set(keys.dispatched(0), 1, px=15000)  # the marker of the drain task now running
     enqueue(redis_client, keys, "wk", [track("u", 1)])
     assert not drainer.drain(0).acquired
     assert fake.received == []
+    assert not redis_client.exists(keys.dispatched(0))  # a drain that lost the race leaves no stale marker

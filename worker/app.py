@@ -98,8 +98,7 @@ class Runtime:
     def drain(self, partition: int) -> dict[str, Any]:
         result = self.drainer.drain(partition)
         if result.more:  # the budget ran out with work left: hand over to the next task right away
-            self.client.delete(self.keys.dispatched(partition))
-            self.dispatch([partition])
+            self.dispatch([partition])  # (unless a tick has queued one already: its marker is set)
         tally = result.tally
         return {
             "partition": partition,

@@ -93,9 +93,11 @@ class Drainer:
     def drain(self, partition: int) -> DrainResult:
         """Drain ``partition`` if nobody else is; returns what was done."""
         lease = Lease.acquire(self.client, self.keys.lease(partition), self.lease_ttl_s)
+        # Either way the queued drain this marker stood for is now running: clear it, so that a drain that
+        # lost the race for the lease leaves no marker to hold back the next tick.
+        self.client.delete(self.keys.dispatched(partition))
         if lease is None:
             return DrainResult(partition, acquired=False)
-        self.client.delete(self.keys.dispatched(partition))
         result = DrainResult(partition, acquired=True)
         stream = self.keys.stream(partition)
         schedule = RetrySchedule(self.client, self.keys, partition)
