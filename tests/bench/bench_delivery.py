@@ -11,8 +11,8 @@ naive baseline: one ``apply_async`` per message) to the last record the sandbox 
 sandbox's own ``/_sandbox/stats``; the relay's steady state is also given (records/s between 10 % and
 90 % of the run accepted: the ramp-up of one latency and the tail left out). The relay is measured at a
 sandbox latency of 200 ms (where the ceiling is ``cap × 1000 / latency`` = 75,000 msgs/s), 1000 ms
-(ceiling 15,000 msgs/s, below this machine's CPU limit) and 0 ms (CPU-bound); the baseline at 200 and 0 ms. Idle latency: one track enqueued on
-an idle relay until the sandbox holds it (0 ms sandbox latency), 20 times.
+(ceiling 15,000 msgs/s, below this machine's CPU limit) and 0 ms (CPU-bound); the baseline at 200 and 0 ms.
+Idle latency: one track enqueued on an idle relay until the sandbox holds it (0 ms sandbox latency), 20 times.
 """
 
 from __future__ import annotations
