@@ -1,0 +1,46 @@
+"""What a benchmark ran on: cores, CPU model, Python, Redis, load average and the date (UTC)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def redis_version() -> str:
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "unknown"
+    for word in out.stdout.split():
+        if word.startswith("v="):
+            return word[2:]
+    return out.stdout.strip() or "unknown"
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def describe() -> dict[str, str]:
+    """The machine, as a flat dict of strings (for a report's table)."""
+    return {
+        "date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+        "cores (nproc)": str(os.cpu_count()),
+        "CPU": cpu_model(),
+        "Python": platform.python_version(),
+        "Redis": redis_version(),
+        "load average (1/5/15 min) at the start": load_average(),
+    }
