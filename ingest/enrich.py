@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,13 +20,21 @@ from typing import Any
 
 def format_time(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a ``Z``: ``2026-11-28T21:00:00.123Z``."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: object) -> datetime | None:
     """An ISO 8601 string as an aware datetime (naive means UTC), or None when it is not one."""
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or len(value) > 64:  # ISO 8601 needs ~35 characters at most
         return None
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(value: str) -> datetime | None:
+    """Cached: every item of a batch shares the batch's ``sentAt``."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -48,6 +57,7 @@ class Request:
 
     received: datetime
     sent_at: str | None = None
+    """The batch's ``sentAt`` (an item's own wins)."""
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
     correct_skew: bool = True

@@ -15,7 +15,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis import Redis
@@ -159,9 +159,11 @@ return total
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One envelope ready to write: its stream, its dedup marker, and the encoded fields."""
+class Entry(NamedTuple):
+    """One envelope ready to write: its stream, its dedup marker, and the encoded fields.
+
+    A NamedTuple: immutable, and ~3x cheaper to make than a frozen dataclass (ingest makes one per message).
+    """
 
     stream: str
     dedup: str
@@ -184,15 +186,16 @@ class Producer:
         self.partitions = partitions
         self.dedup_window = dedup_window
         self._scripts: dict[tuple[bool, str], Any] = {}
+        self._streams = self.streams()
 
     def entry(self, write_key: str, message: dict[str, Any], encoded: bytes | None = None) -> Entry:
         """Prepare one envelope; ``message`` must carry ``messageId``. ``encoded`` saves a second dumps."""
         user = str(message.get("userId") or message.get("anonymousId") or "")
         return Entry(
-            stream=self.keys.stream(partition_of(user, self.partitions)),
-            dedup=self.keys.dedup(write_key, str(message["messageId"])),
-            write_key=write_key.encode("utf-8"),
-            message=encoded if encoded is not None else orjson.dumps(message),
+            self._streams[partition_of(user, self.partitions)],
+            self.keys.dedup(write_key, str(message["messageId"])),
+            write_key.encode("utf-8"),
+            encoded if encoded is not None else orjson.dumps(message),
         )
 
     def _script(self, client: Any, source: str) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -109,9 +110,15 @@ def load(port: int, path: str, bodies: list[bytes], *, connections: int, go: Any
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its waited-for children so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its live descendants (uvicorn workers), Linux /proc."""
+    total = 0.0
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += cpu_seconds(int(child))
+    return total
 
 
 def drive(
