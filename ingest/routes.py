@@ -56,7 +56,11 @@ class Outcome:
 
 
 def _items(kind: Kind, document: Any, limit: int) -> tuple[list[Any], dict[str, Any] | None]:
-    """The messages a body carries, and the batch's top level (context, sentAt, writeKey) when any."""
+    """The messages a body carries, and the batch's top level (context, sentAt, writeKey) when any.
+
+    One message alone (a single call, or a webhook that is not an array) is refused with a 400 when
+    invalid; in a batch or a webhook array, invalid items are dropped and counted.
+    """
     if kind == "single":
         if not isinstance(document, dict):
             raise RequestError(400, "invalid_body", "body must be a JSON object (one message)")
@@ -117,7 +121,8 @@ class Ingest:
         data = body.decompress(raw, headers.get("content-encoding"), settings.max_batch_bytes)
         if kind == "single" and len(data) > settings.max_message_bytes:
             raise RequestError(400, "message_too_large", f"message larger than {settings.max_message_bytes} bytes")
-        items, top = _items(kind, body.parse_json(data), settings.max_batch_messages)
+        document = body.parse_json(data)
+        items, top = _items(kind, document, settings.max_batch_messages)
 
         given: set[str] = set()
         header_key = auth.basic_write_key(headers.get("authorization"))
@@ -138,7 +143,8 @@ class Ingest:
             raise Unavailable("backlog_full", f"the queue holds more than {cap} undelivered messages; retry later")
 
         outcome = self._prepare(items, top, kind, implied_type, destination.write_key)
-        if kind == "single" and outcome.error is not None:
+        alone = kind == "single" or (kind == "webhook" and not isinstance(document, list))
+        if alone and outcome.error is not None:
             raise outcome.error
         written = await self._write(outcome.entries)
 

@@ -211,6 +211,11 @@ def test_webhook_array_with_basic_auth_and_no_secret(http: httpx.Client, store: 
     assert messages[0]["messageId"] in ids(store, server)
 
 
+def test_a_lone_invalid_webhook_message_is_refused(http: httpx.Client) -> None:
+    response = http.post("/v1/webhook", json={"type": "track", "userId": "u"}, auth=ONE)
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_message")
+
+
 def test_health_readiness_openapi(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").status_code == 200
