@@ -486,30 +486,49 @@ def test_alerts_are_complete_and_use_real_metrics() -> None:
         assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
 
 
-def test_alerts_name_scrape_jobs_that_exist() -> None:
-    """Jobs in the alert rules are the ones prometheus.yml scrapes (compose jobs, or Kubernetes relabelled)."""
-    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    assert config["rule_files"] == ["ctrelay-alerts.yml"]
-    jobs = {job["job_name"] for job in config["scrape_configs"]}
+def scrape_jobs(config: dict[str, Any]) -> set[str]:
+    """Job names a Prometheus config produces: plain job names, and ``job`` labels set by relabelling."""
+    jobs = set()
     for job in config["scrape_configs"]:
-        for relabel in job.get("relabel_configs", []):
+        jobs.add(job["job_name"])
+        relabels = job.get("relabel_configs", [])
+        for relabel in relabels:
             if relabel.get("target_label") == "job":
-                components = next(
-                    r["regex"]
-                    for r in job["relabel_configs"]
-                    if r.get("action") == "keep" and "component" in r["source_labels"][0]
-                )
-                jobs |= {relabel["replacement"].replace("$1", c) for c in components.split("|")}
+                keep = [
+                    r["regex"] for r in relabels if r.get("action") == "keep" and "component" in r["source_labels"][0]
+                ]
+                jobs |= {relabel["replacement"].replace("$1", c) for c in keep[0].split("|")}
+    return jobs
+
+
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-kubernetes.yml"])
+def test_alerts_name_scrape_jobs_that_exist(name: str) -> None:
+    """Both Prometheus configs load the rules and produce the job names the alert rules use."""
+    config = yaml.safe_load((DEPLOY / "prometheus" / name).read_text())
+    assert config["rule_files"] == ["ctrelay-alerts.yml"]
     used = set(re.findall(r'job="([^"]+)"', "\n".join(rule["expr"] for rule in alert_rules())))
-    assert used
-    assert used <= jobs, used - jobs
-    ingest = next(job for job in config["scrape_configs"] if job["job_name"] == "ctrelay-ingest")
-    assert ingest["static_configs"][0]["targets"] == ["ingest:8000"]
-    worker = next(job for job in config["scrape_configs"] if job["job_name"] == "ctrelay-worker")
-    assert (
-        str(worker["dns_sd_configs"][0]["port"])
-        == compose()["services"]["worker"]["environment"]["CTRELAY_METRICS_PORT"]
-    )
+    assert {"ctrelay-ingest", "ctrelay-worker"} <= used
+    assert used - {"redis"} <= scrape_jobs(config)
+
+
+def test_compose_monitoring_profile_wires_prometheus_and_grafana() -> None:
+    services = compose()["services"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["ctrelay-ingest"]["static_configs"][0]["targets"] == ["ingest:8000"]
+    worker_port = services["worker"]["environment"]["CTRELAY_METRICS_PORT"]
+    assert str(jobs["ctrelay-worker"]["dns_sd_configs"][0]["port"]) == worker_port
+    assert jobs["ctrelay-worker"]["dns_sd_configs"][0]["names"] == ["worker"]
+    assert jobs["redis"]["static_configs"][0]["targets"][0].split(":")[0] in services
+    for name in ("prometheus", "grafana", "redis-exporter"):
+        assert services[name]["profiles"] == ["monitoring"]
+        for volume in services[name].get("volumes", []):
+            assert (ROOT / volume.split(":")[0]).exists(), volume
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert urlsplit(datasource["datasources"][0]["url"]).hostname == "prometheus"
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/ctrelay.yml").read_text())
+    mounted = {v.split(":")[1] for v in services["grafana"]["volumes"]}
+    assert any(m.startswith(provider["providers"][0]["options"]["path"]) for m in mounted)
 
 
 def runbook_anchors() -> set[str]:
