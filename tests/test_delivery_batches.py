@@ -209,7 +209,7 @@ def test_outcome_and_ack_are_one_transaction(
     assert letters(redis_client, keys) == []  # neither the letter ...
     assert pending(redis_client, keys) == 1  # ... nor the ack
     redis_client.delete(keys.lease(0))  # the dead drain's lease expires
-    survivor = build(redis_client, keys, DESTS, fake, reclaim_idle_s=0)
+    survivor = build(redis_client, keys, DESTS, fake)  # the same process (consumer) retries at once
     assert survivor.drain(0).reclaimed == 1
     assert [letter.code for letter in letters(redis_client, keys)] == [512]
     assert pending(redis_client, keys) == 0

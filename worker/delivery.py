@@ -103,14 +103,19 @@ class Drainer:
         schedule = RetrySchedule(self.client, self.keys, partition)
         deadline = time.monotonic() + self.budget_s
         cursor: str | None = "0-0"
+        own = True  # first, what this process read earlier and did not finish (a drain that raised)
         try:
             while True:
                 entries: list[StreamEntry] = []
-                if cursor is not None:
+                if own:
+                    entries = self._read(stream, "0")
+                    own = bool(entries)
+                    result.reclaimed += len(entries)
+                if not entries and cursor is not None:
                     cursor, entries = self._reclaim(stream, cursor)
                     result.reclaimed += len(entries)
                 if not entries:
-                    entries = self._read(stream)
+                    entries = self._read(stream, ">")
                 retries = schedule.due(self.deliverer.clock(), self.read_batch)
                 if not entries and not retries:
                     break
@@ -144,9 +149,10 @@ class Drainer:
             log.info("reclaimed", stream=stream, entries=len(entries))
         return (None if next_cursor == "0-0" else next_cursor), entries
 
-    def _read(self, stream: str) -> list[StreamEntry]:
+    def _read(self, stream: str, start: str) -> list[StreamEntry]:
+        """New entries (``>``), or this consumer's own pending ones (``0``)."""
         try:
-            answer: Any = self.client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.read_batch)
+            answer: Any = self.client.xreadgroup(GROUP, self.consumer, {stream: start}, count=self.read_batch)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -154,7 +160,10 @@ class Drainer:
             return []
         if not answer:
             return []
-        return [(entry_id, fields) for entry_id, fields in answer[0][1]]
+        gone = [entry_id for entry_id, fields in answer[0][1] if not fields]
+        if gone:  # pending, but deleted from the stream: nothing left to deliver
+            self.client.xack(stream, GROUP, *gone)
+        return [(entry_id, fields) for entry_id, fields in answer[0][1] if fields]
 
 
 def partitions_with_work(
