@@ -47,7 +47,7 @@ def test_no_5xx_for_any_generated_request(server: Ingest) -> None:
     with httpx.Client(base_url=server.url, timeout=10) as http:
         for op, mode in ((op, mode) for op in ops for mode in GenerationMode):
 
-            @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             @given(case=op.as_strategy(generation_mode=mode), authorized=st.booleans())  # type: ignore[attr-defined]
             def probe(case: schemathesis.Case, authorized: bool) -> None:
                 request = case.as_transport_kwargs(base_url=server.url)
