@@ -218,3 +218,26 @@ def test_chunks_hold_at_most_1000_records_and_100_tokens() -> None:
     assert all(records <= 1000 and tokens <= 100 for records, tokens in sizes)
     assert sum(r for r, _ in sizes) == 2500
     assert sum(t for _, t in sizes) == 250
+
+
+def test_a_request_level_failure_in_a_200_body() -> None:
+    auth = classify(report(200, body_status="fail", body_code=401, error="Invalid Credentials"))
+    assert isinstance(auth, list)
+    assert {(v.kind, v.status) for v in auth} == {("auth", 401)}
+    throttled = classify(report(200, body_status="fail", body_code=429))
+    assert isinstance(throttled, list)
+    assert {v.reason for v in throttled} == {"throttled"}
+    other = classify(report(200, body_status="fail", error="payload too large"))
+    assert isinstance(other, list)
+    assert {(v.kind, v.reason) for v in other} == {("transient", "bad_response")}
+
+
+def test_the_seam_reads_a_body_code() -> None:
+    body = {"status": "fail", "error": "Invalid Credentials", "code": 401}
+    result = client(lambda r: httpx.Response(200, json=body)).upload(DEST, [event(0)])
+    assert (result.status, result.body_status, result.body_code, result.error) == (
+        200,
+        "fail",
+        401,
+        "Invalid Credentials",
+    )

@@ -51,6 +51,7 @@ class Report:
     error: str = ""
     retry_after: float | None = None
     body_status: str | None = None
+    body_code: int | None = None
     failures: Mapping[int, Failure] = field(default_factory=dict)
     unmatched: tuple[Failure, ...] = ()
     duration_s: float = 0.0
@@ -164,6 +165,7 @@ class CleverTap:
             )
         error = str(body.get("error") or "")[:500]
         body_status = body.get("status") if isinstance(body.get("status"), str) else None
+        body_code = body.get("code") if isinstance(body.get("code"), int) else None
         unprocessed = body.get("unprocessed")
         failures: dict[int, Failure] = {}
         unmatched: tuple[Failure, ...] = ()
@@ -175,6 +177,7 @@ class CleverTap:
             error=error,
             retry_after=retry_after,
             body_status=body_status,
+            body_code=body_code,
             failures=failures,
             unmatched=unmatched,
             duration_s=duration_s,

@@ -112,7 +112,14 @@ def classify(report: Report) -> list[Verdict] | _Split:
     elif not 200 <= status < 300 or report.body_status is None:
         batch = Verdict("transient", "bad_response", status, None, report.error or "unreadable response")
     elif report.body_status == "fail" and not report.failures and not report.unmatched:
-        batch = Verdict("transient", "bad_response", status, None, report.error or "upload failed")
+        # a request-level failure told in the body (e.g. {"status": "fail", "code": 401}): read its code as the status
+        code = report.body_code
+        if code in (401, 403):
+            batch = Verdict("auth", "auth", code, None, report.error or "invalid credentials")
+        elif code == 429:
+            batch = Verdict("transient", "throttled", code, None, report.error, report.retry_after)
+        else:
+            batch = Verdict("transient", "bad_response", status, code, report.error or "upload failed")
     if batch is not None:
         return [batch] * count
     # 2xx with a body: every record not listed in `unprocessed` was delivered.
