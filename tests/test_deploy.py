@@ -364,6 +364,16 @@ def test_services_and_disruption_budgets_select_workloads() -> None:
         assert "minAvailable" in pdb["spec"] or "maxUnavailable" in pdb["spec"], name
 
 
+def test_only_relay_pods_reach_redis() -> None:
+    policy = named("NetworkPolicy", "ctrelay-redis")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == named("StatefulSet", "ctrelay-redis")["spec"]["template"]["metadata"]["labels"]
+    allowed = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    for name in ("ctrelay-ingest", "ctrelay-worker", "ctrelay-flower"):
+        assert allowed.items() <= named("Deployment", name)["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["ingress"][0]["ports"][0]["port"] == 6379
+
+
 def test_relay_containers_run_real_ctrelay_commands() -> None:
     for workload in workloads():
         for container in containers(workload):
