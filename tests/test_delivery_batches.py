@@ -239,3 +239,44 @@ def test_one_drain_per_partition(redis_client: redis.Redis, keys: Keys) -> None:
     assert not drainer.drain(0).acquired
     assert fake.received == []
     assert not redis_client.exists(keys.dispatched(0))  # a drain that lost the race leaves no stale marker
+
+
+def test_retries_of_a_destination_removed_from_the_configuration_are_dead_lettered(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    fake, clock = FakeCleverTap(), Clock()
+    fake.rule = lambda records, passcode: httpx.Response(503)
+    enqueue(redis_client, keys, "wk", [track("u", 1)])
+    build(redis_client, keys, DESTS, fake, clock=clock).drain(0)
+    assert RetrySchedule(redis_client, keys, 0).size() == 1
+    clock.now += 11
+    build(redis_client, keys, {}, fake, clock=clock).drain(0)
+    found = letters(redis_client, keys)
+    assert [(letter.reason, letter.write_key) for letter in found] == [("invalid_message", "wk")]
+    assert "unknown write key" in found[0].error
+    assert RetrySchedule(redis_client, keys, 0).size() == 0
+
+
+def test_cluster_gauges_are_read_from_redis(redis_client: redis.Redis, keys: Keys) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from worker.concurrency import AccountSlots
+    from worker.metrics import ClusterCollector
+
+    fake, clock = FakeCleverTap(), Clock()
+    fake.rule = lambda records, passcode: httpx.Response(401)
+    enqueue(redis_client, keys, "wk", [track("u", 1), track("v", 2)])
+    build(redis_client, keys, DESTS, fake, clock=clock).drain(0)  # paused, 2 in the retry schedule
+    enqueue(redis_client, keys, "wk", [track("w", 3)])  # 1 unread
+    AccountSlots(redis_client, keys, 15).try_acquire("ACC")
+    registry = CollectorRegistry()
+    registry.register(
+        ClusterCollector(redis_client, keys, partitions=2, accounts=["ACC"], write_keys=["wk"], max_cap=15)
+    )
+    text = generate_latest(registry).decode()
+    assert 'ctrelay_destination_paused{destination="wk"} 1.0' in text
+    assert "ctrelay_retry_schedule_size 2.0" in text
+    assert 'ctrelay_stream_lag{partition="0"} 1.0' in text
+    assert 'ctrelay_stream_lag{partition="1"} 0.0' in text
+    assert 'ctrelay_uploads_in_flight{account="ACC"} 1.0' in text
+    assert 'ctrelay_concurrency_cap{account="ACC"} 15.0' in text
