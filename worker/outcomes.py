@@ -18,12 +18,14 @@ import redis
 from worker import metrics
 from worker.deadletters import DeadLetterStore, Letter
 from worker.destinations import Destination
-from worker.policy import DELIVERED, DeadLetter, Delivered, RetryPolicy, decide
+from worker.policy import DeadLetter, Delivered, RetryPolicy, Verdict, decide
 from worker.queue import GROUP, Keys
 from worker.retries import RetryItem, RetrySchedule
 
 if TYPE_CHECKING:
     from worker.batches import Tally, Work
+
+NOT_SENT = Verdict("transient", "not_sent", None, None, "record was not sent")
 
 
 class OutcomeWriter:
@@ -57,7 +59,7 @@ class OutcomeWriter:
         letters: list[Letter] = []
         with self.client.pipeline(transaction=True) as pipe:
             for work in group:
-                verdicts = [v if v is not None else DELIVERED for v in work.verdicts]
+                verdicts = [v if v is not None else NOT_SENT for v in work.verdicts]  # never assume delivery
                 prior = work.retry
                 attempts = (prior.attempts if prior else 0) + 1
                 first = prior.first_failure if prior else None
