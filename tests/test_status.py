@@ -70,6 +70,23 @@ def test_read_status_reads_every_part(redis_client: redis.Redis, keys: Keys) -> 
     assert status.as_dict()["totals"] == {"lag": 6, "pending": 2, "retries": 3, "deadletters": 4}
 
 
+def test_unknown_lag_is_estimated_from_the_stream(redis_client: redis.Redis, keys: Keys) -> None:
+    """Redis reports no lag once an unread entry is deleted; status then counts unread = length - pending."""
+    ids = [redis_client.xadd(keys.stream(0), {b"n": str(n).encode()}) for n in range(5)]
+    redis_client.xgroup_create(keys.stream(0), GROUP, id="0")
+    redis_client.xreadgroup(GROUP, "c1", {keys.stream(0): ">"}, count=1)
+    redis_client.xdel(keys.stream(0), ids[3])
+    status = read_status(redis_client, keys, 1, Destinations([]), default_cap=15)
+    (p0,) = status.partitions
+    assert p0.lag is None
+    assert (p0.length, p0.pending, p0.unread) == (4, 1, 3)
+    assert status.lag == 3
+    console = Console(record=True, width=140)
+    for part in render(status):
+        console.print(part)
+    assert "~3" in console.export_text()
+
+
 def test_render_shows_busy_partitions_accounts_and_letters(redis_client: redis.Redis, keys: Keys) -> None:
     now = time.time()
     fill(redis_client, keys, now)

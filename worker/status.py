@@ -31,6 +31,12 @@ class PartitionStatus:
     retries_due: int
     retries_later: int
 
+    @property
+    def unread(self) -> int:
+        """The lag, or when Redis cannot tell, the entries neither acknowledged nor pending (workers delete
+        what they acknowledge, so the stream holds only unread and pending entries)."""
+        return self.lag if self.lag is not None else max(0, self.length - self.pending)
+
 
 @dataclass(frozen=True)
 class AccountStatus:
@@ -59,7 +65,7 @@ class Status:
 
     @property
     def lag(self) -> int:
-        return sum(p.lag or 0 for p in self.partitions)
+        return sum(p.unread for p in self.partitions)
 
     @property
     def pending(self) -> int:
@@ -213,7 +219,7 @@ def render(status: Status, *, show_all: bool = False) -> list[Any]:
             continue
         shown += 1
         table.add_row(
-            str(p.partition), str(p.length), "?" if p.lag is None else str(p.lag), str(p.pending),
+            str(p.partition), str(p.length), f"~{p.unread}" if p.lag is None else str(p.lag), str(p.pending),
             str(p.consumers), "held" if p.draining else "", str(p.retries_due), str(p.retries_later),
         )  # fmt: skip
     idle = len(status.partitions) - shown
