@@ -190,7 +190,13 @@ def test_dockerfile_is_multistage_slim_non_root_with_ctrelay_entrypoint() -> Non
         for workload in of_kind(kind):
             if containers(workload)[0]["image"] == IMAGE:
                 assert str(workload["spec"]["template"]["spec"]["securityContext"]["runAsUser"]) == uid
-    # The image holds the code the entry point imports.
+    # The image holds the code the entry point imports, and the build context sends exactly that.
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore
+    for line in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
+        for source in line.split():
+            assert f"!{source.rstrip('/')}" in ignore, f"{source} is not sent to the build"
+            assert (ROOT / source).exists(), source
     assert "COPY worker" in text
     assert "COPY ingest" in text
     assert 'ctrelay = "worker.cli:app"' in (ROOT / "pyproject.toml").read_text()
