@@ -64,7 +64,7 @@ def redis_client(url: str, timeout: float) -> redis.asyncio.Redis:
         retry=Retry(NoBackoff(), 1),
         connection_class=_HiredisPacking if url.startswith("redis://") else redis.asyncio.Connection,
     )
-    return redis.asyncio.Redis(connection_pool=pool)
+    return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
 
 async def _measure_backlog(ingest: Ingest, interval: float) -> None:

@@ -1,0 +1,86 @@
+"""The producer (worker/queue.py) against the real Redis: dedup and XADD in one script, the backlog measure."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from ingest.app import redis_client
+from worker.queue import GROUP, Envelope, Keys, Producer, partition_of
+
+pytestmark = pytest.mark.integration
+
+
+def message(user: str, message_id: str) -> dict[str, Any]:
+    return {"type": "track", "userId": user, "event": "E", "messageId": message_id}
+
+
+async def enqueue(url: str, producer: Producer, entries: list[Any]) -> list[bytes | None]:
+    client = redis_client(url, 1.0)
+    try:
+        return await producer.enqueue(client, entries)
+    finally:
+        await client.aclose()
+
+
+def test_enqueue_writes_each_message_once_per_write_key(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    producer = Producer(keys, 4, dedup_window=600)
+    first = [producer.entry("wk", message("alice", "m1")), producer.entry("wk", message("bob", "m2"))]
+    again = [
+        producer.entry("wk", message("alice", "m1")),  # a retry: dropped
+        producer.entry("other", message("alice", "m1")),  # another write key: kept
+        producer.entry("wk", message("carol", "m3")),
+        producer.entry("wk", message("carol", "m3")),  # twice in one request: once
+    ]
+    assert all(asyncio.run(enqueue(redis_url, producer, first)))
+    written = asyncio.run(enqueue(redis_url, producer, again))
+    assert [result is not None for result in written] == [False, True, True, False]
+
+    stream = keys.stream(partition_of("alice", 4))
+    entries = [Envelope.decode(fields) for _, fields in redis_client.xrange(stream)]
+    alices = [(e.write_key, e.message["messageId"]) for e in entries if e.message["userId"] == "alice"]
+    assert alices == [("wk", "m1"), ("other", "m1")]
+    assert 590 < redis_client.ttl(keys.dedup("wk", "m1")) <= 600
+    assert asyncio.run(enqueue(redis_url, producer, [])) == []
+
+
+def test_add_queues_plain_xadds_without_dedup(keys: Keys, redis_client: redis.Redis) -> None:
+    producer = Producer(keys, 4, dedup_window=600)
+    pipe = redis_client.pipeline(transaction=True)
+    producer.add(pipe, [producer.entry("wk", message("alice", "m1"))] * 2)
+    pipe.execute()
+    assert redis_client.xlen(keys.stream(partition_of("alice", 4))) == 2
+    assert not redis_client.exists(keys.dedup("wk", "m1"))
+
+
+def test_backlog_is_lag_plus_pending(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    producer = Producer(keys, 2, dedup_window=600)
+    users = [f"user-{i}" for i in range(10)]
+    asyncio.run(enqueue(redis_url, producer, [producer.entry("wk", message(u, u)) for u in users]))
+    assert producer.backlog_sync(redis_client) == 10  # no consumer group yet: the stream lengths
+
+    stream = keys.stream(0)
+    length = redis_client.xlen(stream)
+    redis_client.xgroup_create(stream, GROUP, id="0")
+    read = redis_client.xreadgroup(GROUP, "c1", {stream: ">"}, count=2)
+    ids = [entry_id for entry_id, _ in read[0][1]]
+    assert producer.backlog_sync(redis_client) == 10  # 2 pending + lag of the rest
+    redis_client.xack(stream, GROUP, ids[0])
+    assert producer.backlog_sync(redis_client) == 9
+    redis_client.xack(stream, GROUP, ids[1])
+    redis_client.xdel(stream, *ids)  # a worker that also deletes delivered entries
+    assert producer.backlog_sync(redis_client) == 10 - 2
+    assert length >= 2
+
+    async def measure() -> int:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return await producer.backlog(client)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(measure()) == 8
