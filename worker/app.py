@@ -48,7 +48,9 @@ class Runtime:
         self.settings = settings
         self.send = send
         self.keys = Keys(settings.redis_prefix)
-        self.client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        self.client = redis.Redis.from_url(
+            settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
+        )
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self.http = httpx.Client(timeout=settings.upload_timeout_s, limits=limits)
         self.slots = AccountSlots(
