@@ -75,6 +75,13 @@ def test_generated_destination_points_at_the_sandbox(tmp_path: Path) -> None:
     assert destination.passcode.get_secret_value() == "s3cret"
 
 
+def test_generated_destination_escapes_what_it_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(destinations_toml('wk "odd" \\ key', DEV_ACCOUNT, "p", "http://127.0.0.1:1"))
+    (destination,) = load_destinations(path, env={}).values()
+    assert destination.write_key == 'wk "odd" \\ key'
+
+
 def test_curl_line_sends_a_track_call_with_the_write_key() -> None:
     line = curl_line("http://127.0.0.1:8000", "wk_dev")
     assert line.startswith("curl ")
@@ -174,13 +181,17 @@ def dev_process(
     try:
         yield process, ports, log
     finally:
-        if process.poll() is None:
-            tree = descendants(process.pid)
-            os.killpg(process.pid, signal.SIGKILL)
-            for pid in tree:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        kill_tree(process)
+
+
+def kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """After a failed test: SIGKILL ``ctrelay dev`` and every process group below it (children have their own)."""
+    if process.poll() is None:
+        tree = descendants(process.pid)
+        for pgid in [process.pid, *tree]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def wait_for_banner(process: subprocess.Popen[bytes], log: Path, deadline_s: float = 90.0) -> str:
@@ -244,3 +255,30 @@ def test_dev_embeds_redis_delivers_to_the_sandbox_and_stops_on_sigint(
     while still_running(tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert still_running(tree) == [], f"left behind: {still_running(tree)}"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_dev_stops_everything_on_sigterm_and_on_a_closed_terminal(tmp_path: Path, signum: int) -> None:
+    ports = [free_port() for _ in range(3)]
+    env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", CTRELAY_PARTITIONS="2")
+    env["CTRELAY_LOG_FORMAT"] = "json"
+    args = ["dev", "--no-redis-server", "--port", str(ports[0]), "--sandbox-port", str(ports[1])]
+    args += ["--metrics-port", str(ports[2])]
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", CLI, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_for_banner(process, log)
+        tree = descendants(process.pid)
+        assert len(tree) >= 3
+        process.send_signal(signum)
+        assert process.wait(timeout=90) == 0, log.read_text(errors="replace")[-3000:]
+        deadline = time.monotonic() + 10
+        while still_running(tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert still_running(tree) == []
+    finally:
+        kill_tree(process)
