@@ -157,3 +157,19 @@ def test_worker_tick_dispatches_and_expires_old_dead_letters(
     store.put([old])
     runtime.tick()
     assert store.count() == 2  # housekeeping runs once a minute, cluster-wide
+
+
+def test_idle_consumers_without_pending_entries_are_pruned(redis_client: redis.Redis, keys: Keys) -> None:
+    from worker.delivery import prune_consumers
+
+    stream = keys.stream(0)
+    ensure_group(redis_client, stream)
+    redis_client.xadd(stream, {"w": "wk", "m": "{}"})
+    redis_client.xadd(stream, {"w": "wk", "m": "{}"})
+    (done,) = redis_client.xreadgroup(GROUP, "restarted-long-ago", {stream: ">"}, count=1)[0][1]
+    redis_client.xack(stream, GROUP, done[0])
+    redis_client.xreadgroup(GROUP, "died-holding-one", {stream: ">"}, count=1)
+    assert prune_consumers(redis_client, keys, 1, idle_s=3600) == 0  # not idle long enough
+    assert prune_consumers(redis_client, keys, 1, idle_s=0) == 1
+    names = {c["name"] for c in redis_client.xinfo_consumers(stream, GROUP)}
+    assert names == {b"died-holding-one"}  # its entry still waits to be reclaimed

@@ -28,7 +28,7 @@ from worker.batches import Deliverer
 from worker.clevertap import CleverTap
 from worker.concurrency import AccountSlots
 from worker.deadletters import DeadLetterStore
-from worker.delivery import Drainer, Ticker, dispatch, ensure_groups, partitions_with_work
+from worker.delivery import Drainer, Ticker, dispatch, ensure_groups, partitions_with_work, prune_consumers
 from worker.policy import RetryPolicy
 from worker.queue import Keys
 from worker.settings import Config, Settings, load
@@ -37,6 +37,8 @@ log = structlog.get_logger("ctrelay.worker")
 DRAIN_TASK = "ctrelay.drain"
 HOUSEKEEPING_S = 60
 """Dead letters past their retention are removed this often (by whichever worker ticks first)."""
+CONSUMER_IDLE_S = 3600
+"""Group consumers idle this long with nothing pending are forgotten (processes that restarted)."""
 
 
 class Runtime:
@@ -90,8 +92,9 @@ class Runtime:
         """Queue drains for every partition that has work and no drain; once a minute (one worker), housekeeping."""
         if self.client.set(self.keys.housekeeping(), os.getpid(), nx=True, ex=HOUSEKEEPING_S):
             expired = self.deliverer.deadletters.expire(time.time())
-            if expired:
-                log.info("deadletters_expired", letters=expired)
+            pruned = prune_consumers(self.client, self.keys, self.settings.partitions, CONSUMER_IDLE_S)
+            if expired or pruned:
+                log.info("housekeeping", deadletters_expired=expired, consumers_pruned=pruned)
         busy = partitions_with_work(
             self.client, self.keys, self.settings.partitions, reclaim_idle_s=self.settings.reclaim_idle_s
         )

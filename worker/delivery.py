@@ -166,6 +166,23 @@ class Drainer:
         return [(entry_id, fields) for entry_id, fields in answer[0][1] if fields]
 
 
+def prune_consumers(client: redis.Redis, keys: Keys, partitions: int, idle_s: float) -> int:
+    """Forget group consumers that hold no pending entry and have been idle ``idle_s`` (restarted processes)."""
+    pipe = client.pipeline(transaction=False)
+    for partition in range(partitions):
+        pipe.xinfo_consumers(keys.stream(partition), GROUP)
+    answers: list[Any] = pipe.execute(raise_on_error=False)
+    removed = 0
+    for partition, consumers in enumerate(answers):
+        if not isinstance(consumers, list):
+            continue
+        for consumer in consumers:
+            if consumer.get("pending") == 0 and consumer.get("idle", 0) >= idle_s * 1000:
+                # XGROUP DELCONSUMER drops only that consumer's pending entries: there are none
+                removed += int(client.xgroup_delconsumer(keys.stream(partition), GROUP, consumer["name"]) == 0)
+    return removed
+
+
 def partitions_with_work(
     client: redis.Redis, keys: Keys, partitions: int, *, reclaim_idle_s: float, now: float | None = None
 ) -> list[int]:
