@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,6 +99,23 @@ def test_dev_keeps_away_from_a_shared_redis_keys_unless_told() -> None:
     assert key_prefix(Settings(redis_prefix="mine"), "configured") == "mine"  # said explicitly
 
 
+def test_choose_port_takes_the_asked_port_when_free_else_any() -> None:
+    import socket
+
+    from worker.dev import choose_port
+
+    free = free_port()
+    assert choose_port(free) == free
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        other = choose_port(taken)
+        assert other != taken
+        assert port_is_free(other)
+    assert choose_port(0) > 0
+
+
 def test_port_is_free_sees_a_listener() -> None:
     import socket
 
@@ -172,7 +190,7 @@ def dev_process(
     args += ["--metrics-port", str(ports["metrics"])]
     if request.param == "fakeredis":
         args.append("--no-redis-server")
-    ports["embedded"] = 1 if request.param == "redis-server" else 0
+    ports["embedded"] = 1 if request.param == "redis-server" and shutil.which("redis-server") else 0
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
