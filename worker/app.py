@@ -11,6 +11,7 @@ summed over the children through ``PROMETHEUS_MULTIPROC_DIR``).
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import threading
@@ -39,6 +40,8 @@ HOUSEKEEPING_S = 60
 """Dead letters past their retention are removed this often (by whichever worker ticks first)."""
 CONSUMER_IDLE_S = 3600
 """Group consumers idle this long with nothing pending are forgotten (processes that restarted)."""
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations between two young-generation collections in a worker (CPython's default: 700)."""
 
 
 class Runtime:
@@ -186,9 +189,13 @@ def run_worker(argv: list[str]) -> None:
 
     app, runtime = create_app(config)
     ticker: list[Ticker] = []
+    # A drain allocates ~30 objects per message and keeps a batch alive: collect young objects less often
+    # (the default 700 makes the collector a fifth of the transform's cost) and never rescan start-up objects.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_: object) -> None:
+        gc.freeze()
         main = runtime()
         ensure_groups(main.client, main.keys, settings.partitions)
         if settings.metrics_port:
