@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 from chaos_cluster import Cluster
+from delivery_e2e import Proc
 
 ACTIONS = {
     "kill_worker": 4,
@@ -72,6 +73,14 @@ class Sample:
     at: float
     incarnation: int
     stored: int
+
+
+def exit_detail(name: str, proc: Proc) -> dict[str, Any]:
+    """Which process exited by itself, its exit status, why (its last CRITICAL/ERROR line) and its log's tail."""
+    lines = proc.log.read_text(errors="replace").splitlines() if proc.log.exists() else []
+    why = next((line for line in reversed(lines) if "CRITICAL" in line), "")
+    why = why or next((line for line in reversed(lines) if "ERROR" in line or "Error" in line), "")
+    return {"process": name, "exit": proc.process.returncode, "why": why[:200], "log": proc.tail(15)}
 
 
 class Controller(threading.Thread):
@@ -182,12 +191,11 @@ class Controller(threading.Thread):
         cluster = self.cluster
         for index, proc in enumerate(cluster.workers):
             if proc is not None and proc.process.poll() is not None:
-                self.events.append(Event("exited_by_itself", now, now, {"process": f"worker {index}",
-                                                                         "log": proc.tail(15)}))  # fmt: skip
+                self.events.append(Event("exited_by_itself", now, now, exit_detail(f"worker {index}", proc)))
                 cluster.start_worker(index)
         for name, proc in (("ingest", cluster.ingest_proc), ("sandbox", cluster.sandbox_proc)):
             if proc is not None and proc.process.poll() is not None:
-                self.events.append(Event("exited_by_itself", now, now, {"process": name, "log": proc.tail(15)}))
+                self.events.append(Event("exited_by_itself", now, now, exit_detail(name, proc)))
         stored = cluster.stored()
         if stored is not None:
             self.samples.append(Sample(now, cluster.incarnation, stored))

@@ -96,7 +96,8 @@ def reconcile(
         if delivered:
             result.delivered += 1
             if letter is not None:
-                result.delivered_and_dead.append(f"{mid} ({kind}): also {_label(letter)}")
+                cause = _cause(first[mid], events, samples)
+                result.delivered_and_dead.append(f"{mid} ({kind}): also {_label(letter)}; first copy: {cause}")
         elif letter is None:
             result.missing.append(mid)
         elif letter.reason == "rejected" and letter.code == PERMANENT_CODE and permanent_injected:
@@ -167,7 +168,9 @@ def markdown(
     extra: dict[str, Any],
 ) -> str:
     """The report: parameters, machine, figures, outcomes, duplicates with causes, faults and their timeline."""
-    faults = Counter(e.kind for e in events)
+    faults = Counter(e.kind for e in events if e.kind != "exited_by_itself")
+    exits = Counter(f"{e.detail['process'].split()[0]}: {e.detail.get('why', '')}" for e in events
+                    if e.kind == "exited_by_itself")  # fmt: skip
     lines = [f"# {title}", "", "| parameter | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in {**params, **machine}.items()]
     lines += ["", "## Figures", "", "| figure | value |", "|---|---|"]
@@ -186,6 +189,8 @@ def markdown(
         "duplicates at the sandbox (extra copies)": sum(result.duplicates.values()),
         "duplicates by cause": dict(result.duplicates.most_common()),
         "faults injected": dict(faults.most_common()),
+        "processes that exited by themselves (restarted by the controller, as a supervisor would)": sum(exits.values()),
+        "… and why": dict(exits.most_common()) or "none",
         **extra,
     }
     lines += [f"| {k} | {v} |" for k, v in figures.items()]
