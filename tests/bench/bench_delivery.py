@@ -144,10 +144,15 @@ class Sandbox:
 
 
 def steady_rate(samples: list[tuple[float, int]], first: int, count: int) -> float:
-    """Records/s between the moments 10 % and 90 % of ``count`` records (above ``first``) had been accepted."""
-    low = next(t for t, records in samples if records - first >= 0.1 * count)
-    high = next(t for t, records in samples if records - first >= 0.9 * count)
-    return 0.8 * count / max(high - low, 1e-9)
+    """Records/s between the first samples past 10 % and past 90 % of ``count`` records (above ``first``).
+
+    The records counted at those two samples are used (not 10 % and 90 %), so a late sample cannot inflate it.
+    """
+    low_t, low_r = next((t, r) for t, r in samples if r - first >= 0.1 * count)
+    high_t, high_r = next((t, r) for t, r in samples if r - first >= 0.9 * count)
+    if high_t <= low_t:
+        return float("nan")
+    return (high_r - low_r) / (high_t - low_t)
 
 
 def message(n: int) -> dict[str, Any]:
