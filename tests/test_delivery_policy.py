@@ -241,3 +241,16 @@ def test_the_seam_reads_a_body_code() -> None:
         401,
         "Invalid Credentials",
     )
+
+
+def test_the_seam_bounds_each_phase_of_a_request() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "success", "processed": 1, "unprocessed": []})
+
+    seam = CleverTap(httpx.Client(transport=httpx.MockTransport(handler)), timeout_s=30.0)
+    seam.upload(DEST, [event(0)])
+    assert seen[0].extensions["timeout"] == {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 5.0}
+    assert seam.longest_request_s == 70.0

@@ -57,15 +57,17 @@ class Runtime:
             settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
         )
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        self.http = httpx.Client(timeout=settings.upload_timeout_s, limits=limits)
+        self.http = httpx.Client(limits=limits)
+        clevertap = CleverTap(self.http, settings.upload_timeout_s)
+        # a slot outlives the longest request, so that it expires only when its holder is gone
         self.slots = AccountSlots(
-            self.client, self.keys, settings.concurrency_cap, slot_ttl_s=settings.upload_timeout_s + 30
+            self.client, self.keys, settings.concurrency_cap, slot_ttl_s=clevertap.longest_request_s + 10
         )
         self.deliverer = Deliverer(
             self.client,
             self.keys,
             config.destinations,
-            clevertap=CleverTap(self.http, settings.upload_timeout_s),
+            clevertap=clevertap,
             slots=self.slots,
             deadletters=DeadLetterStore(self.client, self.keys, settings.deadletter_retention),
             policy=RetryPolicy(

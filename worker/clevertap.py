@@ -120,8 +120,16 @@ class CleverTap:
     """Uploads records to CleverTap (or the sandbox) for one destination at a time."""
 
     def __init__(self, client: httpx.Client | None = None, timeout_s: float = 30.0) -> None:
-        self.client = client if client is not None else httpx.Client(timeout=timeout_s)
+        self.client = client if client is not None else httpx.Client()
         self.timeout_s = timeout_s
+        # httpx times each phase: connect and pool waits are short, so a request lasts at most ~2 × timeout_s
+        short = min(5.0, timeout_s)
+        self.timeout = httpx.Timeout(timeout_s, connect=short, pool=short)
+
+    @property
+    def longest_request_s(self) -> float:
+        """An upper bound of one request's duration (connect + write + read + pool), for slot deadlines."""
+        return 2 * self.timeout_s + 2 * min(5.0, self.timeout_s)
 
     def close(self) -> None:
         self.client.close()
@@ -139,7 +147,7 @@ class CleverTap:
         count = len(records)
         try:
             response = self.client.post(
-                destination.base_url + UPLOAD_PATH, content=body, headers=headers, timeout=self.timeout_s
+                destination.base_url + UPLOAD_PATH, content=body, headers=headers, timeout=self.timeout
             )
         except httpx.TimeoutException:
             return Report(count=count, status=None, error="timeout", duration_s=time.monotonic() - started)
