@@ -173,3 +173,17 @@ def test_idle_consumers_without_pending_entries_are_pruned(redis_client: redis.R
     assert prune_consumers(redis_client, keys, 1, idle_s=0) == 1
     names = {c["name"] for c in redis_client.xinfo_consumers(stream, GROUP)}
     assert names == {b"died-holding-one"}  # its entry still waits to be reclaimed
+
+
+def test_the_keeper_holds_a_lease_past_its_ttl_until_dropped(redis_client: redis.Redis, keys: Keys) -> None:
+    from worker.lease import LeaseKeeper
+
+    keeper = LeaseKeeper(0.05)
+    lease = Lease.acquire(redis_client, keys.lease(0), 0.3)
+    assert lease is not None
+    keeper.hold(lease)
+    time.sleep(0.8)  # well past the TTL: a long request
+    assert redis_client.get(keys.lease(0)) == lease.token.encode()
+    keeper.drop(lease)
+    time.sleep(0.6)
+    assert not redis_client.exists(keys.lease(0))  # no longer renewed: it expires (as when the holder dies)

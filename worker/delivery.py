@@ -29,7 +29,7 @@ import redis
 import structlog
 
 from worker.batches import Deliverer, StreamEntry, Tally
-from worker.lease import Lease
+from worker.lease import Lease, LeaseKeeper
 from worker.queue import GROUP, Keys
 from worker.retries import RetrySchedule
 
@@ -89,6 +89,7 @@ class Drainer:
         self.read_batch = read_batch
         self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
         self.consumer = consumer or consumer_name()
+        self.keeper = LeaseKeeper(lease_ttl_s / 3)
 
     def drain(self, partition: int) -> DrainResult:
         """Drain ``partition`` if nobody else is; returns what was done."""
@@ -98,6 +99,7 @@ class Drainer:
         self.client.delete(self.keys.dispatched(partition))
         if lease is None:
             return DrainResult(partition, acquired=False)
+        self.keeper.hold(lease)
         result = DrainResult(partition, acquired=True)
         stream = self.keys.stream(partition)
         schedule = RetrySchedule(self.client, self.keys, partition)
@@ -129,6 +131,7 @@ class Drainer:
                     result.more = True
                     break
         finally:
+            self.keeper.drop(lease)
             lease.release()
         return result
 

@@ -2,11 +2,15 @@
 
 A lease is a Redis string holding a random token with a TTL. It is taken with ``SET NX PX``,
 renewed and released only by its holder (Lua compares the token), and expires by itself when the
-holder dies, so another worker can take over the partition after ``lease_ttl_s``.
+holder dies, so another worker can take over the partition after ``lease_ttl_s``. While a drain works,
+:class:`LeaseKeeper` renews its lease every third of the TTL, however long one request takes.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import uuid
 
 import redis
@@ -50,3 +54,39 @@ class Lease:
         if self.held:
             self.client.eval(_RELEASE, 1, self.key, self.token)
             self.held = False
+
+
+class LeaseKeeper:
+    """Renews the leases this process holds, every ``interval_s``, from one daemon thread.
+
+    A drain's requests can outlast its lease's TTL (a slow CleverTap); the keeper keeps the lease while
+    the process lives, and stops renewing when it dies, so the TTL stays short for a fast takeover.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._leases: set[Lease] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.add(lease)
+            if self._thread is None or not self._thread.is_alive():  # (a forked child starts its own)
+                self._thread = threading.Thread(target=self._run, name="ctrelay-leases", daemon=True)
+                self._thread.start()
+
+    def drop(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.discard(lease)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            with self._lock:
+                leases = list(self._leases)
+            for lease in leases:
+                try:
+                    lease.renew()
+                except Exception:  # Redis unreachable: the lease may expire; the drain finds out on its next renew
+                    logging.getLogger("ctrelay.lease").warning("lease renewal failed", exc_info=True)
