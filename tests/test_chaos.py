@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from bench.machine import describe, load_average
+from bench.machine import code_version, describe, load_average
 from chaos_cluster import Cluster, RedisServer, queue_state
 from chaos_faults import Controller
 from chaos_load import SANDBOX_FLAGS, Sender
@@ -59,7 +59,7 @@ def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(tm
     relay = Relay(tmp_path, server.url, partitions=8)
     accounts = ",".join(f"{acc}:{pw}" for acc, pw in ACCOUNTS.values())
     cluster = Cluster(relay, server, ["--accounts", accounts, "--seed", str(SEED), *SANDBOX_FLAGS])
-    machine = describe()
+    machine, code = describe(), code_version()
     try:
         cluster.start(2, [{"write_key": wk, "account_id": acc, "passcode": pw} for wk, (acc, pw) in ACCOUNTS.items()])
         senders = [Sender(cluster.ingest_url, wk, RATE, SEED + i) for i, wk in enumerate(ACCOUNTS)]
@@ -114,6 +114,7 @@ def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(tm
         "Redis server": f"own redis-server, appendonly yes, appendfsync {FSYNC}",
         "processes": "ctrelay ingest, 2 × ctrelay worker (threads, 4), ctrelay sandbox, redis-server",
         "command": _command(),
+        "code at the start": code,
     }
     figures = {
         "sent": sum(s.sent for s in senders),

@@ -44,3 +44,16 @@ def describe() -> dict[str, str]:
         "Redis": redis_version(),
         "load average (1/5/15 min) at the start": load_average(),
     }
+
+
+def code_version() -> str:
+    """The commit measured (``git log -1``), flagged when the tree has uncommitted changes to tracked files."""
+    here = Path(__file__).resolve().parent
+    try:
+        last = subprocess.run(["git", "log", "-1", "--format=%h %cd", "--date=iso"], capture_output=True, text=True,
+                              cwd=here, timeout=10, check=False).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=here, timeout=10, check=False).stdout.strip()  # fmt: skip
+    except OSError:
+        return "unknown"
+    return last + (" (with uncommitted changes in the tree)" if dirty else "")

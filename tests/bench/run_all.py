@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from machine import describe, load_average  # noqa: E402
+from machine import code_version, describe, load_average  # noqa: E402
 
 PY = ".venv/bin/python"
 
@@ -165,7 +165,7 @@ def main() -> None:
     unknown = wanted - {b.name for b in BENCHES}
     if unknown:
         parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
-    machine = describe()
+    machine = describe() | {"code (git)": code_version()}
     runs = [run(bench, args.quick, args.timeout) for bench in BENCHES if bench.name in wanted and
             (HERE / bench.args[0]).exists()]  # fmt: skip
     command = " ".join([PY, "tests/bench/run_all.py", *sys.argv[1:]])
