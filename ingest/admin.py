@@ -1,4 +1,5 @@
-"""The admin HTTP API: the dead-letter operations of ``ctrelay dlq`` under ``/admin/deadletters``.
+"""The admin HTTP API: the dead-letter operations of ``ctrelay dlq`` under ``/admin/deadletters`` (and the
+user deletions of ``ctrelay users`` under ``/admin/users``, :mod:`ingest.admin_users`).
 
 Mounted on the ingest app by :func:`mount` only when ``CTRELAY_ADMIN_TOKEN`` is set (otherwise every
 ``/admin/...`` path answers 404, like any unknown path). Every request must carry
@@ -181,4 +182,8 @@ def mount(app: FastAPI, config: Config) -> bool:
     store = DeadLetterStore(client, keys, settings.deadletter_retention)
     producer = dlq.replay_producer(keys, settings.partitions)
     app.include_router(build_router(store, producer, config.destinations, token))
+    from ingest import admin_users  # user deletion: /admin/users (same token)
+
+    window = settings.suppression_window_s
+    app.include_router(admin_users.build_router(client, keys, producer, config.destinations, token, window_s=window))
     return True

@@ -76,6 +76,7 @@ class Runtime:
                 backoff_max_s=settings.backoff_max_s,
                 auth_pause_s=settings.auth_pause_s,
             ),
+            suppression_window_s=settings.suppression_window_s,
         )
         self.drainer = Drainer(
             self.deliverer,

@@ -26,12 +26,13 @@ from worker import metrics
 from worker.clevertap import CleverTap
 from worker.concurrency import AccountSlots
 from worker.deadletters import DeadLetterStore, Letter
+from worker.deletion import Suppressions
 from worker.destinations import Destination
 from worker.outcomes import OutcomeWriter
 from worker.policy import DELIVERED, RetryPolicy, Verdict
 from worker.queue import GROUP, Envelope, Keys
 from worker.retries import RetryItem, item_id
-from worker.transform import Invalid, Skip, TransformStats, transform
+from worker.transform import Delete, Invalid, Skip, TransformStats, transform
 from worker.uploads import Uploader
 
 log = structlog.get_logger("ctrelay.delivery")
@@ -90,12 +91,14 @@ class Deliverer:
         policy: RetryPolicy,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        suppression_window_s: float = 30 * 86_400,
     ) -> None:
         self.client = client
         self.keys = keys
         self.destinations = destinations
         self.deadletters = deadletters
         self.clock = clock
+        self.suppressions = Suppressions(client, keys, suppression_window_s, clock)
         self.uploader = Uploader(client, keys, clevertap=clevertap, slots=slots, policy=policy)
         self.outcomes = OutcomeWriter(
             client, keys, deadletters=deadletters, policy=policy, clock=clock, rng=rng or random.Random()
@@ -112,6 +115,7 @@ class Deliverer:
         tally = Tally()
         works = self._prepare(partition, entries, tally)
         works += [Work(item.write_key, item.message, list(item.records), retry=item) for item in retries]
+        works = self.suppressions.screen(partition, works, tally)  # deleted users: suppress, drop their messages
         self._drop_sent_tokens(works)
         groups: dict[str, list[Work]] = {}
         for work in works:
@@ -163,7 +167,9 @@ class Deliverer:
                 letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=error))
                 acks.append(entry_id)
                 continue
-            if isinstance(result, Invalid):
+            if isinstance(result, Delete):
+                works.append(Work(write_key, message, [result.record()], entry_id=entry_id))
+            elif isinstance(result, Invalid):
                 letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=result.reason))
                 acks.append(entry_id)
             elif isinstance(result, Skip) or not result:

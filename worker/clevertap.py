@@ -1,4 +1,4 @@
-"""The one HTTP seam to CleverTap: POST /1/upload, answered as a per-record delivery report.
+"""The one HTTP seam to CleverTap: POST /1/upload (and /1/delete/profiles.json), answered as a per-record report.
 
 :class:`CleverTap` wraps an ``httpx.Client`` (tests pass one with ``httpx.MockTransport``). It never
 raises for what CleverTap or the network answers: a timeout, a refused connection, a 5xx, a 200
@@ -26,8 +26,11 @@ import orjson
 from worker.destinations import Destination
 
 UPLOAD_PATH = "/1/upload"
+DELETE_PATH = "/1/delete/profiles.json"
 MAX_RECORDS = 1000
 MAX_TOKENS = 100
+MAX_DELETE_IDS = 100
+"""At most this many values in each of ``identity`` and ``guid`` of one delete request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,18 +139,32 @@ class CleverTap:
 
     def upload(self, destination: Destination, records: Sequence[Mapping[str, Any]]) -> Report:
         """POST ``records`` (at most 1000 event/profile and 100 token records) and report per record."""
+        return self._post(destination, UPLOAD_PATH, orjson.dumps({"d": list(records)}), records)
+
+    def delete(self, destination: Destination, records: Sequence[Mapping[str, Any]]) -> Report:
+        """POST CleverTap's profile delete call for the deletion ``records`` (``{"type": "delete", "identity":
+        [...], "guid": [...]}``, :meth:`worker.transform.Delete.record`): one request ``{"identity": [...],
+        "guid": [...]}`` (each at most 100 values, duplicates removed); one verdict per deletion record."""
+        identities: dict[str, None] = {}
+        guids: dict[str, None] = {}
+        for record in records:
+            identities.update(dict.fromkeys(record.get("identity") or ()))
+            guids.update(dict.fromkeys(record.get("guid") or ()))
+        payload = {name: list(values) for name, values in (("identity", identities), ("guid", guids)) if values}
+        return self._post(destination, DELETE_PATH, orjson.dumps(payload), records)
+
+    def _post(self, destination: Destination, path: str, body: bytes, records: Sequence[Mapping[str, Any]]) -> Report:
         passcode = destination.passcode.get_secret_value() if destination.passcode is not None else ""
         headers = {
             "X-CleverTap-Account-Id": destination.account_id,
             "X-CleverTap-Passcode": passcode,
             "Content-Type": "application/json; charset=utf-8",
         }
-        body = orjson.dumps({"d": list(records)})
         started = time.monotonic()
         count = len(records)
         try:
             response = self.client.post(
-                destination.base_url + UPLOAD_PATH, content=body, headers=headers, timeout=self.timeout
+                destination.base_url + path, content=body, headers=headers, timeout=self.timeout
             )
         except httpx.TimeoutException:
             return Report(count=count, status=None, error="timeout", duration_s=time.monotonic() - started)

@@ -43,6 +43,10 @@ from worker.dlq_cli import dlq as _dlq  # noqa: E402  (dead letters; heavy impor
 
 app.add_typer(_dlq, name="dlq")
 
+from worker.users_cli import users as _users  # noqa: E402  (user deletion; heavy imports inside its commands)
+
+app.add_typer(_users, name="users")
+
 
 @app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def _worker(ctx: typer.Context) -> None:

@@ -128,10 +128,10 @@ def stats(store: DeadLetterStore, where: Filter) -> Stats:
 def preview(letter: Letter, destinations: Mapping[str, Destination], now: float) -> dict[str, Any]:
     """What today's transform, with today's settings, makes of the letter's message (no passcode in it).
 
-    ``{"outcome": "records", "records": [...]}``, ``{"outcome": "skip" | "invalid", "reason": ...}``, or
+    ``{"outcome": "records" | "delete", "records": [...]}``, ``{"outcome": "skip" | "invalid", "reason": ...}``, or
     ``{"outcome": "no_destination", ...}`` when the write key is no longer configured.
     """
-    from worker.transform import Invalid, Skip, transform
+    from worker.transform import Delete, Invalid, Skip, transform
 
     destination = destinations.get(letter.write_key)
     if destination is None:
@@ -141,6 +141,8 @@ def preview(letter: Letter, destinations: Mapping[str, Destination], now: float)
         return {"outcome": "skip", "reason": result.reason}
     if isinstance(result, Invalid):
         return {"outcome": "invalid", "reason": result.reason}
+    if isinstance(result, Delete):
+        return {"outcome": "delete", "records": [result.record()]}
     return {"outcome": "records", "records": result}
 
 

@@ -54,9 +54,9 @@ def read_messages(data: bytes) -> list[Any]:
 
 
 def preview(messages: Iterable[Any], destination: Any, now: float) -> Iterator[dict[str, Any]]:
-    """One outcome per message, as printed: records, skipped or invalid."""
+    """One outcome per message, as printed: records, skipped, invalid, or a user deletion."""
     from worker.messages import parse
-    from worker.transform import Invalid, Skip, transform
+    from worker.transform import Delete, Invalid, Skip, transform
 
     for raw in messages:
         try:
@@ -67,6 +67,8 @@ def preview(messages: Iterable[Any], destination: Any, now: float) -> Iterator[d
         outcome = transform(message, destination, now)
         if isinstance(outcome, Skip | Invalid):  # an Invalid here is a contract gap between parse and transform
             yield {"skipped" if isinstance(outcome, Skip) else "invalid": outcome.reason}
+        elif isinstance(outcome, Delete):
+            yield {"delete": outcome.record()}
         else:
             yield {"records": outcome}
 

@@ -97,6 +97,11 @@ class Keys:
         """String: the push token last delivered for ``object_id`` (EX = the destination's token window)."""
         return f"{self.prefix}:token:{write_key}:{object_id}"
 
+    # User deletion (worker/deletion.py).
+    def suppressed(self, write_key: str) -> str:
+        """Hash: ``i:<identity>`` / ``g:<guid>`` of a deleted user → ``<until>|<at>|<via>`` (suppressed until then)."""
+        return f"{self.prefix}:suppressed:{write_key}"
+
     def celery(self) -> str:
         """Prefix of the Celery broker's keys and name stem of its queue."""
         return f"{self.prefix}:celery"

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     backoff_min_s: float = Field(default=1.0, gt=0, description="first retry delay ceiling (full jitter)")
     backoff_max_s: float = Field(default=300.0, gt=0, description="largest retry delay ceiling")
     auth_pause_s: float = Field(default=60.0, gt=0, description="after a 401/403, wait this long before trying again")
+    suppression_window_s: float = Field(
+        default=30 * 86_400, ge=0, description="after a user deletion, drop that user's new messages this long"
+    )
 
     # Ingest (ingest/): limits apply to decompressed bytes; a rejected request enqueues nothing.
     max_message_bytes: int = Field(default=32 * 1024, ge=1, description="one message, as stored (compact JSON)")

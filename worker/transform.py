@@ -13,7 +13,10 @@ It never raises on a JSON object: expected outcomes are values.
   ``disabled_by_integrations``);
 - :class:`Invalid`: the message breaks the contract (no ``userId``/``anonymousId``, unknown ``type``,
   a track without ``event``, ...); the worker dead-letters it as ``invalid_message``. Checked before any
-  setting is applied, so an invalid message is invalid whatever the destination's settings.
+  setting is applied, so an invalid message is invalid whatever the destination's settings;
+- :class:`Delete`: a track whose ``event`` is the destination's ``delete_event_name`` ("Delete User") asks
+  for the user's CleverTap profile to be deleted: the worker makes CleverTap's delete call
+  (:mod:`worker.deletion`) instead of uploading an event.
 
 Where the keys, values, special traits and timestamps are decided: :mod:`worker.values`,
 :mod:`worker.keycase`, :mod:`worker.traits`, :mod:`worker.timestamps`.
@@ -36,7 +39,7 @@ from worker.values import TransformStats, clean, truncate
 if TYPE_CHECKING:
     from worker.destinations import Destination
 
-__all__ = ["Invalid", "Skip", "TransformStats", "transform"]
+__all__ = ["Delete", "Invalid", "Skip", "TransformStats", "transform"]
 
 CHARGED_SOURCE = "Order Completed"
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
@@ -58,6 +61,27 @@ class Invalid:
     """The message can never be sent; ``reason`` says which field is wrong."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete this user's CleverTap profile: a track named the destination's ``delete_event_name``.
+
+    ``identity`` and ``guid`` are the identifiers the user's records carry (``identity`` and ``objectId``,
+    SPEC §2.1, so ``send_anonymous_id_as_object_id`` applies alike); CleverTap's delete call takes them as
+    ``{"identity": [...]}`` and ``{"guid": [...]}``. At least one is set.
+    """
+
+    identity: str | None
+    guid: str | None
+
+    def record(self) -> dict[str, Any]:
+        """The deletion as the worker queues and retries it: ``{"type": "delete", "identity": [..], "guid": [..]}``."""
+        return {
+            "type": "delete",
+            "identity": [self.identity] if self.identity else [],
+            "guid": [self.guid] if self.guid else [],
+        }
 
 
 Record = dict[str, Any]
@@ -173,7 +197,7 @@ def _check(message: Mapping[str, Any], kind: str) -> Invalid | None:
 
 def transform(
     message: Mapping[str, Any], destination: Destination, now: float, stats: TransformStats | None = None
-) -> list[Record] | Skip | Invalid:
+) -> list[Record] | Skip | Invalid | Delete:
     """The CleverTap records of one Segment ``message`` for ``destination`` (SPEC §2); see the module docstring.
 
     ``now`` (epoch seconds) is the timestamp of a message without a usable one; ``stats``, when given,
@@ -197,6 +221,8 @@ def transform(
         return Skip("unsupported_type")
 
     object_ids = destination.send_anonymous_id_as_object_id
+    if kind == "track" and message["event"] == destination.delete_event_name:
+        return Delete(user_id or anonymous_id, None) if not object_ids else Delete(user_id, anonymous_id)
     record: Record
     if kind == "alias":
         if not destination.alias:

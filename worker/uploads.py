@@ -6,18 +6,23 @@ adapts the account's cap (429 lowers it), sets every record's :class:`~worker.po
 request that CleverTap rejects as a whole, pauses the destination on a 401/403, and stops sending the
 destination's other requests after a request-wide failure (they would fail alike). One structlog line
 ``upload`` per request (destination, account, records, status, outcome, duration).
+
+Deletion records (``{"type": "delete", ...}``, :mod:`worker.deletion`) go the same way, as CleverTap's
+profile delete call (:meth:`~worker.clevertap.CleverTap.delete`, ≤ 100 identities and ≤ 100 guids per request,
+:func:`delete_chunks`), after the destination's uploads: same slots, verdicts, splits, pause and retries
+(one structlog line ``delete`` per request).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import redis
 import structlog
 
 from worker import metrics
-from worker.clevertap import MAX_RECORDS, MAX_TOKENS, CleverTap, Report
+from worker.clevertap import MAX_DELETE_IDS, MAX_RECORDS, MAX_TOKENS, CleverTap, Report
 from worker.concurrency import AccountSlots
 from worker.destinations import Destination
 from worker.policy import SPLIT, RetryPolicy, Verdict, classify
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ctrelay.delivery")
 Slice = list[tuple["Work", int]]
 """(message, index of one of its records) pairs, in request order."""
+Call = Callable[[Destination, Sequence[Mapping[str, Any]]], Report]
 
 
 def chunks(items: Slice) -> Iterator[Slice]:
@@ -43,6 +49,25 @@ def chunks(items: Slice) -> Iterator[Slice]:
         chunk.append((work, index))
         tokens += token
         records += not token
+    if chunk:
+        yield chunk
+
+
+def delete_chunks(items: Slice) -> Iterator[Slice]:
+    """Cut deletion records, in order, into delete requests of ≤ 100 distinct identities and ≤ 100 distinct guids."""
+    chunk: Slice = []
+    identities: set[str] = set()
+    guids: set[str] = set()
+    for work, index in items:
+        record = work.records[index]
+        more_identities = identities | set(record.get("identity") or ())
+        more_guids = guids | set(record.get("guid") or ())
+        if chunk and (len(more_identities) > MAX_DELETE_IDS or len(more_guids) > MAX_DELETE_IDS):
+            yield chunk
+            chunk = []
+            more_identities, more_guids = set(record.get("identity") or ()), set(record.get("guid") or ())
+        chunk.append((work, index))
+        identities, guids = more_identities, more_guids
     if chunk:
         yield chunk
 
@@ -70,37 +95,42 @@ class Uploader:
                 work.verdicts[index] = verdict
             return 0
         requests = 0
-        pending = list(chunks(items))
-        for number, chunk in enumerate(pending):
-            failure, sent = self._upload(destination, chunk, keepalive)
+        deletes = [item for item in items if item[0].records[item[1]].get("type") == "delete"]
+        if deletes:
+            items = [item for item in items if item[0].records[item[1]].get("type") != "delete"]
+        pending: list[tuple[Call, Slice]] = [(self.clevertap.upload, chunk) for chunk in chunks(items)]
+        pending += [(self.clevertap.delete, chunk) for chunk in delete_chunks(deletes)]
+        for number, (call, chunk) in enumerate(pending):
+            failure, sent = self._upload(destination, chunk, keepalive, call)
             requests += sent
             if failure is not None:  # the whole request failed: the rest would too; do not hammer
-                for rest in pending[number + 1 :]:
+                for _, rest in pending[number + 1 :]:
                     for work, index in rest:
                         work.verdicts[index] = failure
                 break
         return requests
 
     def _upload(
-        self, destination: Destination, chunk: Slice, keepalive: Callable[[], object] | None
+        self, destination: Destination, chunk: Slice, keepalive: Callable[[], object] | None, call: Call | None = None
     ) -> tuple[Verdict | None, int]:
         """One request (halved recursively on a whole-batch 4xx). Returns (batch-wide failure or None, requests)."""
+        call = call if call is not None else self.clevertap.upload
         records = [work.records[index] for work, index in chunk]
         if keepalive is not None:  # a batch may take several requests (splits): keep the partition's lease
             keepalive()
         with self.slots.slot(destination.account_id, keepalive=keepalive):
-            report = self.clevertap.upload(destination, records)
+            report = call(destination, records)
         self.slots.record(destination.account_id, throttled=report.status == 429)
         verdicts = classify(report)
-        self._observe(destination, report, verdicts)
+        self._observe(destination, report, verdicts, "delete" if call == self.clevertap.delete else "upload")
         if verdicts is SPLIT:
             middle = len(chunk) // 2
-            first, sent_first = self._upload(destination, chunk[:middle], keepalive)
+            first, sent_first = self._upload(destination, chunk[:middle], keepalive, call)
             if first is not None:
                 for work, index in chunk[middle:]:
                     work.verdicts[index] = first
                 return first, 1 + sent_first
-            second, sent_second = self._upload(destination, chunk[middle:], keepalive)
+            second, sent_second = self._upload(destination, chunk[middle:], keepalive, call)
             return second, 1 + sent_first + sent_second
         assert isinstance(verdicts, list)
         for (work, index), verdict in zip(chunk, verdicts, strict=True):
@@ -125,7 +155,9 @@ class Uploader:
             )
         return (first_verdict if batch_wide else None), 1
 
-    def _observe(self, destination: Destination, report: Report, verdicts: list[Verdict] | object) -> None:
+    def _observe(
+        self, destination: Destination, report: Report, verdicts: list[Verdict] | object, event: str = "upload"
+    ) -> None:
         if verdicts is SPLIT:
             outcome = "split"
         else:
@@ -135,7 +167,7 @@ class Uploader:
         metrics.uploads.labels(destination.name, report.label).inc()
         metrics.upload_duration.labels(destination.name).observe(report.duration_s)
         log.info(
-            "upload",
+            event,
             destination=destination.name,
             account=destination.account_id,
             records=report.count,
