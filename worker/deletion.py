@@ -13,7 +13,8 @@ A field is active while ``until`` is in the future (compared with the worker's c
 Redis TTL and is testable); expired fields are pruned when a deletion is added or the list is read.
 
 :meth:`Suppressions.screen` runs on every batch (one ``HMGET`` per destination): deletions read from the
-stream suppress their user first (so that the user's other messages of the same batch, before or after
+stream (``Delete User`` tracks; the operator's deletions suppressed their user when accepted) suppress
+their user first (so that the user's other messages of the same batch, before or after
 it, are dropped too), then every message with a record whose ``identity`` or ``objectId`` is suppressed
 is dropped: its stream entry acknowledged, or its retry item removed, in one MULTI, and counted as
 ``ctrelay_messages_skipped_total{reason="deleted_user"}``. Deletion records themselves are never dropped.
@@ -130,7 +131,7 @@ class Suppressions:
         wanted: dict[str, set[str]] = {}
         for work in works:
             if is_deletion(work):
-                if work.retry is None:  # a deletion read from the stream (a retry was suppressed when first read)
+                if _suppresses(work):
                     new.setdefault(work.write_key, set()).update(fields_of(work.records[0]))
             else:
                 names = wanted.setdefault(work.write_key, set())
@@ -163,8 +164,8 @@ class Suppressions:
         acks = [work.entry_id for work in dropped if work.entry_id is not None]
         with self.client.pipeline(transaction=True) as pipe:
             for work in works:
-                if is_deletion(work) and work.retry is None:
-                    self.add(pipe, work.write_key, work.records[0], now, _via(work.message))
+                if is_deletion(work) and _suppresses(work):
+                    self.add(pipe, work.write_key, work.records[0], now, "track")
             if acks:
                 pipe.xack(self.keys.stream(partition), GROUP, *acks)
                 pipe.xdel(self.keys.stream(partition), *acks)
@@ -181,6 +182,12 @@ class Suppressions:
         if new or dropped:
             log.info("deleted_users_screened", partition=partition, deletions=len(new), dropped=len(dropped))
         return kept
+
+
+def _suppresses(work: Work) -> bool:
+    """A deletion suppresses its user when the worker reads it: a ``Delete User`` track, first read from the
+    stream. (``ctrelay users delete`` and the admin API suppressed at once; a retry was read before.)"""
+    return work.retry is None and _via(work.message) == "track"
 
 
 def _via(message: Mapping[str, Any]) -> str:
