@@ -24,11 +24,12 @@ from starlette.responses import Response
 from ingest import auth, body, metrics
 from ingest.enrich import Request as Enrichment
 from ingest.enrich import enrich
-from worker.destinations import Destinations
+from worker.destinations import Destination, Destinations
 from worker.errors import MessageError, RequestError, Unavailable
 from worker.messages import parse
 from worker.queue import Entry, Producer
 from worker.settings import Settings
+from worker.suppression import suppression_fields
 
 log = structlog.get_logger("ctrelay.ingest")
 
@@ -51,6 +52,8 @@ class Outcome:
     entries: list[Entry] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     rejected: Tally[str] = field(default_factory=Tally)
+    deletions: list[dict[str, Any]] = field(default_factory=list)
+    """Tracks named the destination's ``delete_event_name``: their users are suppressed before the write."""
     error: RequestError | None = None
     """Why the last refused item was refused (a single call answers it as a 400)."""
 
@@ -146,6 +149,8 @@ class Ingest:
         alone = kind == "single" or (kind == "webhook" and not isinstance(document, list))
         if alone and outcome.error is not None:
             raise outcome.error
+        if outcome.deletions:
+            await self._suppress(destination, outcome.deletions)
         written = await self._write(outcome.entries)
 
         name = destination.name
@@ -180,6 +185,7 @@ class Ingest:
         limit = self.settings.max_message_bytes
         outcome = Outcome()
         entry = self.producer.entry
+        delete_event = self.destinations[write_key].delete_event_name
         for raw in items:
             try:
                 message = parse(raw, implied_type)
@@ -197,7 +203,24 @@ class Ingest:
                 continue
             outcome.entries.append(entry(write_key, message, encoded))
             outcome.types.append(message["type"])
+            if message["type"] == "track" and message.get("event") == delete_event:
+                outcome.deletions.append(message)
         return outcome
+
+    async def _suppress(self, destination: Destination, messages: list[dict[str, Any]]) -> None:
+        """Suppress the users of accepted ``Delete User`` tracks at once (before their XADD: a failure is a
+        503 and enqueues nothing), so that their messages still queued are dropped (:mod:`worker.deletion`)."""
+        fields: dict[Any, Any] = suppression_fields(
+            destination, messages, time.time(), self.settings.suppression_window_s
+        )
+        if not fields:
+            return
+        try:
+            key = self.producer.keys.suppressed(destination.write_key)
+            await asyncio.wait_for(self.client.hset(key, mapping=fields), timeout=self.settings.redis_timeout * 3)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis unavailable", error=type(exc).__name__)
+            raise Unavailable("queue_unavailable", "the queue is not reachable; retry later") from None
 
     async def _write(self, entries: list[Entry]) -> list[bytes | None]:
         """Enqueue in one round trip; any Redis failure or timeout becomes a 503."""

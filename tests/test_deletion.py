@@ -304,3 +304,37 @@ def test_cli_delete_unsuppress_list(cli_env: None, redis_client: redis.Redis, ke
     assert orjson.loads(lifted.stdout) == {"unsuppressed": 1}
     again = runner.invoke(app, ["users", "unsuppress", "--destination", "wk1", "--anonymous-id", "a7"])
     assert again.exit_code == 1
+
+
+def test_ingest_suppresses_at_acceptance_so_queued_messages_ahead_are_dropped(
+    drainer: Drainer, redis_url: str, *, redis_client: redis.Redis, keys: Keys, fake: Fake, clock: Clock
+) -> None:
+    import asyncio
+    import time
+
+    from ingest.app import create_app
+    from worker.destinations import Destinations
+    from worker.settings import Config, Settings
+
+    settings = Settings(REDIS_URL=redis_url, redis_prefix=keys.prefix, partitions=1)
+    app = create_app(Config(settings=settings, destinations=Destinations([DEST])))
+
+    async def send() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        statuses = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test", auth=(WK, "")) as http:
+            for batch in ([track("u1", 0), track("u2", 0)], [track("u1", 1, event="Delete User")]):
+                statuses.append((await http.post("/v1/batch", json={"batch": batch})).status_code)
+        await app.state.ingest.client.aclose()
+        return statuses
+
+    assert asyncio.run(send()) == [200, 200]
+    # suppressed on acceptance, before any worker ran
+    clock.now = time.time()  # ingest suppressed with the real clock
+    assert [(s["id"], s["via"]) for s in suppressed(redis_client, keys, DEST, clock.now)] == [("u1", "track")]
+    drainer.read_batch = 2  # the first step reads only what was queued ahead of the deletion
+    first = drainer.drain(0)
+    assert first.entries == 3
+    assert fake.users() == ["u2"]  # u1's queued event was dropped, though read before the deletion
+    assert [kind for kind, _ in fake.calls] == ["upload", "delete"]
+    assert first.tally.skipped == 1

@@ -12,18 +12,19 @@ Suppression, per destination (write key), one Redis hash (:meth:`worker.queue.Ke
 A field is active while ``until`` is in the future (compared with the worker's clock, so expiry needs no
 Redis TTL and is testable); expired fields are pruned when a deletion is added or the list is read.
 
-:meth:`Suppressions.screen` runs on every batch (one ``HMGET`` per destination): deletions read from the
-stream (``Delete User`` tracks; the operator's deletions suppressed their user when accepted) suppress
-their user first (so that the user's other messages of the same batch, before or after
-it, are dropped too), then every message with a record whose ``identity`` or ``objectId`` is suppressed
-is dropped: its stream entry acknowledged, or its retry item removed, in one MULTI, and counted as
+A deletion suppresses its user when it is accepted: by ingest (a ``Delete User`` track, before its XADD), by
+``ctrelay users delete`` or the admin API (in the MULTI that queues it). :meth:`Suppressions.screen` runs on
+every batch (one ``HMGET`` per destination): each deletion read from the stream suppresses its user again
+if the user is not suppressed any more (a replayed letter, an unsuppress before it ran; an active window is
+kept), so that the user's other messages of the same batch, before or after it, are dropped too; then
+every message with a record whose ``identity`` or ``objectId`` is suppressed is dropped: its stream entry
+acknowledged, or its retry item removed, in one MULTI, and counted as
 ``ctrelay_messages_skipped_total{reason="deleted_user"}``. Deletion records themselves are never dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -32,6 +33,7 @@ import structlog
 from worker import metrics
 from worker.queue import GROUP, Keys
 from worker.retries import RetrySchedule
+from worker.suppression import Suppression, fields_of
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -47,47 +49,16 @@ def is_deletion(work: Work) -> bool:
     return bool(work.records) and work.records[0].get("type") == "delete"
 
 
-def fields_of(record: Mapping[str, Any]) -> list[str]:
-    """The suppression fields a record touches: ``i:<identity>``, ``g:<objectId>`` (a deletion: its lists)."""
-    if record.get("type") == "delete":
-        return [f"i:{v}" for v in record.get("identity") or ()] + [f"g:{v}" for v in record.get("guid") or ()]
-    found = []
-    identity, object_id = record.get("identity"), record.get("objectId")
-    if identity is not None:
-        found.append(f"i:{identity}")
-    if object_id is not None:
-        found.append(f"g:{object_id}")
-    return found
-
-
-@dataclass(frozen=True, slots=True)
-class Suppression:
-    """One suppressed identifier of one destination."""
-
-    field: str
-    until: float
-    at: float
-    via: str
-
-    @property
-    def kind(self) -> str:
-        return "identity" if self.field.startswith("i:") else "guid"
-
-    @property
-    def value(self) -> str:
-        return self.field[2:]
-
-    def encode(self) -> str:
-        return f"{self.until!r}|{self.at!r}|{self.via}"
-
-    @classmethod
-    def decode(cls, field: str, raw: bytes | str) -> Suppression:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        until, at, via = [*text.split("|", 2), "", ""][:3]
-        return cls(field, float(until), float(at or 0), via)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "id": self.value, "until": self.until, "at": self.at, "via": self.via}
+_RENEW_LUA = """
+local now = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not current) or tonumber(string.match(current, '^[^|]+')) <= now then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[2])
+  end
+end
+return 1
+"""
 
 
 class Suppressions:
@@ -98,14 +69,23 @@ class Suppressions:
         self.keys = keys
         self.window_s = window_s
         self.clock = clock
+        self._renew = client.register_script(_RENEW_LUA)
 
-    def add(self, pipe: Pipeline, write_key: str, record: Mapping[str, Any], now: float, via: str) -> float:
-        """Queue (on the caller's pipeline) the suppression of a deletion record's ids; returns its end."""
+    def add(
+        self, pipe: Pipeline, write_key: str, record: Mapping[str, Any], now: float, via: str, *, renew: bool = False
+    ) -> float:
+        """Queue (on the caller's pipeline) the suppression of a deletion record's ids; returns its end.
+
+        A new deletion (ingest, the operator) starts the window anew; with ``renew`` (the worker reading a
+        deletion), only ids not suppressed any more are suppressed: an active window is kept as it is."""
         until = now + self.window_s
         fields = fields_of(record)
         if fields:
             value = Suppression("", until, now, via).encode()
-            pipe.hset(self.keys.suppressed(write_key), mapping=dict.fromkeys(fields, value))
+            if renew:
+                self._renew(keys=[self.keys.suppressed(write_key)], args=[now, value, *fields], client=pipe)
+            else:
+                pipe.hset(self.keys.suppressed(write_key), mapping=dict.fromkeys(fields, value))
         return until
 
     def active(self, write_key: str, now: float) -> list[Suppression]:
@@ -131,7 +111,7 @@ class Suppressions:
         wanted: dict[str, set[str]] = {}
         for work in works:
             if is_deletion(work):
-                if _suppresses(work):
+                if work.retry is None:  # read from the stream (a retry was seen when first read)
                     new.setdefault(work.write_key, set()).update(fields_of(work.records[0]))
             else:
                 names = wanted.setdefault(work.write_key, set())
@@ -164,8 +144,8 @@ class Suppressions:
         acks = [work.entry_id for work in dropped if work.entry_id is not None]
         with self.client.pipeline(transaction=True) as pipe:
             for work in works:
-                if is_deletion(work) and _suppresses(work):
-                    self.add(pipe, work.write_key, work.records[0], now, "track")
+                if is_deletion(work) and work.retry is None:
+                    self.add(pipe, work.write_key, work.records[0], now, _via(work.message), renew=True)
             if acks:
                 pipe.xack(self.keys.stream(partition), GROUP, *acks)
                 pipe.xdel(self.keys.stream(partition), *acks)
@@ -182,12 +162,6 @@ class Suppressions:
         if new or dropped:
             log.info("deleted_users_screened", partition=partition, deletions=len(new), dropped=len(dropped))
         return kept
-
-
-def _suppresses(work: Work) -> bool:
-    """A deletion suppresses its user when the worker reads it: a ``Delete User`` track, first read from the
-    stream. (``ctrelay users delete`` and the admin API suppressed at once; a retry was read before.)"""
-    return work.retry is None and _via(work.message) == "track"
 
 
 def _via(message: Mapping[str, Any]) -> str:

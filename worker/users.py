@@ -18,10 +18,11 @@ from typing import Any
 
 import redis
 
-from worker.deletion import Suppressions, fields_of
+from worker.deletion import Suppressions
 from worker.destinations import Destination
 from worker.errors import OperatorError
 from worker.queue import Keys, Producer
+from worker.suppression import fields_of
 from worker.transform import Delete, transform
 
 
