@@ -233,4 +233,7 @@ def run_worker(argv: list[str]) -> None:
             multiprocess.mark_process_dead(pid, str(multiproc_dir))  # type: ignore[no-untyped-call]
 
     level = "WARNING" if settings.log_level.lower() not in ("debug",) else "INFO"
-    app.worker_main(["worker", f"--loglevel={level}", *argv])
+    # Workers coordinate through Redis keys, not through Celery: gossip and mingle (worker-to-worker
+    # broadcasts) are not needed, and their channels are what fails to restart after a broker outage.
+    quiet = [flag for flag in ("--without-gossip", "--without-mingle") if flag not in argv]
+    app.worker_main(["worker", f"--loglevel={level}", *quiet, *argv])
