@@ -29,7 +29,7 @@ from worker.errors import MessageError, RequestError, Unavailable
 from worker.messages import parse
 from worker.queue import Entry, Producer
 from worker.settings import Settings
-from worker.suppression import suppression_fields
+from worker.suppression import VERSION_FIELD, suppression_fields
 
 log = structlog.get_logger("ctrelay.ingest")
 
@@ -217,7 +217,10 @@ class Ingest:
             return
         try:
             key = self.producer.keys.suppressed(destination.write_key)
-            await asyncio.wait_for(self.client.hset(key, mapping=fields), timeout=self.settings.redis_timeout * 3)
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.hincrby(key, VERSION_FIELD, 1)  # workers re-read the hash when its version moves
+                await asyncio.wait_for(pipe.execute(), timeout=self.settings.redis_timeout * 3)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable", error=type(exc).__name__)
             raise Unavailable("queue_unavailable", "the queue is not reachable; retry later") from None

@@ -10,11 +10,13 @@ Suppression, per destination (write key), one Redis hash (:meth:`worker.queue.Ke
     i:<identity> | g:<guid>  →  "<until>|<at>|<via>"     (epoch seconds; via: track, cli, admin)
 
 A field is active while ``until`` is in the future (compared with the worker's clock, so expiry needs no
-Redis TTL and is testable); expired fields are pruned when a deletion is added or the list is read.
+Redis TTL and is testable); expired fields are pruned when a deletion is added or the list is read. Every
+change raises the hash's version field ``v`` in the same transaction; a worker keeps a copy of each hash and
+re-reads it only when ``v`` moved, so the screen costs one small ``HGET`` per destination and batch.
 
 A deletion suppresses its user when it is accepted: by ingest (a ``Delete User`` track, before its XADD), by
 ``ctrelay users delete`` or the admin API (in the MULTI that queues it). :meth:`Suppressions.screen` runs on
-every batch (one ``HMGET`` per destination): each deletion read from the stream suppresses its user again
+every batch: each deletion read from the stream suppresses its user again
 if the user is not suppressed any more (a replayed letter, an unsuppress before it ran; an active window is
 kept), so that the user's other messages of the same batch, before or after it, are dropped too; then
 every message with a record whose ``identity`` or ``objectId`` is suppressed is dropped: its stream entry
@@ -33,7 +35,7 @@ import structlog
 from worker import metrics
 from worker.queue import GROUP, Keys
 from worker.retries import RetrySchedule
-from worker.suppression import Suppression, fields_of
+from worker.suppression import VERSION_FIELD, Suppression, fields_of
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -51,18 +53,23 @@ def is_deletion(work: Work) -> bool:
 
 _RENEW_LUA = """
 local now = tonumber(ARGV[1])
+local changed = false
 for i = 3, #ARGV do
   local current = redis.call('HGET', KEYS[1], ARGV[i])
   if (not current) or tonumber(string.match(current, '^[^|]+')) <= now then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[2])
+    changed = true
   end
 end
+if changed then redis.call('HINCRBY', KEYS[1], 'v', 1) end
 return 1
 """
+_UNKNOWN = object()
 
 
 class Suppressions:
-    """The suppressed users of every destination, in Redis."""
+    """The suppressed users of every destination, in Redis; screening keeps a per-process copy of each
+    destination's hash, re-read (``HGETALL``) only when its version field has moved."""
 
     def __init__(self, client: redis.Redis, keys: Keys, window_s: float, clock: Callable[[], float]) -> None:
         self.client = client
@@ -70,37 +77,71 @@ class Suppressions:
         self.window_s = window_s
         self.clock = clock
         self._renew = client.register_script(_RENEW_LUA)
+        self._cache: dict[str, tuple[object, dict[str, float]]] = {}
 
     def add(
         self, pipe: Pipeline, write_key: str, record: Mapping[str, Any], now: float, via: str, *, renew: bool = False
     ) -> float:
-        """Queue (on the caller's pipeline) the suppression of a deletion record's ids; returns its end.
+        """Queue (on the caller's MULTI pipeline) the suppression of a deletion record's ids; returns its end.
 
         A new deletion (ingest, the operator) starts the window anew; with ``renew`` (the worker reading a
         deletion), only ids not suppressed any more are suppressed: an active window is kept as it is."""
         until = now + self.window_s
         fields = fields_of(record)
         if fields:
+            key = self.keys.suppressed(write_key)
             value = Suppression("", until, now, via).encode()
             if renew:
-                self._renew(keys=[self.keys.suppressed(write_key)], args=[now, value, *fields], client=pipe)
+                self._renew(keys=[key], args=[now, value, *fields], client=pipe)
             else:
-                pipe.hset(self.keys.suppressed(write_key), mapping=dict.fromkeys(fields, value))
+                pipe.hset(key, mapping=dict.fromkeys(fields, value))
+                pipe.hincrby(key, VERSION_FIELD, 1)
         return until
 
     def active(self, write_key: str, now: float) -> list[Suppression]:
         """The destination's active suppressions (expired ones are pruned on the way)."""
         raw: dict[bytes, bytes] = self.client.hgetall(self.keys.suppressed(write_key))  # type: ignore[assignment]
+        raw.pop(VERSION_FIELD.encode(), None)
         found = [Suppression.decode(field.decode(), value) for field, value in raw.items()]
         expired = [s.field for s in found if s.until <= now]
-        if expired:
+        if expired:  # no version change: workers ignore expired entries anyway
             self.client.hdel(self.keys.suppressed(write_key), *expired)
         return sorted((s for s in found if s.until > now), key=lambda s: s.at)
 
     def lift(self, write_key: str, fields: Iterable[str]) -> int:
         """Lift the suppression of ``fields``; returns how many were suppressed (active or not)."""
         fields = list(fields)
-        return int(self.client.hdel(self.keys.suppressed(write_key), *fields)) if fields else 0
+        if not fields:
+            return 0
+        key = self.keys.suppressed(write_key)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hdel(key, *fields)
+            pipe.hincrby(key, VERSION_FIELD, 1)
+            removed, _ = pipe.execute()
+        return int(removed)
+
+    def view(self, write_keys: Iterable[str]) -> dict[str, dict[str, float]]:
+        """Per write key, its suppressed fields → until: one ``HGET`` of the versions, ``HGETALL`` when moved."""
+        names = list(write_keys)
+        with self.client.pipeline(transaction=False) as pipe:
+            for write_key in names:
+                pipe.hget(self.keys.suppressed(write_key), VERSION_FIELD)
+            versions: list[bytes | None] = pipe.execute()
+        stale = [name for name, version in zip(names, versions, strict=True) if self._cached(name) != version]
+        if stale:
+            with self.client.pipeline(transaction=False) as pipe:
+                for write_key in stale:
+                    pipe.hgetall(self.keys.suppressed(write_key))
+                answers: list[dict[bytes, bytes]] = pipe.execute()
+            for write_key, raw in zip(stale, answers, strict=True):
+                version = raw.pop(VERSION_FIELD.encode(), None)  # the snapshot's own version: consistent with it
+                entries = {field.decode(): float(value.partition(b"|")[0]) for field, value in raw.items()}
+                self._cache[write_key] = (version, entries)
+        return {name: self._cache[name][1] for name in names}
+
+    def _cached(self, write_key: str) -> object:
+        cached = self._cache.get(write_key)
+        return _UNKNOWN if cached is None else cached[0]
 
     def screen(self, partition: int, works: list[Work], tally: Tally) -> list[Work]:
         """Suppress the users of the batch's deletions; drop (acknowledge, unschedule, count) suppressed work."""
@@ -108,34 +149,17 @@ class Suppressions:
             return works
         now = self.clock()
         new: dict[str, set[str]] = {}
-        wanted: dict[str, set[str]] = {}
         for work in works:
-            if is_deletion(work):
-                if work.retry is None:  # read from the stream (a retry was seen when first read)
-                    new.setdefault(work.write_key, set()).update(fields_of(work.records[0]))
-            else:
-                names = wanted.setdefault(work.write_key, set())
-                for record in work.records:
-                    names.update(fields_of(record))
-        asked = [(write_key, sorted(names)) for write_key, names in wanted.items() if names]
-        active = {write_key: set(names) for write_key, names in new.items()}
-        if asked:
-            with self.client.pipeline(transaction=False) as pipe:
-                for write_key, fields in asked:
-                    pipe.hmget(self.keys.suppressed(write_key), fields)
-                answers: list[list[bytes | None]] = pipe.execute()
-            for (write_key, fields), values in zip(asked, answers, strict=True):
-                for name, value in zip(fields, values, strict=True):
-                    if value is not None and Suppression.decode(name, value).until > now:
-                        active.setdefault(write_key, set()).add(name)
-        if not active:
+            if work.retry is None and is_deletion(work):  # read from the stream (a retry was seen when first read)
+                new.setdefault(work.write_key, set()).update(fields_of(work.records[0]))
+        view = self.view({work.write_key for work in works})
+        if not new and not any(view.values()):
             return works
         kept: list[Work] = []
         dropped: list[Work] = []
         for work in works:
-            suppressed = active.get(work.write_key)
-            hit = suppressed and not is_deletion(work) and any(suppressed & set(fields_of(r)) for r in work.records)
-            if hit:
+            entries, fresh = view[work.write_key], new.get(work.write_key)
+            if (entries or fresh) and not is_deletion(work) and _hit(work, entries, fresh, now):
                 dropped.append(work)
             else:
                 kept.append(work)
@@ -159,9 +183,20 @@ class Suppressions:
         for write_key, count in counts.items():
             metrics.messages_skipped.labels(write_key, SKIP_REASON).inc(count)
         tally.skipped += len(dropped)
-        if new or dropped:
-            log.info("deleted_users_screened", partition=partition, deletions=len(new), dropped=len(dropped))
+        log.info("deleted_users_screened", partition=partition, deletions=len(new), dropped=len(dropped))
         return kept
+
+
+def _hit(work: Work, entries: dict[str, float], fresh: set[str] | None, now: float) -> bool:
+    """Whether a record of ``work`` has a suppressed identity or objectId."""
+    for record in work.records:
+        for name in fields_of(record):
+            if fresh is not None and name in fresh:
+                return True
+            until = entries.get(name)
+            if until is not None and until > now:
+                return True
+    return False
 
 
 def _via(message: Mapping[str, Any]) -> str:

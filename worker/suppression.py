@@ -2,7 +2,8 @@
 
 Ingest (:mod:`ingest.routes`, on accepting a ``Delete User`` track), the worker (:mod:`worker.deletion`) and
 the operator's commands (:mod:`worker.users`) all write suppressions in this form: per destination, a hash
-field ``i:<identity>`` or ``g:<guid>`` → ``"<until>|<at>|<via>"``.
+field ``i:<identity>`` or ``g:<guid>`` → ``"<until>|<at>|<via>"``, and the field ``v``, a version raised
+(``HINCRBY``) after every change, in the same transaction.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 
 from worker.destinations import Destination
 from worker.transform import Delete, transform
+
+VERSION_FIELD = "v"
+"""A counter in each destination's hash, raised by every change, so that workers re-read the hash only then."""
 
 
 def fields_of(record: Mapping[str, Any]) -> list[str]:
