@@ -129,6 +129,7 @@ def skipped(drainer: Drainer) -> int:
 def test_delete_user_track_deletes_and_drops_the_users_messages(
     drainer: Drainer, redis_client: redis.Redis, keys: Keys, fake: Fake
 ) -> None:
+    redis_client.set(keys.token_sent(WK, "a1"), "token-of-a1")
     before = [track("u1", 0), track("u2", 0)]
     deletion = track("u1", 1, event="Delete User", anonymousId="a1")
     after = [track("u1", 2), track("u2", 2), track("x", 3, userId=None, anonymousId="a1")]
@@ -140,6 +141,7 @@ def test_delete_user_track_deletes_and_drops_the_users_messages(
     assert ("delete", {"identity": ["u1"], "guid": ["a1"]}) in fake.calls
     state = {(s["kind"], s["id"], s["via"]) for s in suppressed(redis_client, keys, DEST, NOW)}
     assert state == {("identity", "u1", "track"), ("guid", "a1", "track")}
+    assert redis_client.get(keys.token_sent(WK, "a1")) is None  # a returning user registers its token again
     enqueue(redis_client, keys, WK, [track("u1", 4), track("u3", 4)])  # new messages: u1 stays suppressed
     assert skipped(drainer) == 1
     assert fake.users() == ["u2", "u2", "u3"]

@@ -85,9 +85,12 @@ class Suppressions:
         """Queue (on the caller's MULTI pipeline) the suppression of a deletion record's ids; returns its end.
 
         A new deletion (ingest, the operator) starts the window anew; with ``renew`` (the worker reading a
-        deletion), only ids not suppressed any more are suppressed: an active window is kept as it is."""
+        deletion), only ids not suppressed any more are suppressed: an active window is kept as it is. The
+        push-token markers of the deleted guids go too: a user who comes back registers their token again."""
         until = now + self.window_s
         fields = fields_of(record)
+        for guid in record.get("guid") or ():
+            pipe.delete(self.keys.token_sent(write_key, guid))
         if fields:
             key = self.keys.suppressed(write_key)
             value = Suppression("", until, now, via).encode()
