@@ -117,7 +117,7 @@ def test_deleting_users_with_events_in_flight(relay: Relay, redis_url: str) -> N
     skipped = metric(metrics_port, "ctrelay_messages_skipped_total", destination=WK, reason="deleted_user")
     removed = sum(d["removed"] for d in deletions.values())
     assert removed + skipped == 2 * 50, (removed, skipped)
-    assert skipped >= 1  # the events sent after the deletions at least
+    assert skipped >= 2 * 20  # at least every event sent after the deletions were accepted
     delivered = metric(metrics_port, "ctrelay_records_delivered_total", destination=WK, type="event")
     assert delivered == len(u2) + removed
     assert metric(metrics_port, "ctrelay_records_delivered_total", destination=WK, type="delete") == 2
