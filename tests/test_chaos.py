@@ -15,12 +15,14 @@ Parameters (environment), so that a long run is one command:
 ``CHAOS_DURATION_S`` (60) seconds of faults; ``CHAOS_RATE`` (40) messages/s per write key;
 ``CHAOS_GAP_S`` ("0.5,3") bounds of the seeded gap between two faults; ``CHAOS_DRAIN_S`` (150) bound on
 the wait for everything to settle; ``CHAOS_FSYNC`` (always | everysec); ``CHAOS_REPORT`` where the report
-goes (default: the test's temporary directory; its path is printed).
+goes (default: the test's temporary directory; its path is printed); ``CHAOS_LOGS`` a directory to copy
+every process's log to.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -42,6 +44,7 @@ GAP_S = tuple(float(x) for x in os.environ.get("CHAOS_GAP_S", "0.5,3").split(","
 DRAIN_S = float(os.environ.get("CHAOS_DRAIN_S", "150"))
 FSYNC = os.environ.get("CHAOS_FSYNC", "always")
 REPORT = os.environ.get("CHAOS_REPORT")
+LOGS = os.environ.get("CHAOS_LOGS")
 ACCOUNTS = {"wk-chaos-a": ("CHAOS-A", "pass-a"), "wk-chaos-b": ("CHAOS-B", "pass-b")}
 
 pytestmark = [
@@ -103,6 +106,10 @@ def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(tm
         client.close()
     finally:
         cluster.stop()
+        if LOGS:  # keep every process's log (pytest keeps only its last few temporary directories)
+            Path(LOGS).mkdir(parents=True, exist_ok=True)
+            for log in tmp_path.glob("*.log"):
+                shutil.copy(log, Path(LOGS) / log.name)
 
     given_up = {mid for s in senders for mid in s.given_up}
     delivered_mids = {m for records in incarnations for m in _mids(records)}
