@@ -115,10 +115,13 @@ def clock() -> Clock:
 POLICY = RetryPolicy(window_s=100.0, backoff_min_s=1.0, backoff_max_s=2.0, auth_pause_s=30.0)
 
 
-@pytest.fixture
-def drainer(redis_client: redis.Redis, keys: Keys, fake: Fake, clock: Clock) -> Drainer:
+@pytest.fixture(params=["copy", "large"])
+def drainer(request: pytest.FixtureRequest, redis_client: redis.Redis, keys: Keys, fake: Fake, clock: Clock) -> Drainer:
+    """A drainer whose screen keeps a copy of the suppressions, or (``large``) asks Redis for each batch's ids."""
     drainer = build(redis_client, keys, {WK: DEST}, fake, clock=clock, policy=POLICY)
     drainer.deliverer.suppressions.window_s = 1000.0
+    if request.param == "large":
+        drainer.deliverer.suppressions.large = 0
     return drainer
 
 

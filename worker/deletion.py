@@ -12,7 +12,8 @@ Suppression, per destination (write key), one Redis hash (:meth:`worker.queue.Ke
 A field is active while ``until`` is in the future (compared with the worker's clock, so expiry needs no
 Redis TTL and is testable); expired fields are pruned when a deletion is added or the list is read. Every
 change raises the hash's version field ``v`` in the same transaction; a worker keeps a copy of each hash and
-re-reads it only when ``v`` moved, so the screen costs one small ``HGET`` per destination and batch.
+re-reads it only when ``v`` moved, so the screen costs one small ``HGET`` per destination and batch (past
+:data:`LARGE` ids, a destination is not copied: each batch asks for its own ids with one ``HMGET``).
 
 A deletion suppresses its user when it is accepted: by ingest (a ``Delete User`` track, before its XADD), by
 ``ctrelay users delete`` or the admin API (in the MULTI that queues it). :meth:`Suppressions.screen` runs on
@@ -65,6 +66,8 @@ if changed then redis.call('HINCRBY', KEYS[1], 'v', 1) end
 return 1
 """
 _UNKNOWN = object()
+LARGE = 50_000
+"""A destination with more suppressed ids than this is not copied: each batch asks for its own ids (``HMGET``)."""
 
 
 class Suppressions:
@@ -78,6 +81,7 @@ class Suppressions:
         self.clock = clock
         self._renew = client.register_script(_RENEW_LUA)
         self._cache: dict[str, tuple[object, dict[str, float]]] = {}
+        self.large = LARGE
 
     def add(
         self, pipe: Pipeline, write_key: str, record: Mapping[str, Any], now: float, via: str, *, renew: bool = False
@@ -123,24 +127,44 @@ class Suppressions:
             removed, _ = pipe.execute()
         return int(removed)
 
-    def view(self, write_keys: Iterable[str]) -> dict[str, dict[str, float]]:
-        """Per write key, its suppressed fields → until: one ``HGET`` of the versions, ``HGETALL`` when moved."""
-        names = list(write_keys)
+    def view(self, works: list[Work]) -> dict[str, dict[str, float]]:
+        """Per write key of ``works``, its suppressed fields → until.
+
+        One round trip (``HGET`` of each version, ``HLEN``); a destination's copy is re-read (``HGETALL``) only
+        when its version moved; a destination with more than :attr:`large` ids is asked for the batch's ids."""
+        names = list({work.write_key for work in works})
         with self.client.pipeline(transaction=False) as pipe:
             for write_key in names:
                 pipe.hget(self.keys.suppressed(write_key), VERSION_FIELD)
-            versions: list[bytes | None] = pipe.execute()
-        stale = [name for name, version in zip(names, versions, strict=True) if self._cached(name) != version]
-        if stale:
+                pipe.hlen(self.keys.suppressed(write_key))
+            answers: list[Any] = pipe.execute()
+        stale: list[str] = []
+        large: dict[str, list[str]] = {}
+        for index, name in enumerate(names):
+            version, size = answers[2 * index], answers[2 * index + 1]
+            if size > self.large:
+                large[name] = sorted({f for w in works if w.write_key == name for r in w.records for f in fields_of(r)})
+            elif self._cached(name) != version:
+                stale.append(name)
+        found: dict[str, dict[str, float]] = {}
+        if stale or large:
             with self.client.pipeline(transaction=False) as pipe:
                 for write_key in stale:
                     pipe.hgetall(self.keys.suppressed(write_key))
-                answers: list[dict[bytes, bytes]] = pipe.execute()
-            for write_key, raw in zip(stale, answers, strict=True):
+                for write_key, fields in large.items():
+                    pipe.hmget(self.keys.suppressed(write_key), fields)
+                replies: list[Any] = pipe.execute()
+            for write_key, raw in zip(stale, replies[: len(stale)], strict=True):
                 version = raw.pop(VERSION_FIELD.encode(), None)  # the snapshot's own version: consistent with it
                 entries = {field.decode(): float(value.partition(b"|")[0]) for field, value in raw.items()}
                 self._cache[write_key] = (version, entries)
-        return {name: self._cache[name][1] for name in names}
+            for (write_key, fields), values in zip(large.items(), replies[len(stale) :], strict=True):
+                found[write_key] = {
+                    field: float(value.partition(b"|")[0])
+                    for field, value in zip(fields, values, strict=True)
+                    if value is not None
+                }
+        return {name: found[name] if name in large else self._cache[name][1] for name in names}
 
     def _cached(self, write_key: str) -> object:
         cached = self._cache.get(write_key)
@@ -155,7 +179,7 @@ class Suppressions:
         for work in works:
             if work.retry is None and is_deletion(work):  # read from the stream (a retry was seen when first read)
                 new.setdefault(work.write_key, set()).update(fields_of(work.records[0]))
-        view = self.view({work.write_key for work in works})
+        view = self.view(works)
         if not new and not any(view.values()):
             return works
         kept: list[Work] = []
