@@ -38,7 +38,9 @@ duration = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 queue_length = Gauge(
-    "ctrelay_queue_length", "Messages in the streams not yet delivered (the backlog)", multiprocess_mode="livemax"
+    "ctrelay_queue_length",
+    "Messages not yet delivered, in the streams and the retry schedule (the backlog)",
+    multiprocess_mode="livemax",
 )
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -11,6 +11,7 @@ import redis.asyncio
 
 from ingest.app import redis_client
 from worker.queue import GROUP, Envelope, Keys, Producer, partition_of
+from worker.retries import RetryItem, RetrySchedule
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +85,32 @@ def test_backlog_is_lag_plus_pending(redis_url: str, keys: Keys, redis_client: r
             await client.aclose()
 
     assert asyncio.run(measure()) == 8
+
+
+def test_backlog_counts_the_retry_schedule(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    """During a CleverTap outage messages leave the streams (acknowledged) for the retry schedule: still backlog."""
+    producer = Producer(keys, 2, dedup_window=600)
+    asyncio.run(enqueue(redis_url, producer, [producer.entry("wk", message("alice", "m1"))]))
+    assert producer.backlog_sync(redis_client) == 1
+
+    pipe = redis_client.pipeline(transaction=True)
+    for partition, count in ((0, 3), (1, 2)):
+        schedule = RetrySchedule(redis_client, keys, partition)
+        for i in range(count):
+            item = RetryItem(f"wk\nr{partition}-{i}", "wk", message("u", f"r{i}"), [], 1, 1.0, 1.0)
+            schedule.put(pipe, item, due=1e12)
+    pipe.execute()
+    assert producer.backlog_sync(redis_client) == 1 + 3 + 2
+
+    async def measure() -> int:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return await producer.backlog(client)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(measure()) == 6
+    pipe = redis_client.pipeline(transaction=True)
+    RetrySchedule(redis_client, keys, 0).remove(pipe, ["wk\nr0-0"])
+    pipe.execute()
+    assert producer.backlog_sync(redis_client) == 5
