@@ -104,3 +104,17 @@ def test_single_destination_forms(tmp_path: Path) -> None:
     two = _write(tmp_path, '[[destinations]]\naccount_id = "A"\n[[destinations]]\naccount_id = "B"\n')
     with pytest.raises(ConfigError, match="exactly one"):
         load_single_destination(two, env={})
+
+
+def test_single_destination_does_not_need_the_passcode_env(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'account_id = "A"\npasscode_env = "PC1"\n')
+    assert load_single_destination(path, env={}).passcode is None
+    passcode = load_single_destination(path, env={"PC1": "secret-1"}).passcode
+    assert passcode is not None
+    assert passcode.get_secret_value() == "secret-1"
+    both = _write(tmp_path, 'account_id = "A"\npasscode = "p"\npasscode_env = "PC1"\n')
+    with pytest.raises(ConfigError, match="either passcode or passcode_env"):
+        load_single_destination(both, env={})
+    not_a_name = _write(tmp_path, 'account_id = "A"\npasscode_env = 3\n')
+    with pytest.raises(ConfigError, match="passcode_env"):
+        load_single_destination(not_a_name, env={})

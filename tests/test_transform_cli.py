@@ -157,3 +157,17 @@ def test_real_process() -> None:
     bad = subprocess.run([str(exe), "transform"], input="{", capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert "stdin line 1: invalid JSON" in bad.stderr
+
+
+def test_settings_file_with_an_unset_passcode_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preview never sends, so it does not need the passcode a production destinations file names."""
+    monkeypatch.delenv("CTRELAY_TEST_PREVIEW_PASSCODE", raising=False)
+    table = tmp_path / "destinations.toml"
+    table.write_text(
+        '[[destinations]]\nwrite_key = "wk"\naccount_id = "A"\npasscode_env = "CTRELAY_TEST_PREVIEW_PASSCODE"\n'
+        'page_event_name = "Page Visit"\n'
+    )
+    page = {"type": "page", "userId": "u", "timestamp": "2024-01-05T10:00:00Z"}
+    result = invoke(json.dumps(page), "--settings", str(table))
+    assert result.exit_code == 0, result.output
+    assert lines(result.stdout)[0]["records"][0]["evtName"] == "Page Visit"

@@ -128,16 +128,21 @@ def _describe(errors: ValidationError) -> str:
 def parse_destination(
     table: Mapping[str, Any], *, env: Mapping[str, str], where: str, require_passcode: bool
 ) -> Destination:
-    """Validate one ``[[destinations]]`` table. ``where`` names it in errors (file and index)."""
+    """Validate one ``[[destinations]]`` table. ``where`` names it in errors (file and index).
+
+    Without ``require_passcode`` (previews, operator commands that never upload), a ``passcode_env``
+    naming a variable that is not set leaves the passcode unset instead of being an error.
+    """
     data = dict(table)
     label = f"{where} (write_key {data.get('write_key')!r})" if data.get("write_key") else where
     passcode_env = data.pop("passcode_env", None)
     if passcode_env is not None:
         if "passcode" in data:
             raise ConfigError(f"{label}: passcode: give either passcode or passcode_env, not both")
-        if not isinstance(passcode_env, str) or passcode_env not in env:
+        if not isinstance(passcode_env, str) or (require_passcode and passcode_env not in env):
             raise ConfigError(f"{label}: passcode_env: environment variable {passcode_env!r} is not set")
-        data["passcode"] = env[passcode_env]
+        if passcode_env in env:
+            data["passcode"] = env[passcode_env]
     try:
         destination = Destination.model_validate(data)
     except ValidationError as exc:
