@@ -13,16 +13,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from worker.dlq_options import Filters, filtered
+
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from worker.deadletters import DeadLetterStore, Filter
+    from worker.deadletters import DeadLetterStore
     from worker.settings import Settings
 
 dlq = typer.Typer(
@@ -33,17 +34,6 @@ dlq = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Reason = Annotated[
-    str | None,
-    typer.Option(help="invalid_message, rejected, retries_exhausted or auth_failed", show_default=False),
-]
-Code = Annotated[int | None, typer.Option(help="CleverTap's per-record code (e.g. 523)", show_default=False)]
-Event = Annotated[str | None, typer.Option(help="the track event's name", show_default=False)]
-Type = Annotated[str | None, typer.Option("--type", help="the Segment call type (track, identify, ...)")]
-DestinationOpt = Annotated[str | None, typer.Option("--destination", help="the destination's write key")]
-Since = Annotated[str | None, typer.Option(help="last failure at or after: epoch s, ISO 8601, or an age (2h, 7d)")]
-Until = Annotated[str | None, typer.Option(help="last failure at or before (same forms as --since)")]
-Limit = Annotated[int | None, typer.Option(help="at most this many letters", show_default=False)]
 Ids = Annotated[list[str] | None, typer.Argument(help="letter ids", show_default=False)]
 All = Annotated[bool, typer.Option("--all", help="every letter matching the filters")]
 Json = Annotated[bool, typer.Option("--json", help="JSON (lines) instead of a table")]
@@ -96,16 +86,6 @@ def _context() -> Iterator[Context]:
         client.close()
 
 
-def _filter(ids: list[str] | None = None, **options: Any) -> Filter:
-    from worker.dlq import make_filter
-
-    return make_filter(now=time.time(), ids=ids or (), **options)
-
-
-def _when(epoch: float | None) -> str:
-    return "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _json(data: Any) -> str:
     import orjson
 
@@ -113,103 +93,36 @@ def _json(data: Any) -> str:
 
 
 @dlq.command()
-def stats(
-    *,
-    reason: Reason = None,
-    code: Code = None,
-    event: Event = None,
-    type: Type = None,
-    destination: DestinationOpt = None,
-    since: Since = None,
-    until: Until = None,
-    limit: Limit = None,
-    as_json: Json = False,
-) -> None:
+@filtered()
+def stats(*, filters: Filters, as_json: Json = False) -> None:
     """Count dead letters by reason, code, event name and destination."""
-    from rich.table import Table
-
     from worker import dlq as ops
+    from worker.dlq_tables import stats_table, when
 
     with _context() as ctx:
-        where = _filter(
-            None,
-            reason=reason,
-            code=code,
-            event=event,
-            type=type,
-            destination=destination,
-            since=since,
-            until=until,
-            limit=limit,
-        )
+        where = filters.where()
         result = ops.stats(ctx.store, where)
         if as_json:
             ctx.console.print(_json(result.to_dict()), markup=False, highlight=False, soft_wrap=True)
             return
-        table = Table(title=f"Dead letters: {result.total}", title_justify="left")
-        for column in ("Reason", "Code", "Event", "Destination"):
-            table.add_column(column)
-        table.add_column("Count", justify="right")
-        for (r, c, e, d), n in result.groups.most_common():
-            table.add_row(r, "-" if c is None else str(c), e, d, str(n))
-        if len(result.by_reason) > 1:
-            table.add_section()
-            for r, n in result.by_reason.most_common():
-                table.add_row(f"{r} (all)", "", "", "", str(n))
-        ctx.console.print(table)
-        ctx.console.print(f"oldest {_when(result.oldest)} UTC, newest {_when(result.newest)} UTC", highlight=False)
+        ctx.console.print(stats_table(result))
+        ctx.console.print(f"oldest {when(result.oldest)} UTC, newest {when(result.newest)} UTC", highlight=False)
 
 
 @dlq.command("list")
-def list_(
-    *,
-    reason: Reason = None,
-    code: Code = None,
-    event: Event = None,
-    type: Type = None,
-    destination: DestinationOpt = None,
-    since: Since = None,
-    until: Until = None,
-    limit: Annotated[int, typer.Option(help="at most this many letters, newest first")] = 100,
-    as_json: Json = False,
-) -> None:
+@filtered(Annotated[int, typer.Option(help="at most this many letters, newest first")], 100)
+def list_(*, filters: Filters, as_json: Json = False) -> None:
     """List dead letters, newest first: a table, or JSON lines with --json."""
-    from rich.table import Table
+    from worker.dlq_tables import letters_table
 
     with _context() as ctx:
-        where = _filter(
-            None,
-            reason=reason,
-            code=code,
-            event=event,
-            type=type,
-            destination=destination,
-            since=since,
-            until=until,
-            limit=limit,
-        )
+        where = filters.where()
         letters = list(ctx.store.scan(where))
         if as_json:
             for letter in letters:
                 ctx.console.print(_json(letter.to_dict()), markup=False, highlight=False, soft_wrap=True)
             return
-        table = Table(title=f"Dead letters (newest first, at most {limit})", title_justify="left")
-        for column in ("ID", "Last failure (UTC)", "Destination"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("Type/Event", overflow="fold")
-        table.add_column("Reason", no_wrap=True)
-        for column in ("Code", "HTTP", "Attempts"):
-            table.add_column(column, justify="right", no_wrap=True)
-        table.add_column("Error", overflow="fold")
-        for letter in letters:
-            what = letter.type + (f": {letter.event}" if letter.event is not None else "")
-            code_text, status_text = ("-" if value is None else str(value) for value in (letter.code, letter.status))
-            when = _when(letter.last_failure)
-            attempts = str(letter.attempts)
-            table.add_row(
-                letter.id, when, letter.write_key, what, letter.reason, code_text, status_text, attempts, letter.error
-            )
-        ctx.console.print(table)
+        ctx.console.print(letters_table(letters, filters.limit))
 
 
 @dlq.command()
@@ -239,20 +152,14 @@ def show(letter_id: Annotated[str, typer.Argument(help="the letter's id")], *, a
 
 
 @dlq.command()
+@filtered()
 def replay(
     ids: Ids = None,
     *,
     all_: All = False,
     rate: Annotated[float, typer.Option(help="messages per second (0: no cap)")] = 100.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be sent; change nothing")] = False,
-    reason: Reason = None,
-    code: Code = None,
-    event: Event = None,
-    type: Type = None,
-    destination: DestinationOpt = None,
-    since: Since = None,
-    until: Until = None,
-    limit: Limit = None,
+    filters: Filters,
 ) -> None:
     """Put letters back into the delivery queue (re-transformed with today's code and settings when delivered)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -267,17 +174,7 @@ def replay(
     if rate < 0:
         raise _fail("--rate: must be 0 (no cap) or more")
     with _context() as ctx:
-        where = _filter(
-            ids,
-            reason=reason,
-            code=code,
-            event=event,
-            type=type,
-            destination=destination,
-            since=since,
-            until=until,
-            limit=limit,
-        )
+        where = filters.where(ids)
         destinations = load_destinations(ctx.settings.destinations, env=environment())
         producer = ops.replay_producer(Keys(ctx.settings.redis_prefix), ctx.settings.partitions)
         columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -308,19 +205,13 @@ def replay(
 
 
 @dlq.command()
+@filtered()
 def purge(
     ids: Ids = None,
     *,
     all_: All = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
-    reason: Reason = None,
-    code: Code = None,
-    event: Event = None,
-    type: Type = None,
-    destination: DestinationOpt = None,
-    since: Since = None,
-    until: Until = None,
-    limit: Limit = None,
+    filters: Filters,
 ) -> None:
     """Delete letters for good (asks first unless --yes)."""
     from worker import dlq as ops
@@ -328,17 +219,7 @@ def purge(
     if not ids and not all_:
         raise _fail("give letter ids, or --all (with filters to narrow it)")
     with _context() as ctx:
-        where = _filter(
-            ids,
-            reason=reason,
-            code=code,
-            event=event,
-            type=type,
-            destination=destination,
-            since=since,
-            until=until,
-            limit=limit,
-        )
+        where = filters.where(ids)
         count = sum(1 for _ in ctx.store.scan(where))
         if count and not yes and not typer.confirm(f"Delete {count} dead letters for good?", err=True):
             raise _fail("nothing deleted", 1)
@@ -347,33 +228,17 @@ def purge(
 
 
 @dlq.command()
+@filtered()
 def export(
     *,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write to FILE, not stdout")] = None,
-    reason: Reason = None,
-    code: Code = None,
-    event: Event = None,
-    type: Type = None,
-    destination: DestinationOpt = None,
-    since: Since = None,
-    until: Until = None,
-    limit: Limit = None,
+    filters: Filters,
 ) -> None:
     """Write letters as JSON lines (oldest first), to stdout or --output FILE."""
     from worker import dlq as ops
 
     with _context() as ctx:
-        where = _filter(
-            None,
-            reason=reason,
-            code=code,
-            event=event,
-            type=type,
-            destination=destination,
-            since=since,
-            until=until,
-            limit=limit,
-        )
+        where = filters.where()
         count = 0
         sink = output.open("wb") if output else sys.stdout.buffer
         try:
