@@ -28,6 +28,15 @@ async def enqueue(url: str, producer: Producer, entries: list[Any]) -> list[byte
         await client.aclose()
 
 
+async def backlog(url: str, producer: Producer) -> int:
+    """The backlog measured as ingest measures it (asynchronous client)."""
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        return await producer.backlog(client)
+    finally:
+        await client.aclose()
+
+
 def test_enqueue_writes_each_message_once_per_write_key(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
     producer = Producer(keys, 4, dedup_window=600)
     first = [producer.entry("wk", message("alice", "m1")), producer.entry("wk", message("bob", "m2"))]
@@ -77,14 +86,7 @@ def test_backlog_is_lag_plus_pending(redis_url: str, keys: Keys, redis_client: r
     assert producer.backlog_sync(redis_client) == 10 - 2
     assert length >= 2
 
-    async def measure() -> int:
-        client = redis.asyncio.Redis.from_url(redis_url)
-        try:
-            return await producer.backlog(client)
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(measure()) == 8
+    assert asyncio.run(backlog(redis_url, producer)) == 8
 
 
 def test_backlog_counts_the_retry_schedule(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
@@ -102,14 +104,7 @@ def test_backlog_counts_the_retry_schedule(redis_url: str, keys: Keys, redis_cli
     pipe.execute()
     assert producer.backlog_sync(redis_client) == 1 + 3 + 2
 
-    async def measure() -> int:
-        client = redis.asyncio.Redis.from_url(redis_url)
-        try:
-            return await producer.backlog(client)
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(measure()) == 6
+    assert asyncio.run(backlog(redis_url, producer)) == 6
     pipe = redis_client.pipeline(transaction=True)
     RetrySchedule(redis_client, keys, 0).remove(pipe, ["wk\nr0-0"])
     pipe.execute()
