@@ -592,6 +592,7 @@ def test_runbook_covers_the_operators_questions() -> None:
         "wrong-passcode",
         "poison-message",
         "replaying-dead-letters",
+        "user-deletion",
     ):
         assert needed in anchors, needed
 

@@ -107,6 +107,28 @@ def test_render_shows_busy_partitions_accounts_and_letters(redis_client: redis.R
     assert "idle partition" not in console.export_text()
 
 
+def test_suppressed_ids_per_destination(redis_client: redis.Redis, keys: Keys) -> None:
+    """Deleted users' ids held per destination, written as the operator's deletions write them."""
+    from worker.queue import Producer
+    from worker.users import delete_user, unsuppress
+
+    wk_a = DESTINATIONS["wk_a"]
+    producer = Producer(keys, 4, dedup_window=600)
+    for ids in ({"user_id": "u1"}, {"anonymous_id": "a1"}, {"user_id": "u2"}):
+        delete_user(redis_client, keys, producer, wk_a, window_s=3600, via="cli", **ids)
+    status = read_status(redis_client, keys, 4, DESTINATIONS, default_cap=15)
+    assert [(d.write_key, d.suppressed) for d in status.destinations] == [("wk_a", 3), ("wk_b", 0)]
+    assert [d["suppressed"] for d in status.as_dict()["destinations"]] == [3, 0]
+    console = Console(record=True, width=160)
+    for part in render(status):
+        console.print(part)
+    assert "suppressed ids" in console.export_text()
+
+    assert unsuppress(redis_client, keys, wk_a, user_id="u2") == 1
+    status = read_status(redis_client, keys, 4, DESTINATIONS, default_cap=15)
+    assert [d.suppressed for d in status.destinations] == [2, 0]  # the version field is not an id
+
+
 def test_status_command_prints_json(redis_url: str, redis_client: redis.Redis, keys: Keys, tmp_path: Path) -> None:
     fill(redis_client, keys, time.time())
     destinations = tmp_path / "d.toml"

@@ -3,8 +3,10 @@
 Per partition: stream length, the consumer group's lag (entries not yet read) and pending entries
 (read, not yet acknowledged), its consumers, whether a drain holds the lease, and the retry schedule
 (due now / later). Per CleverTap account: uploads in flight and the adaptive cap. Per destination:
-paused after a 401/403, and for how long. Dead letters by reason and the age of the oldest. Every key
-name comes from :class:`worker.queue.Keys`; nothing is written.
+paused after a 401/403, and for how long; the ids (identities, guids) of deleted users it holds
+suppressed (``HLEN``: expired ones count until ``ctrelay users delete`` or ``users list`` prunes them).
+Dead letters by reason and the age of the oldest. Every key name comes from :class:`worker.queue.Keys`;
+nothing is written.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import redis
 
 from worker.destinations import Destination
 from worker.queue import GROUP, Keys
+from worker.suppression import VERSION_FIELD
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class DestinationStatus:
     write_key: str
     account_id: str
     paused_for_s: float | None  # seconds left of a 401/403 pause; None when not paused
+    suppressed: int = 0  # ids of deleted users held in the destination's suppression hash
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ def read_status(
         pipe.hget(keys.cap(account), "cap")
     for write_key in destinations:
         pipe.pttl(keys.paused(write_key))
+        pipe.hlen(keys.suppressed(write_key))
+        pipe.hexists(keys.suppressed(write_key), VERSION_FIELD)
     pipe.hgetall(keys.deadletter_counts())
     pipe.zrange(keys.deadletter_times(), 0, 0, withscores=True)
     results: list[Any] = pipe.execute(raise_on_error=False)
@@ -175,9 +181,10 @@ def read_status(
         )
     destination_rows = []
     for write_key, destination in destinations.items():
-        ttl_ms = next(found)
+        ttl_ms, held, versioned = next(found), next(found), next(found)
         paused = ttl_ms / 1000 if isinstance(ttl_ms, int) and ttl_ms >= 0 else None
-        destination_rows.append(DestinationStatus(write_key, destination.account_id, paused))
+        suppressed = max(0, held - int(versioned is True)) if isinstance(held, int) else 0
+        destination_rows.append(DestinationStatus(write_key, destination.account_id, paused, suppressed))
     counts, oldest = next(found), next(found)
     letters = {_text(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else {}
     oldest_age = max(0.0, now - float(oldest[0][1])) if isinstance(oldest, list) and oldest else None
@@ -235,15 +242,17 @@ def render(status: Status, *, show_all: bool = False) -> list[Any]:
     parts.append(accounts)
 
     destinations = Table(title="Destinations", title_justify="left")
-    for name in ("write key", "account", "state"):
-        destinations.add_column(name)
+    for name in ("write key", "account", "state", "suppressed ids"):
+        destinations.add_column(name, justify="right" if name == "suppressed ids" else "left")
     for d in status.destinations:
         state = (
             Text("ok", "green")
             if d.paused_for_s is None
             else Text(f"paused (401/403), retry in {d.paused_for_s:.0f}s", "red")
         )
-        destinations.add_row(d.write_key, d.account_id, state)
+        destinations.add_row(d.write_key, d.account_id, state, str(d.suppressed))
+    if any(d.suppressed for d in status.destinations):
+        destinations.caption = "suppressed ids: deleted users' identities and guids; details: ctrelay users list"
     parts.append(destinations)
 
     deadletters = Table(title="Dead letters", title_justify="left", caption="details: ctrelay dlq stats")
