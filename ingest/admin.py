@@ -20,19 +20,22 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import redis
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
+from ingest.routes import error_response
 from worker import dlq
 from worker.deadletters import DeadLetterStore, Filter
 from worker.destinations import Destination
-from worker.errors import OperatorError
+from worker.errors import OperatorError, RequestError
 from worker.queue import Keys, Producer
 from worker.settings import Config
 
+log = structlog.get_logger("ctrelay.admin")
 PREFIX = "/admin/deadletters"
 LIST_LIMIT = 100
 
@@ -179,6 +182,15 @@ def mount(app: FastAPI, config: Config) -> bool:
         return False
     keys = Keys(settings.redis_prefix)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    app.state.admin_redis = client  # closed with the app (ingest's lifespan)
+
+    async def unavailable(_: Request, exc: Exception) -> Response:
+        """Redis does not answer an admin request: 503 with Retry-After (a server fault, not a crash)."""
+        log.warning("admin request: redis unavailable", error=type(exc).__name__)
+        error = RequestError(503, "queue_unavailable", "Redis does not answer; retry later")
+        return error_response(error, settings.retry_after)
+
+    app.add_exception_handler(redis.RedisError, unavailable)
     store = DeadLetterStore(client, keys, settings.deadletter_retention)
     producer = dlq.replay_producer(keys, settings.partitions)
     app.include_router(build_router(store, producer, config.destinations, token))

@@ -94,7 +94,7 @@ def create_app(config: Config) -> FastAPI:
     ingest = Ingest(settings, config.destinations, client, producer)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_measure_backlog(ingest, settings.backlog_interval))
         log.info("ingest ready", destinations=len(config.destinations), partitions=settings.partitions)
         try:
@@ -104,6 +104,9 @@ def create_app(config: Config) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await client.aclose()
+            admin_redis = getattr(app.state, "admin_redis", None)  # the admin API's synchronous client
+            if admin_redis is not None:
+                admin_redis.close()
 
     app = FastAPI(
         title="ctrelay ingest",

@@ -227,3 +227,22 @@ def test_retention_applies_before_an_answer(redis_url: str, prefix: str, store: 
     assert store.count() == 5  # a refused request changes nothing
     assert client.get("/admin/deadletters/stats", headers=AUTH).json()["by_reason"] == {"auth_failed": 2}
     assert store.count() == 2
+
+
+def test_redis_down_is_a_503_with_retry_after(prefix: str) -> None:
+    """An admin request Redis cannot answer is the server's temporary fault (503), not a crash (500)."""
+    from worker.embedded import free_port
+
+    app = FastAPI()
+    assert mount(app, config(f"redis://127.0.0.1:{free_port()}/0", prefix, TOKEN))
+    admin = AdminClient(app)
+    for method, path, body in (
+        ("GET", "/admin/deadletters/stats", None),
+        ("POST", "/admin/deadletters/purge", {"all": True}),
+        ("POST", "/admin/users/delete", {"destination": "wk1", "user_id": "u1"}),
+    ):
+        response = admin.request(method, path, json=body, headers=AUTH)
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["code"] == "queue_unavailable"
+        assert response.headers["retry-after"] == str(Settings().retry_after)
+    app.state.admin_redis.close()
