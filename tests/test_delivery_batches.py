@@ -280,3 +280,20 @@ def test_cluster_gauges_are_read_from_redis(redis_client: redis.Redis, keys: Key
     assert 'ctrelay_stream_lag{partition="1"} 0.0' in text
     assert 'ctrelay_uploads_in_flight{account="ACC"} 1.0' in text
     assert 'ctrelay_concurrency_cap{account="ACC"} 15.0' in text
+
+
+def test_cluster_gauges_missing_while_redis_does_not_answer() -> None:
+    """A scrape during a Redis outage still serves the process's own metrics (the worker is not down)."""
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from worker.embedded import free_port
+    from worker.metrics import ClusterCollector
+
+    dead = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    registry = CollectorRegistry()
+    Counter("own_work", "this process's counter", registry=registry).inc()
+    registry.register(ClusterCollector(dead, Keys("gone"), partitions=2, accounts=["ACC"], write_keys=[], max_cap=15))
+    text = generate_latest(registry).decode()
+    assert "own_work_total 1.0" in text
+    assert "ctrelay_stream_lag" not in text
+    dead.close()

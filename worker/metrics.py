@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -67,6 +68,14 @@ class ClusterCollector(Collector):
         self.max_cap = max_cap
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The cluster gauges; none while Redis does not answer, so that the process's own counters are still
+        served (a failing collector would fail the whole scrape and make the worker look down)."""
+        try:
+            yield from self._collect()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            structlog.get_logger("ctrelay.metrics").warning("cluster gauges not read", error=type(exc).__name__)
+
+    def _collect(self) -> Iterator[GaugeMetricFamily]:
         now_ms = int(time.time() * 1000)
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
