@@ -206,3 +206,20 @@ def test_retention_applies_when_an_operator_looks(
     assert data["total"] == 3
     assert data["by_reason"] == {"auth_failed": 2, "invalid_message": 1}
     assert store.count() == 3
+
+
+def test_a_redis_that_never_answers_is_an_error(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis that accepts the connection and then says nothing makes the command fail, not hang."""
+    import socket
+
+    from worker import dlq_cli
+
+    monkeypatch.setattr(dlq_cli, "REDIS_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the backlog; nothing is ever read or answered
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        result = run("stats")
+    assert result.exit_code == 2
+    assert "Redis (redis://127.0.0.1:" in result.stderr
+    assert "Timeout" in result.stderr

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from worker.deadletters import DeadLetterStore
     from worker.settings import Settings
 
+REDIS_TIMEOUT_S = 30.0
+"""How long a command waits for one Redis answer before it gives up (a hung Redis is an error, not a hang)."""
+
 dlq = typer.Typer(
     name="dlq",
     help="Inspect, replay, purge, export and import dead letters.",
@@ -69,7 +72,7 @@ def _context() -> Iterator[Context]:
         settings = Settings()
     except ValidationError as exc:
         raise _fail(f"settings: {exc}") from None
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=REDIS_TIMEOUT_S)
     store = DeadLetterStore(client, Keys(settings.redis_prefix), settings.deadletter_retention)
     try:
         store.expire(time.time())  # retention applies before an operator looks, even when no letter came lately
