@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import redis
 
-from worker.embedded import free_port
+from worker.embedded import free_port, stop_process
 from worker.queue import Envelope, Keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,12 +81,7 @@ def running_ingest(
             time.sleep(0.1)
         yield Ingest(url=url, prefix=prefix, process=process, log=workdir / "ingest.log")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=10)
         log.close()
 
 

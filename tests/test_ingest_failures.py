@@ -9,16 +9,16 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from delivery_e2e import wait_for
 from ingest_process import queued, running_ingest
 
-from worker.embedded import answers, free_port
+from worker.embedded import free_port, stop_process, wait_until_answers
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.chaos]
 
@@ -41,27 +41,15 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
         str(workdir),
     ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: answers(f"redis://127.0.0.1:{port}/0", timeout=0.2), "redis-server to answer")
+    wait_until_answers(f"redis://127.0.0.1:{port}/0", deadline_s=15)
     return process
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a redis-server, frozen (SIGSTOP) or not."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(process.pid, signal.SIGCONT)
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def wait_until(condition: Callable[[], bool], what: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    stop_process(process)
 
 
 def track() -> dict[str, str]:
@@ -94,7 +82,7 @@ def test_redis_down_then_back(own_redis: tuple[int, list[subprocess.Popen[bytes]
 
         processes.append(start_redis(port, tmp_path))  # and comes back, on the same port
         kept = track()
-        wait_until(lambda: http.post("/v1/track", json=kept).status_code == 200, "ingest to accept again")
+        wait_for(lambda: http.post("/v1/track", json=kept).status_code == 200, 15, "ingest to accept again")
         assert http.get("/readyz").status_code == 200
         client = redis.Redis.from_url(url)
         assert [e.message["messageId"] for e in queued(client, "test-down")] == [kept["messageId"]]
@@ -114,7 +102,7 @@ def test_frozen_redis_gets_503_not_a_hang(own_redis: tuple[int, list[subprocess.
             assert "Retry-After" in refused.headers
         finally:
             os.kill(processes[0].pid, signal.SIGCONT)
-        wait_until(lambda: http.post("/v1/track", json=track()).status_code == 200, "ingest to accept again")
+        wait_for(lambda: http.post("/v1/track", json=track()).status_code == 200, 15, "ingest to accept again")
 
 
 def test_dead_port_from_the_start(tmp_path: Path) -> None:
@@ -135,7 +123,7 @@ def test_backlog_above_the_cap(redis_url: str, prefix: str, redis_client: redis.
             response = http.post("/v1/track", json=track())
             return response.status_code == 503 and response.json()["code"] == "backlog_full"
 
-        wait_until(refused, "the backlog cap to apply")  # probes sent before the next measure were accepted
+        wait_for(refused, 15, "the backlog cap to apply")  # probes sent before the next measure were accepted
         held = len(queued(redis_client, prefix))
         assert held >= 5
         assert refused()

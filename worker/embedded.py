@@ -45,13 +45,24 @@ class RedisHandle:
     kind: str
 
 
-def _wait_until_answers(url: str, deadline_s: float = 10.0) -> None:
+def wait_until_answers(url: str, deadline_s: float = 10.0) -> None:
+    """Return once a Redis answers PING at ``url``; RuntimeError after ``deadline_s``."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if answers(url, timeout=0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"embedded Redis at {url} did not answer within {deadline_s:.0f}s")
+    raise RuntimeError(f"Redis at {url} did not answer within {deadline_s:.0f}s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
+    """SIGTERM ``process`` and reap it; SIGKILL it if it is still there after ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextlib.contextmanager
@@ -64,15 +75,10 @@ def redis_server(binary: str) -> Iterator[RedisHandle]:
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"redis://127.0.0.1:{port}/0"
-            _wait_until_answers(url)
+            wait_until_answers(url)
             yield RedisHandle(url=url, kind="redis-server")
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 @contextlib.contextmanager
@@ -86,7 +92,7 @@ def fake_server() -> Iterator[RedisHandle]:
     thread.start()
     try:
         url = f"redis://127.0.0.1:{port}/0"
-        _wait_until_answers(url)
+        wait_until_answers(url)
         yield RedisHandle(url=url, kind="fakeredis")
     finally:
         server.shutdown()
