@@ -1,4 +1,5 @@
-"""Shared fixtures: the Redis the integration tests use, and a per-test key prefix.
+"""Shared fixtures: the Redis the integration tests use, a per-test key prefix, and a ``ctrelay ingest``
+process per test module.
 
 Redis: ``REDIS_URL`` when set and answering, else 127.0.0.1:6379 when it answers, else an embedded
 ``redis-server`` or fakeredis (:mod:`worker.embedded`). The session header says which.
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from ingest_process import Ingest, running_ingest
 
 from worker.embedded import RedisHandle, ensure_redis
 from worker.queue import Keys
@@ -43,13 +45,30 @@ def keys(prefix: str) -> Keys:
     return Keys(prefix)
 
 
+def delete_keys(client: redis.Redis, prefix: str) -> None:
+    """Delete every key under ``prefix`` (SCAN, never KEYS)."""
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        client.delete(key)
+
+
 @pytest.fixture
 def redis_client(redis_url: str, prefix: str) -> Iterator[redis.Redis]:
     """A client on the test Redis; every key under this test's prefix is deleted afterwards."""
     client = redis.Redis.from_url(redis_url)
     yield client
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        client.delete(key)
+    delete_keys(client, prefix)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def ingest_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
+    """A ``ctrelay ingest`` process (:mod:`ingest_process`) shared by a test module, with a prefix of its own
+    whose keys are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    with running_ingest(redis_url, prefix, tmp_path_factory.mktemp("ingest")) as ingest:
+        yield ingest
+    client = redis.Redis.from_url(redis_url)
+    delete_keys(client, prefix)
     client.close()
 
 

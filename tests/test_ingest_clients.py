@@ -12,13 +12,12 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
-from ingest_process import ROOT, Ingest, queued, running_ingest
+from ingest_process import ROOT, Ingest, queued
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -58,17 +57,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    with running_ingest(redis_url, prefix, tmp_path_factory.mktemp("ingest")) as ingest:
-        yield ingest
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        client.delete(key)
-    client.close()
-
-
 def segment_23() -> Path:
     """segment-analytics-python 2.3.x in a cache directory (it cannot share the venv with 2.4)."""
     target = ROOT / ".cache" / "segment-analytics-python-2.3"
@@ -82,12 +70,12 @@ def segment_23() -> Path:
     return target
 
 
-def send(library: str, server: Ingest, write_key: str, tag: str, path_first: Path | None = None) -> str:
+def send(library: str, ingest_server: Ingest, write_key: str, tag: str, path_first: Path | None = None) -> str:
     env = dict(os.environ)
     if path_first is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(path_first), env.get("PYTHONPATH", "")])
     result = subprocess.run(
-        [sys.executable, "-c", CLIENT, library, server.url, write_key, tag],
+        [sys.executable, "-c", CLIENT, library, ingest_server.url, write_key, tag],
         capture_output=True,
         text=True,
         timeout=60,
@@ -100,8 +88,8 @@ def send(library: str, server: Ingest, write_key: str, tag: str, path_first: Pat
     return str(report["version"])
 
 
-def check(store: redis.Redis, server: Ingest, write_key: str, tag: str, library: str) -> None:
-    mine = [e for e in queued(store, server.prefix) if str(e.message["messageId"]).startswith(f"{tag}-")]
+def check(store: redis.Redis, ingest_server: Ingest, write_key: str, tag: str, library: str) -> None:
+    mine = [e for e in queued(store, ingest_server.prefix) if str(e.message["messageId"]).startswith(f"{tag}-")]
     by_id = {e.message["messageId"]: e for e in mine}
     assert len(mine) == len(by_id) == len(EXPECTED), sorted(by_id)  # each exactly once
     for suffix, kind in EXPECTED.items():
@@ -124,19 +112,19 @@ def check(store: redis.Redis, server: Ingest, write_key: str, tag: str, library:
     assert traits == {"email": "a@example.com", "plan": "pro"}
 
 
-def test_segment_analytics_python_24(server: Ingest, redis_client: redis.Redis) -> None:
+def test_segment_analytics_python_24(ingest_server: Ingest, redis_client: redis.Redis) -> None:
     tag = uuid.uuid4().hex[:8]
-    assert send("segment", server, "wk_one", tag).startswith("2.4")
-    check(redis_client, server, "wk_one", tag, "analytics-python")
+    assert send("segment", ingest_server, "wk_one", tag).startswith("2.4")
+    check(redis_client, ingest_server, "wk_one", tag, "analytics-python")
 
 
-def test_segment_analytics_python_23_body_key_only(server: Ingest, redis_client: redis.Redis) -> None:
+def test_segment_analytics_python_23_body_key_only(ingest_server: Ingest, redis_client: redis.Redis) -> None:
     tag = uuid.uuid4().hex[:8]
-    assert send("segment", server, "wk_two", tag, path_first=segment_23()).startswith("2.3")
-    check(redis_client, server, "wk_two", tag, "analytics-python")
+    assert send("segment", ingest_server, "wk_two", tag, path_first=segment_23()).startswith("2.3")
+    check(redis_client, ingest_server, "wk_two", tag, "analytics-python")
 
 
-def test_rudder_sdk_python_gzip_basic_only(server: Ingest, redis_client: redis.Redis) -> None:
+def test_rudder_sdk_python_gzip_basic_only(ingest_server: Ingest, redis_client: redis.Redis) -> None:
     tag = uuid.uuid4().hex[:8]
-    send("rudder", server, "wk_one", tag)
-    check(redis_client, server, "wk_one", tag, "analytics-python")
+    send("rudder", ingest_server, "wk_one", tag)
+    check(redis_client, ingest_server, "wk_one", tag, "analytics-python")

@@ -5,16 +5,13 @@ a 5xx, and the server stays up."""
 from __future__ import annotations
 
 import base64
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ingest_process import Ingest, running_ingest
+from ingest_process import Ingest
 from schemathesis import GenerationMode
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -22,35 +19,24 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"wk_one:").decode()}
 
 
-@pytest.fixture(scope="module")
-def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    with running_ingest(redis_url, prefix, tmp_path_factory.mktemp("ingest")) as ingest:
-        yield ingest
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        client.delete(key)
-    client.close()
-
-
-def operations(server: Ingest) -> list[object]:
-    document = httpx.get(server.url + "/openapi.json", timeout=10).json()
+def operations(ingest_server: Ingest) -> list[object]:
+    document = httpx.get(ingest_server.url + "/openapi.json", timeout=10).json()
     schema = schemathesis.openapi.from_dict(document)
     found = [result.ok() for result in schema.get_all_operations()]
     return [op for op in found if op.method.upper() == "POST" and op.path.startswith("/v1/")]
 
 
-def test_no_5xx_for_any_generated_request(server: Ingest) -> None:
-    ops = operations(server)
+def test_no_5xx_for_any_generated_request(ingest_server: Ingest) -> None:
+    ops = operations(ingest_server)
     assert len(ops) == 9  # six calls, batch, import, webhook
     statuses: dict[int, int] = {}
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with httpx.Client(base_url=ingest_server.url, timeout=10) as http:
         for op, mode in ((op, mode) for op in ops for mode in GenerationMode):
 
             @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             @given(case=op.as_strategy(generation_mode=mode), authorized=st.booleans())  # type: ignore[attr-defined]
             def probe(case: schemathesis.Case, authorized: bool) -> None:
-                request = case.as_transport_kwargs(base_url=server.url)
+                request = case.as_transport_kwargs(base_url=ingest_server.url)
                 headers = dict(request.get("headers") or {})
                 if authorized:
                     headers |= AUTH
