@@ -1,5 +1,5 @@
-"""Shared fixtures: the Redis the integration tests use, a per-test key prefix, and a ``ctrelay ingest``
-process per test module.
+"""Shared fixtures: the Redis the integration tests use, a per-test key prefix, and the processes of the
+end-to-end tests (a relay per test, an ingest per module).
 
 Redis: ``REDIS_URL`` when set and answering, else 127.0.0.1:6379 when it answers, else an embedded
 ``redis-server`` or fakeredis (:mod:`worker.embedded`). The session header says which.
@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+from delivery_e2e import Relay
 from ingest_process import Ingest, running_ingest
 
 from worker.embedded import RedisHandle, ensure_redis
@@ -58,6 +60,15 @@ def redis_client(redis_url: str, prefix: str) -> Iterator[redis.Redis]:
     yield client
     delete_keys(client, prefix)
     client.close()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, redis_url: str, prefix: str, redis_client: redis.Redis) -> Iterator[Relay]:
+    """The real processes of one end-to-end test (:mod:`delivery_e2e`), under this test's prefix; stopped
+    afterwards, before ``redis_client`` deletes the prefix's keys."""
+    relay = Relay(tmp_path, redis_url, prefix=prefix)
+    yield relay
+    relay.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -124,8 +124,16 @@ class Relay:
     def start_sandbox(self, *flags: str) -> Proc:
         self.sandbox_port = free_port()
         proc = self.start("sandbox", ["sandbox", "--port", str(self.sandbox_port), *flags])
-        wait_for(lambda: _answers(f"{self.sandbox_url}/_sandbox/health"), 20, "the sandbox to answer", proc)
+        wait_for(lambda: http_ok(f"{self.sandbox_url}/_sandbox/health"), 20, "the sandbox to answer", proc)
         return proc
+
+    def start_ingest(self, **env: str) -> tuple[Proc, str]:
+        """``ctrelay ingest`` on a free port, once it answers /healthz: the process and its base URL."""
+        port = free_port()
+        proc = self.start("ingest", ["ingest", "--port", str(port)], **env)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_ok(f"{url}/healthz"), 30, "ingest to answer", proc)
+        return proc, url
 
     def start_worker(self, *celery_args: str, **env: str) -> Proc:
         return self.start("worker", ["worker", *celery_args], **env)
@@ -133,6 +141,13 @@ class Relay:
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop(timeout_s=5)
+
+    def ctrelay(self, *args: str, timeout_s: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run a ``ctrelay`` command as the operator does (the relay's environment), bounded in time."""
+        return subprocess.run(
+            [sys.executable, "-c", CLI, *args], env=self.env(**env), cwd=ROOT, capture_output=True, text=True,
+            timeout=timeout_s, check=False,
+        )  # fmt: skip
 
     # -- what the sandbox and Redis hold -------------------------------------------------------------------
 
@@ -148,7 +163,8 @@ class Relay:
         return Producer(self.keys, self.partitions, 3600)
 
 
-def _answers(url: str) -> bool:
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers a GET with 200 (within a second)."""
     try:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:

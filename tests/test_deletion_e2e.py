@@ -6,17 +6,13 @@ and removed by it, or dropped as ``deleted_user``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from delivery_e2e import CLI, ROOT, Relay, reconcile, wait_for
+from delivery_e2e import Relay, reconcile, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.deadletters import DeadLetterStore
@@ -26,17 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 WK, ACC = "wk-del", "ACC-DEL"
 USERS = ("u1", "u2", "u3")
-
-
-@pytest.fixture
-def relay(tmp_path: Path, redis_url: str) -> Iterator[Relay]:
-    relay = Relay(tmp_path, redis_url)
-    yield relay
-    relay.stop_all()
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{relay.prefix}:*", count=1000):
-        client.delete(key)
-    client.close()
 
 
 def tracks(phase: int, count: int) -> list[dict[str, Any]]:
@@ -62,10 +47,8 @@ def send(url: str, messages: list[dict[str, Any]], per_request: int = 15) -> Non
 def test_deleting_users_with_events_in_flight(relay: Relay, redis_url: str) -> None:
     relay.start_sandbox("--latency-ms", "300")
     relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "secret"}])
-    port, metrics_port = free_port(), free_port()
-    ingest = relay.start("ingest", ["ingest", "--port", str(port)])
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _answers(f"{url}/healthz"), 30, "ingest to listen", ingest)
+    _, url = relay.start_ingest()
+    metrics_port = free_port()
     worker = relay.start_worker(CTRELAY_METRICS_PORT=str(metrics_port))
 
     before, after = tracks(1, 30), tracks(2, 20)
@@ -78,11 +61,8 @@ def test_deleting_users_with_events_in_flight(relay: Relay, redis_url: str) -> N
     wait_for(lambda: {"u1", "u3"} <= set(identities()), 60, "the first uploads of u1 and u3", worker)
     deletion = {"type": "track", "event": "Delete User", "userId": "u1", "messageId": uuid.uuid4().hex}
     assert httpx.post(f"{url}/v1/track", json=deletion, auth=(WK, ""), timeout=10).status_code == 200
-    cli = subprocess.run(
-        [sys.executable, "-c", CLI, "users", "delete", "--destination", WK, "--user-id", "u3"],
-        env=relay.env(), cwd=ROOT, capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert cli.returncode == 0, cli.stderr.decode()
+    cli = relay.ctrelay("users", "delete", "--destination", WK, "--user-id", "u3", timeout_s=60)
+    assert cli.returncode == 0, cli.stderr
     send(url, after)
 
     client = redis.Redis.from_url(redis_url)
@@ -130,10 +110,3 @@ def metric(port: int, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return sample.value
     return 0.0
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -10,34 +10,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import redis
 from delivery_e2e import Relay, wait_for
 from segment.analytics.client import Client
 
 from worker.destinations import Destination
-from worker.embedded import free_port
 from worker.transform import transform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 ACCOUNTS = {"wk-a": ("ACC-A", "pass-a"), "wk-b": ("ACC-B", "pass-b")}
-
-
-@pytest.fixture
-def relay(tmp_path: Path, redis_url: str) -> Iterator[Relay]:
-    relay = Relay(tmp_path, redis_url)
-    yield relay
-    relay.stop_all()
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{relay.prefix}:*", count=1000):
-        client.delete(key)
-    client.close()
 
 
 def workload(prefix: str) -> list[tuple[str, dict[str, Any]]]:
@@ -107,16 +91,14 @@ def by_user(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def test_mixed_workload_two_write_keys_two_accounts(relay: Relay) -> None:
     relay.start_sandbox("--accounts", ",".join(f"{acc}:{pw}" for acc, pw in ACCOUNTS.values()))
     relay.destinations([{"write_key": wk, "account_id": acc, "passcode": pw} for wk, (acc, pw) in ACCOUNTS.items()])
-    port = free_port()
-    ingest = relay.start("ingest", ["ingest", "--port", str(port)])
-    wait_for(lambda: _answers(f"http://127.0.0.1:{port}/v1/track"), 30, "ingest to listen", ingest)
+    _, url = relay.start_ingest()
     worker = relay.start_worker()
     expected: dict[str, list[dict[str, Any]]] = {}
     for write_key, (account, passcode) in ACCOUNTS.items():
         calls = workload(write_key)
         destination = Destination(write_key=write_key, account_id=account, passcode=passcode)
         expected[account] = expected_records(destination, calls)
-        client = Client(write_key=write_key, host=f"http://127.0.0.1:{port}", max_retries=3, upload_interval=0.05)
+        client = Client(write_key=write_key, host=url, max_retries=3, upload_interval=0.05)
         for method, kwargs in calls:
             getattr(client, method)(**kwargs)
         client.flush()
@@ -134,10 +116,3 @@ def test_mixed_workload_two_write_keys_two_accounts(relay: Relay) -> None:
         assert by_user(got[account]) == by_user(records), account  # in per-user order
     kinds = sorted(record["type"] for records in got.values() for record in records)
     assert kinds.count("token") == 2 * 6  # one per objectId, though sent with two calls each
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code < 500
-    except httpx.HTTPError:
-        return False

@@ -10,20 +10,16 @@ then holds every message exactly once and the dead-letter store is empty.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 import redis
-from delivery_e2e import CLI, ROOT, Relay, settle, tracks, wait_for
+from delivery_e2e import Relay, settle, tracks, wait_for
 
 from worker.deadletters import DeadLetterStore
-from worker.embedded import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -32,37 +28,9 @@ MESSAGES = 400
 TOKEN = "story-admin-token"
 
 
-@pytest.fixture
-def relay(tmp_path: Path, redis_url: str) -> Iterator[Relay]:
-    relay = Relay(tmp_path, redis_url)
-    yield relay
-    relay.stop_all()
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{relay.prefix}:*", count=1000):
-        client.delete(key)
-    client.close()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def ctrelay(relay: Relay, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a ``ctrelay`` command as the operator does (same environment as the relay), bounded in time."""
-    return subprocess.run(
-        [sys.executable, "-c", CLI, *args], env=relay.env(COLUMNS="160"), cwd=ROOT, capture_output=True,
-        text=True, timeout=120, check=False,
-    )  # fmt: skip
+    """Run a ``ctrelay`` command as the operator does, on a wide terminal."""
+    return relay.ctrelay(*args, COLUMNS="160")
 
 
 def send_with_segments_client(url: str, messages: list[dict[str, Any]]) -> None:
@@ -79,20 +47,17 @@ def send_with_segments_client(url: str, messages: list[dict[str, Any]]) -> None:
 
 
 def test_wrong_passcode_then_fix_then_replay_delivers_each_message_exactly_once(
-    relay: Relay, client: redis.Redis
+    relay: Relay, redis_client: redis.Redis
 ) -> None:
     relay.start_sandbox("--accounts", f"{ACC}:right")
     relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "wrong"}])
-    port = free_port()
-    ingest = relay.start("ingest", ["ingest", "--port", str(port)], CTRELAY_ADMIN_TOKEN=TOKEN)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: answers(url + "/healthz"), 30, "ingest to answer", ingest)
+    _, url = relay.start_ingest(CTRELAY_ADMIN_TOKEN=TOKEN)
     worker = relay.start_worker(CTRELAY_RETRY_WINDOW_S="3")
     messages = tracks(MESSAGES, users=50)
     send_with_segments_client(url, messages)
 
     # 1. after the retry window, every message is an auth_failed letter; CleverTap got nothing
-    state = settle(client, relay, messages, WK, timeout_s=90, proc=worker)
+    state = settle(redis_client, relay, messages, WK, timeout_s=90, proc=worker)
     assert len(state.dead) == MESSAGES
     assert {letter.reason for letter in state.dead.values()} == {"auth_failed"}
     assert {letter.status for letter in state.dead.values()} == {401}
@@ -119,14 +84,14 @@ def test_wrong_passcode_then_fix_then_replay_delivers_each_message_exactly_once(
     replay = ctrelay(relay, "dlq", "replay", "--all", "--rate", "500")
     assert replay.returncode == 0, replay.stderr
     assert f"replayed {MESSAGES} letters into the delivery queue" in replay.stderr
-    assert DeadLetterStore(client, relay.keys).count() == 0  # each left the store with its XADD
+    assert DeadLetterStore(redis_client, relay.keys).count() == 0  # each left the store with its XADD
 
     # 5. the sandbox holds every message exactly once; the store is empty; nothing waits
     def delivered() -> bool:
         return len(relay.records()) >= MESSAGES
 
     wait_for(delivered, 90, "the replayed messages to reach the sandbox", worker)
-    state = settle(client, relay, messages, WK, timeout_s=60, proc=worker)
+    state = settle(redis_client, relay, messages, WK, timeout_s=60, proc=worker)
     mids = Counter(item["record"]["evtData"]["mid"] for item in relay.records())
     assert mids == Counter({m["messageId"]: 1 for m in messages})
     assert state.dead == {}

@@ -8,8 +8,6 @@ group, no record sent twice; a new worker then delivers the rest, and every mess
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -20,29 +18,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 WK, ACC = "wk-shutdown", "ACC-SHUTDOWN"
 
 
-@pytest.fixture
-def relay(tmp_path: Path, redis_url: str) -> Iterator[Relay]:
-    relay = Relay(tmp_path, redis_url)
-    yield relay
-    relay.stop_all()
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{relay.prefix}:*", count=1000):
-        client.delete(key)
-    client.close()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-def test_sigterm_mid_backlog_finishes_the_batch_in_hand_and_loses_nothing(relay: Relay, client: redis.Redis) -> None:
+def test_sigterm_mid_backlog_finishes_the_batch_in_hand_and_loses_nothing(
+    relay: Relay, redis_client: redis.Redis
+) -> None:
     relay.start_sandbox("--latency-ms", "500")
     relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "secret"}])
     messages = tracks(12_000, users=200)
-    enqueue(client, relay, WK, messages)
+    enqueue(redis_client, relay, WK, messages)
     # slow on purpose (2 drains of 100 records, 0.5 s per upload: ~400 msgs/s), so the signal lands mid-backlog
     worker = relay.start_worker(CTRELAY_READ_BATCH="100", CTRELAY_WORKER_CONCURRENCY="2")
     wait_for(lambda: relay.sandbox("/_sandbox/stats")["uploads"] >= 4, 60, "the worker to be uploading", worker)
@@ -54,13 +36,13 @@ def test_sigterm_mid_backlog_finishes_the_batch_in_hand_and_loses_nothing(relay:
     stats = relay.sandbox("/_sandbox/stats")
     assert stats["abandoned"] == 0, "an upload was cut in half"
     assert stats["in_flight"] == 0
-    partial = reconcile(client, relay, messages, WK)
+    partial = reconcile(redis_client, relay, messages, WK)
     assert 0 < len(partial.delivered) < len(messages), "the signal must land in the middle of the backlog"
     assert partial.pending == 0, "every entry the worker read was committed before it exited"
     assert partial.duplicates == 0
 
     successor = relay.start_worker()
-    state = settle(client, relay, messages, WK, timeout_s=120, proc=successor)
+    state = settle(redis_client, relay, messages, WK, timeout_s=120, proc=successor)
     assert state.dead == {}
     assert len(state.delivered) == len(messages)
     assert state.duplicates == 0, "a record was sent twice: a batch was not committed before the exit"
