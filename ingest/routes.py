@@ -52,8 +52,9 @@ class Outcome:
     entries: list[Entry] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     rejected: Tally[str] = field(default_factory=Tally)
-    deletions: list[dict[str, Any]] = field(default_factory=list)
-    """Tracks named the destination's ``delete_event_name``: their users are suppressed before the write."""
+    deletions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Tracks named the destination's ``delete_event_name``, by entry index: their users are suppressed with the
+    write of their entry (same script), when it is not a duplicate."""
     error: RequestError | None = None
     """Why the last refused item was refused (a single call answers it as a 400)."""
 
@@ -149,9 +150,7 @@ class Ingest:
         alone = kind == "single" or (kind == "webhook" and not isinstance(document, list))
         if alone and outcome.error is not None:
             raise outcome.error
-        if outcome.deletions:
-            await self._suppress(destination, outcome.deletions)
-        written = await self._write(outcome.entries)
+        written = await self._write(outcome.entries, self._suppression(destination, outcome.deletions))
 
         name = destination.name
         types: Tally[str] = Tally()
@@ -204,32 +203,32 @@ class Ingest:
             outcome.entries.append(entry(write_key, message, encoded))
             outcome.types.append(message["type"])
             if message["type"] == "track" and message.get("event") == delete_event:
-                outcome.deletions.append(message)
+                outcome.deletions[len(outcome.entries) - 1] = message
         return outcome
 
-    async def _suppress(self, destination: Destination, messages: list[dict[str, Any]]) -> None:
-        """Suppress the users of accepted ``Delete User`` tracks at once (before their XADD: a failure is a
-        503 and enqueues nothing), so that their messages still queued are dropped (:mod:`worker.deletion`)."""
-        fields: dict[Any, Any] = suppression_fields(
-            destination, messages, time.time(), self.settings.suppression_window_s
-        )
-        if not fields:
-            return
-        try:
-            key = self.producer.keys.suppressed(destination.write_key)
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=fields)
-                pipe.hincrby(key, VERSION_FIELD, 1)  # workers re-read the hash when its version moves
-                await asyncio.wait_for(pipe.execute(), timeout=self.settings.redis_timeout * 3)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            log.warning("redis unavailable", error=type(exc).__name__)
-            raise Unavailable("queue_unavailable", "the queue is not reachable; retry later") from None
+    def _suppression(
+        self, destination: Destination, deletions: dict[int, dict[str, Any]]
+    ) -> tuple[str, str, dict[int, dict[str, str]]] | None:
+        """The suppression of the users of accepted ``Delete User`` tracks, for :meth:`Producer.enqueue`: written in
+        the script that XADDs each deletion (atomically with it), and only for a deletion that is not a duplicate (a
+        client's retry after ``ctrelay users unsuppress`` suppresses nobody again), so that the users' messages
+        queued ahead are dropped (:mod:`worker.deletion`) and a failure (503) leaves neither written."""
+        if not deletions:
+            return None
+        now, window = time.time(), self.settings.suppression_window_s
+        fields = {
+            index: suppression_fields(destination, [message], now, window) for index, message in deletions.items()
+        }
+        key = self.producer.keys.suppressed(destination.write_key)
+        return key, VERSION_FIELD, {index: found for index, found in fields.items() if found}
 
-    async def _write(self, entries: list[Entry]) -> list[bytes | None]:
+    async def _write(
+        self, entries: list[Entry], suppress: tuple[str, str, dict[int, dict[str, str]]] | None = None
+    ) -> list[bytes | None]:
         """Enqueue in one round trip; any Redis failure or timeout becomes a 503."""
         try:
             return await asyncio.wait_for(
-                self.producer.enqueue(self.client, entries), timeout=self.settings.redis_timeout * 3
+                self.producer.enqueue(self.client, entries, suppress), timeout=self.settings.redis_timeout * 3
             )
         except (redis.RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable", error=type(exc).__name__)

@@ -343,3 +343,55 @@ def test_ingest_suppresses_at_acceptance_so_queued_messages_ahead_are_dropped(
     assert fake.users() == ["u2"]  # u1's queued event was dropped, though read before the deletion
     assert [kind for kind, _ in fake.calls] == ["upload", "delete"]
     assert first.tally.skipped == 1
+
+
+def _ingest_app(redis_url: str, keys: Keys) -> Any:
+    from ingest.app import create_app
+    from worker.destinations import Destinations
+    from worker.settings import Config, Settings
+
+    settings = Settings(REDIS_URL=redis_url, redis_prefix=keys.prefix, partitions=1)
+    return create_app(Config(settings=settings, destinations=Destinations([DEST])))
+
+
+def _post_batches(app: Any, batches: list[list[dict[str, Any]]]) -> list[int]:
+    import asyncio
+
+    async def send() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        statuses = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test", auth=(WK, "")) as http:
+            for batch in batches:
+                statuses.append((await http.post("/v1/batch", json={"batch": batch})).status_code)
+        await app.state.ingest.client.aclose()
+        return statuses
+
+    return asyncio.run(send())
+
+
+def test_ingest_a_duplicate_deletion_does_not_suppress_again(
+    redis_url: str, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """A client's retry of a Delete User track after ``ctrelay users unsuppress`` is a duplicate: no suppression."""
+    import time
+
+    deletion = track("u1", 0, event="Delete User")
+    assert _post_batches(_ingest_app(redis_url, keys), [[deletion]]) == [200]
+    assert [s["id"] for s in suppressed(redis_client, keys, DEST, time.time())] == ["u1"]
+    assert unsuppress(redis_client, keys, DEST, user_id="u1") == 1
+    version = redis_client.hget(keys.suppressed(WK), "v")
+    assert _post_batches(_ingest_app(redis_url, keys), [[deletion, track("u2", 1)]]) == [200]
+    assert suppressed(redis_client, keys, DEST, time.time()) == []
+    assert redis_client.hget(keys.suppressed(WK), "v") == version  # no change: workers re-read nothing
+    assert redis_client.xlen(keys.stream(0)) == 2  # the deletion once, and u2's event
+
+
+def test_ingest_a_failed_enqueue_suppresses_nobody(redis_url: str, redis_client: redis.Redis, keys: Keys) -> None:
+    """The suppression and the Delete User track are written together: a failed XADD (503) leaves neither."""
+    import time
+
+    redis_client.set(keys.stream(0), "not a stream")  # the XADD fails (WRONGTYPE): Redis refuses the write
+    deletion = track("u1", 0, event="Delete User")
+    assert _post_batches(_ingest_app(redis_url, keys), [[deletion]]) == [503]
+    assert suppressed(redis_client, keys, DEST, time.time()) == []
+    assert not redis_client.exists(keys.suppressed(WK))

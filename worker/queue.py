@@ -13,7 +13,7 @@ with what ingest added (``messageId`` when missing, ``receivedAt``, merged batch
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -143,6 +143,33 @@ end
 return out
 """
 
+# As _ENQUEUE_LUA, and a message that is new (not a duplicate) may carry suppression fields, written (HSET, with
+# the version raised once) in the same script, after its XADD (a failed XADD suppresses nobody; no worker reads
+# between the two). KEYS: (dedup, stream) per entry, then the hash.
+# ARGV: window, then per entry: w, m, the number of field/value pairs, the pairs.
+_ENQUEUE_SUPPRESSING_LUA = """
+local window = ARGV[1]
+local hash = KEYS[#KEYS]
+local out = {}
+local at = 2
+local changed = false
+for i = 1, (#KEYS - 1) / 2 do
+  local pairs_count = tonumber(ARGV[at + 2])
+  if redis.call('SET', KEYS[2 * i - 1], '1', 'NX', 'EX', window) then
+    out[i] = redis.call('XADD', KEYS[2 * i], '*', 'w', ARGV[at], 'm', ARGV[at + 1])
+    if pairs_count > 0 then
+      redis.call('HSET', hash, unpack(ARGV, at + 3, at + 2 + 2 * pairs_count))
+      changed = true
+    end
+  else
+    out[i] = false
+  end
+  at = at + 3 + 2 * pairs_count
+end
+if changed then redis.call('HINCRBY', hash, ARGV[at], 1) end
+return out
+"""
+
 _BACKLOG_LUA = """
 local total = 0
 local streams = tonumber(ARGV[2])
@@ -217,20 +244,54 @@ class Producer:
             script = self._scripts[kind] = client.register_script(source)
         return script
 
-    async def enqueue(self, client: AsyncRedis, entries: Sequence[Entry]) -> list[bytes | None]:
+    async def enqueue(
+        self,
+        client: AsyncRedis,
+        entries: Sequence[Entry],
+        suppress: tuple[str, str, Mapping[int, Mapping[str, str]]] | None = None,
+    ) -> list[bytes | None]:
         """Write ``entries`` in one round trip; per entry its stream id, or None for a duplicate.
 
+        ``suppress`` (hash key, version field, {entry index: fields}): a deleted user's suppression fields,
+        written in the same script as the XADD of their entry (atomic: no reader sees one without the other),
+        and only when that entry is new (a duplicate re-suppresses nobody); the hash's version field is
+        raised once when any was written.
+
         Raises ``redis.RedisError`` (or ``OSError``) when Redis does not answer: then the caller
-        must not report success; a retry is safe, as markers and entries are written together.
+        must not report success; a retry is safe, as markers, suppressions and entries are written together.
         """
         if not entries:
             return []
+        if suppress is not None:
+            return await self._enqueue_suppressing(client, entries, *suppress)
         keys: list[str] = []
         args: list[bytes | int] = [self.dedup_window]
         for entry in entries:
             keys += (entry.dedup, entry.stream)
             args += (entry.write_key, entry.message)
         result: list[bytes | None] = await self._script(client, _ENQUEUE_LUA)(keys=keys, args=args, client=client)
+        return result
+
+    async def _enqueue_suppressing(
+        self,
+        client: AsyncRedis,
+        entries: Sequence[Entry],
+        hash_key: str,
+        version: str,
+        fields: Mapping[int, Mapping[str, str]],
+    ) -> list[bytes | None]:
+        keys: list[str] = []
+        args: list[bytes | int | str] = [self.dedup_window]
+        for index, entry in enumerate(entries):
+            keys += (entry.dedup, entry.stream)
+            pairs = fields.get(index, {})
+            args += (entry.write_key, entry.message, len(pairs))
+            for name, value in pairs.items():
+                args += (name, value)
+        keys.append(hash_key)
+        args.append(version)
+        script = self._script(client, _ENQUEUE_SUPPRESSING_LUA)
+        result: list[bytes | None] = await script(keys=keys, args=args, client=client)
         return result
 
     def add(self, pipe: Any, entries: Sequence[Entry]) -> None:
