@@ -9,6 +9,10 @@ every message's outcome in **one MULTI** (:mod:`worker.outcomes`): dead letters,
 token markers, and the XACK of the entries. An entry is acknowledged only in
 the transaction that makes its outcome durable; a crash before it leaves the entry pending, to be
 reclaimed (at-least-once: duplicates only after a crash between an upload and its commit).
+
+A drain's ``keepalive`` (its lease's renew) is asked before every upload and every commit: once it answers
+``False`` the batch stops (:class:`~worker.errors.DrainStopped`), its entries left pending for the lease's new
+holder. The same when no upload slot comes by ``deadline``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from worker.concurrency import AccountSlots
 from worker.deadletters import DeadLetterStore, Letter
 from worker.deletion import Suppressions
 from worker.destinations import Destination
+from worker.errors import DrainStopped
 from worker.outcomes import OutcomeWriter
 from worker.policy import DELIVERED, RetryPolicy, Verdict
 from worker.queue import GROUP, Envelope, Keys
@@ -110,8 +115,12 @@ class Deliverer:
         entries: Sequence[StreamEntry],
         retries: Sequence[RetryItem] = (),
         keepalive: Callable[[], object] | None = None,
+        deadline: float | None = None,
     ) -> Tally:
-        """Deliver ``entries`` (read from ``partition``) and due ``retries``; write and ack every outcome."""
+        """Deliver ``entries`` (read from ``partition``) and due ``retries``; write and ack every outcome.
+
+        Raises :class:`~worker.errors.DrainStopped` (before an upload or a commit) when ``keepalive`` answers
+        ``False`` or no upload slot comes by ``deadline`` (monotonic): the entries not committed stay pending."""
         tally = Tally()
         works = self._prepare(partition, entries, tally)
         works += [Work(item.write_key, item.message, list(item.records), retry=item) for item in retries]
@@ -121,13 +130,17 @@ class Deliverer:
         for work in works:
             groups.setdefault(work.write_key, []).append(work)
         for write_key, group in groups.items():
+            if keepalive is not None and keepalive() is False:
+                raise DrainStopped("partition lease lost")
             destination = self.destinations.get(write_key)
             if destination is None:  # a retry item whose destination was removed from the configuration
                 self.outcomes.dead_letter(
                     partition, group, "invalid_message", f"unknown write key {write_key!r}", tally
                 )
                 continue
-            tally.uploads += self.uploader.send(destination, group, keepalive)
+            tally.uploads += self.uploader.send(destination, group, keepalive, deadline)
+            if keepalive is not None and keepalive() is False:  # another holder now has these entries
+                raise DrainStopped("partition lease lost")
             self.outcomes.commit(partition, destination, group, tally)
         return tally
 

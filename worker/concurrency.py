@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 import redis
 
+from worker.errors import DrainStopped
 from worker.queue import Keys
 
 # KEYS: slots, cap. ARGV: token, ttl ms, max cap. Returns 1 when the slot was taken.
@@ -90,7 +91,8 @@ class AccountSlots:
     ) -> str | None:
         """Wait for a slot (polling, 5-50 ms with jitter); None if ``timeout_s`` passes first.
 
-        ``keepalive`` is called about every ``keepalive_every_s`` while waiting (the drain renews its lease).
+        ``keepalive`` is called about every ``keepalive_every_s`` while waiting (the drain renews its lease);
+        when it answers ``False`` (the lease is lost) the wait ends at once: None.
         """
         started = last_keepalive = time.monotonic()
         wait = 0.005
@@ -102,7 +104,8 @@ class AccountSlots:
             if timeout_s is not None and now - started >= timeout_s:
                 return None
             if keepalive is not None and now - last_keepalive >= keepalive_every_s:
-                keepalive()
+                if keepalive() is False:
+                    return None
                 last_keepalive = now
             time.sleep(wait * (0.5 + random.random()))
             wait = min(wait * 2, 0.05)
@@ -111,10 +114,16 @@ class AccountSlots:
         self.client.zrem(self.keys.slots(account_id), token)
 
     @contextmanager
-    def slot(self, account_id: str, *, keepalive: Callable[[], object] | None = None) -> Iterator[str]:
-        """Hold a slot for the duration of the block (waits as long as it takes)."""
-        token = self.acquire(account_id, keepalive=keepalive)
-        assert token is not None  # no timeout: acquire returns only with a slot
+    def slot(
+        self, account_id: str, *, keepalive: Callable[[], object] | None = None, timeout_s: float | None = None
+    ) -> Iterator[str]:
+        """Hold a slot for the duration of the block (waits up to ``timeout_s``, default as long as it takes).
+
+        Raises :class:`~worker.errors.DrainStopped` when no slot came in time or ``keepalive`` answered ``False``.
+        """
+        token = self.acquire(account_id, timeout_s=timeout_s, keepalive=keepalive)
+        if token is None:
+            raise DrainStopped(f"no upload slot for account {account_id} (waited up to {timeout_s} s, or lease lost)")
         try:
             yield token
         finally:

@@ -9,7 +9,9 @@ already queued) and queues one Celery ``drain`` task per such partition, marking
 A drain (:meth:`Drainer.drain`) takes the partition's lease (:mod:`worker.lease`), then loops for up
 to ``drain_budget_s``: reclaim entries left pending by dead consumers (``XAUTOCLAIM`` after
 ``reclaim_idle_s``), take the due retries, read up to ``read_batch`` new entries (``XREADGROUP``),
-deliver them (:mod:`worker.batches`), renew the lease. When the budget runs out with work left,
+deliver them (:mod:`worker.batches`), renew the lease. A batch stops before its next upload or commit
+once the lease is lost, and when it has waited ``drain_budget_s`` for upload slots (so a warm shutdown is
+not held by a starved account): its entries stay pending. When the budget runs out with work left,
 the task queues its successor at once, so a busy partition is drained back to back (full
 batches) while idle ones cost one cheap look per tick.
 """
@@ -29,6 +31,7 @@ import redis
 import structlog
 
 from worker.batches import Deliverer, StreamEntry, Tally
+from worker.errors import DrainStopped
 from worker.lease import Lease, LeaseKeeper
 from worker.queue import GROUP, Keys
 from worker.retries import RetrySchedule
@@ -123,7 +126,16 @@ class Drainer:
                     break
                 result.entries += len(entries)
                 result.retries += len(retries)
-                result.tally.add(self.deliverer.deliver(partition, entries, retries, keepalive=lease.renew))
+                batch_deadline = time.monotonic() + self.budget_s  # the longest a batch waits for upload slots
+                try:
+                    tally = self.deliverer.deliver(
+                        partition, entries, retries, keepalive=lease.renew, deadline=batch_deadline
+                    )
+                except DrainStopped as exc:  # nothing more sent or committed: the entries stay pending
+                    log.warning("drain_stopped", partition=partition, reason=str(exc), lease_held=lease.held)
+                    result.more = lease.held  # no slot in time: try again soon; a lost lease: the new holder drains
+                    break
+                result.tally.add(tally)
                 if not lease.renew():
                     log.warning("lease_lost", partition=partition)
                     break

@@ -6,6 +6,7 @@
     ├── ConfigError          settings or the destinations file are invalid (raised at start-up)
     ├── OperatorError        an operator's dead-letter request is invalid (filter, letter id, import line)
     ├── MessageError         a Segment message breaks the wire contract (SPEC §1); `reason` says why
+    ├── DrainStopped         a drain must stop mid-batch (lease lost, no upload slot in time); its entries stay pending
     └── RequestError         ingest refuses a whole HTTP request: `status`, `code`, `message` (the JSON body)
         └── Unavailable      503: Redis does not answer or the backlog is above its cap (with Retry-After)
 """
@@ -27,6 +28,12 @@ class MessageError(RelayError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class DrainStopped(RelayError):
+    """A drain stops before its next upload or commit: it no longer holds its partition's lease (expired while
+    Redis was unreachable, or taken over), or no upload slot came within its time budget. The batch's entries stay
+    pending (reclaimed by the lease's new holder, or retried by the next drain); nothing is lost."""
 
 
 class RequestError(RelayError):

@@ -11,10 +11,15 @@ Deletion records (``{"type": "delete", ...}``, :mod:`worker.deletion`) go the sa
 profile delete call (:meth:`~worker.clevertap.CleverTap.delete`, ≤ 100 identities and ≤ 100 guids per request,
 :func:`delete_chunks`), after the destination's uploads: same slots, verdicts, splits, pause and retries
 (one structlog line ``delete`` per request).
+
+A drain passes ``keepalive`` (its lease's renew) and ``deadline`` (``time.monotonic()``): before each request,
+split halves included, the lease is renewed, and the slot wait ends at the deadline; a lost lease or a slot that
+does not come in time raises :class:`~worker.errors.DrainStopped` (the batch's entries stay pending).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +30,7 @@ from worker import metrics
 from worker.clevertap import MAX_DELETE_IDS, MAX_RECORDS, MAX_TOKENS, CleverTap, Report
 from worker.concurrency import AccountSlots
 from worker.destinations import Destination
+from worker.errors import DrainStopped
 from worker.policy import SPLIT, RetryPolicy, Verdict, classify
 from worker.queue import Keys
 
@@ -84,8 +90,17 @@ class Uploader:
         self.slots = slots
         self.policy = policy
 
-    def send(self, destination: Destination, group: list[Work], keepalive: Callable[[], object] | None) -> int:
-        """Upload the group's records; set every record's verdict. Returns the number of requests."""
+    def send(
+        self,
+        destination: Destination,
+        group: list[Work],
+        keepalive: Callable[[], object] | None,
+        deadline: float | None = None,
+    ) -> int:
+        """Upload the group's records; set every record's verdict. Returns the number of requests.
+
+        Raises :class:`~worker.errors.DrainStopped` before a request when ``keepalive`` answers ``False`` (the
+        lease is lost) or no slot comes by ``deadline`` (monotonic)."""
         items = [(work, i) for work in group for i, verdict in enumerate(work.verdicts) if verdict is None]
         paused = self.client.get(self.keys.paused(destination.write_key))
         if paused is not None:
@@ -101,7 +116,7 @@ class Uploader:
         pending: list[tuple[Call, Slice]] = [(self.clevertap.upload, chunk) for chunk in chunks(items)]
         pending += [(self.clevertap.delete, chunk) for chunk in delete_chunks(deletes)]
         for number, (call, chunk) in enumerate(pending):
-            failure, sent = self._upload(destination, chunk, keepalive, call)
+            failure, sent = self._upload(destination, chunk, keepalive, call, deadline)
             requests += sent
             if failure is not None:  # the whole request failed: the rest would too; do not hammer
                 for _, rest in pending[number + 1 :]:
@@ -111,26 +126,33 @@ class Uploader:
         return requests
 
     def _upload(
-        self, destination: Destination, chunk: Slice, keepalive: Callable[[], object] | None, call: Call | None = None
+        self,
+        destination: Destination,
+        chunk: Slice,
+        keepalive: Callable[[], object] | None,
+        call: Call | None = None,
+        deadline: float | None = None,
     ) -> tuple[Verdict | None, int]:
         """One request (halved recursively on a whole-batch 4xx). Returns (batch-wide failure or None, requests)."""
         call = call if call is not None else self.clevertap.upload
         records = [work.records[index] for work, index in chunk]
-        if keepalive is not None:  # a batch may take several requests (splits): keep the partition's lease
-            keepalive()
-        with self.slots.slot(destination.account_id, keepalive=keepalive):
+        # a batch may take several requests (splits): keep the partition's lease, and send nothing once it is lost
+        if keepalive is not None and keepalive() is False:
+            raise DrainStopped("partition lease lost")
+        timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+        with self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s):
             report = call(destination, records)
         self.slots.record(destination.account_id, throttled=report.status == 429)
         verdicts = classify(report)
         self._observe(destination, report, verdicts, "delete" if call == self.clevertap.delete else "upload")
         if verdicts is SPLIT:
             middle = len(chunk) // 2
-            first, sent_first = self._upload(destination, chunk[:middle], keepalive, call)
+            first, sent_first = self._upload(destination, chunk[:middle], keepalive, call, deadline)
             if first is not None:
                 for work, index in chunk[middle:]:
                     work.verdicts[index] = first
                 return first, 1 + sent_first
-            second, sent_second = self._upload(destination, chunk[middle:], keepalive, call)
+            second, sent_second = self._upload(destination, chunk[middle:], keepalive, call, deadline)
             return second, 1 + sent_first + sent_second
         assert isinstance(verdicts, list)
         for (work, index), verdict in zip(chunk, verdicts, strict=True):
