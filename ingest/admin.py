@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
+from ingest import body as bodies
 from ingest.routes import error_response
 from worker import dlq
 from worker.deadletters import DeadLetterStore, Filter
@@ -93,9 +94,16 @@ _bearer = HTTPBearer(auto_error=False, description="the admin token, CTRELAY_ADM
 
 
 def build_router(
-    store: DeadLetterStore, producer: Producer, destinations: Mapping[str, Destination], token: str
+    store: DeadLetterStore,
+    producer: Producer,
+    destinations: Mapping[str, Destination],
+    token: str,
+    *,
+    import_limit: int = 64 * 1024 * 1024,
 ) -> APIRouter:
-    """The admin routes over ``store``; every route requires the Bearer ``token``."""
+    """The admin routes over ``store``; every route requires the Bearer ``token``.
+
+    An import body larger than ``import_limit`` bytes is refused (400 ``body_too_large``), unread past it."""
     expected = token.encode("utf-8")
 
     def authorize(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
@@ -153,11 +161,21 @@ def build_router(
         """Delete the selected letters for good."""
         return {"deleted": dlq.purge(store, _checked(body))}
 
-    @router.post("/import")
-    async def import_letters(request: Request) -> dict[str, Any]:
+    @router.post("/import", response_model=None)
+    async def import_letters(request: Request) -> dict[str, Any] | Response:
         """Add letters from a JSON lines body (the export format); bad lines are listed, not imported."""
-        lines = (await request.body()).splitlines()
-        result = await run_in_threadpool(dlq.import_lines, store, lines)
+        too_large = RequestError(
+            400,
+            "body_too_large",
+            f"import body larger than {import_limit} bytes: split it, or raise CTRELAY_MAX_IMPORT_BYTES",
+        )
+        try:  # bounded: refused as soon as more than import_limit bytes arrive
+            raw = await bodies.read(request.stream(), request.headers.get("content-length"), import_limit)
+        except RequestError:
+            return error_response(too_large, 0)
+        if len(raw) > import_limit:  # (read allows a little slack, meant for compressed bodies)
+            return error_response(too_large, 0)
+        result = await run_in_threadpool(dlq.import_lines, store, raw.splitlines())
         return result.to_dict()
 
     return router
@@ -193,7 +211,9 @@ def mount(app: FastAPI, config: Config) -> bool:
     app.add_exception_handler(redis.RedisError, unavailable)
     store = DeadLetterStore(client, keys, settings.deadletter_retention)
     producer = dlq.replay_producer(keys, settings.partitions)
-    app.include_router(build_router(store, producer, config.destinations, token))
+    app.include_router(
+        build_router(store, producer, config.destinations, token, import_limit=settings.max_import_bytes)
+    )
     from ingest import admin_users  # user deletion: /admin/users (same token)
 
     window = settings.suppression_window_s

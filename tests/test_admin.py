@@ -246,3 +246,23 @@ def test_redis_down_is_a_503_with_retry_after(prefix: str) -> None:
         assert response.json()["code"] == "queue_unavailable"
         assert response.headers["retry-after"] == str(Settings().retry_after)
     app.state.admin_redis.close()
+
+
+def test_import_body_is_bounded(client: AdminClient, store: DeadLetterStore, redis_url: str, prefix: str) -> None:
+    """An import body past CTRELAY_MAX_IMPORT_BYTES is refused with a 400 (code, message); nothing is imported."""
+    exported = client.get("/admin/deadletters/export", headers=AUTH).content
+    limit = len(exported)
+    settings = Settings(
+        REDIS_URL=redis_url, redis_prefix=prefix, partitions=PARTITIONS, admin_token=TOKEN, max_import_bytes=limit
+    )
+    bounded = FastAPI()
+    assert mount(bounded, Config(settings=settings, destinations=config(redis_url, prefix, TOKEN).destinations))
+    client = AdminClient(bounded)
+    client.post("/admin/deadletters/purge", json={"all": True}, headers=AUTH)
+    refused = client.post("/admin/deadletters/import", content=exported + b"\n", headers=AUTH)
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "body_too_large"
+    assert str(len(exported)) in refused.json()["message"]
+    assert store.count() == 0
+    assert client.post("/admin/deadletters/import", content=exported, headers=AUTH).json()["imported"] == 5
+    assert store.count() == 5

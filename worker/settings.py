@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     partitions: int = Field(default=16, ge=1, le=4096, description="number of stream partitions")
     admin_token: SecretStr | None = Field(default=None, description="enables the admin API when set")
     deadletter_retention: int = Field(default=14 * 86_400, ge=1, description="seconds a dead letter is kept")
+    max_import_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="one POST /admin/deadletters/import body (JSON lines)"
+    )
     log_level: str = "info"
     log_format: str = Field(default="auto", description="json, console, or auto (console on a terminal)")
     # Delivery (worker/delivery.py, worker/app.py; README "Delivery").
