@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import redis
-from delivery_e2e import Proc, Relay, wait_for
+from delivery_e2e import Proc, Relay, http_ok, wait_for
 
 from worker.embedded import answers, free_port
 from worker.queue import GROUP
@@ -94,14 +94,10 @@ class Cluster:
     workers: list[Proc | None] = field(default_factory=list)
     sandbox_proc: Proc | None = None
     ingest_proc: Proc | None = None
-    ingest_port: int = 0
+    ingest_url: str = ""
     saved: list[list[dict[str, Any]]] = field(default_factory=list)
     """Records of each earlier sandbox incarnation, saved just before it was killed."""
     saved_stats: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def ingest_url(self) -> str:
-        return f"http://127.0.0.1:{self.ingest_port}"
 
     @property
     def incarnation(self) -> int:
@@ -111,9 +107,7 @@ class Cluster:
         self.relay.sandbox_port = free_port()
         self.relay.destinations(destinations)
         self.start_sandbox()
-        self.ingest_port = free_port()
-        self.ingest_proc = self.relay.start("ingest", ["ingest", "--port", str(self.ingest_port)])
-        wait_for(lambda: _ok(self.ingest_url + "/readyz"), 30, "ingest to be ready", self.ingest_proc)
+        self.ingest_proc, self.ingest_url = self.relay.start_ingest()
         self.workers = [None] * workers
         for index in range(workers):
             self.start_worker(index)
@@ -132,7 +126,7 @@ class Cluster:
     def start_sandbox(self) -> None:
         port = str(self.relay.sandbox_port)
         self.sandbox_proc = self.relay.start("sandbox", ["sandbox", "--port", port, *self.sandbox_flags])
-        wait_for(lambda: _ok(self.relay.sandbox_url + "/_sandbox/health"), 30, "the sandbox", self.sandbox_proc)
+        wait_for(lambda: http_ok(self.relay.sandbox_url + "/_sandbox/health"), 30, "the sandbox", self.sandbox_proc)
 
     def kill_sandbox(self) -> None:
         """Stop new uploads (503), let those in flight finish, save what it holds, then SIGKILL it."""
@@ -167,13 +161,6 @@ class Cluster:
     def stop(self) -> None:
         self.relay.stop_all()
         self.redis_server.stop()
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass

@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from delivery_e2e import Relay, wait_for  # noqa: E402
 
-from worker.embedded import free_port, redis_server  # noqa: E402
+from worker.embedded import redis_server  # noqa: E402
 
 WRITE_KEY, ACCOUNT, PASSCODE = "soak-wk", "SOAK", "soak"
 PRODUCTION = {  # README "Delivery" defaults (Relay's test environment shortens them)
@@ -168,10 +168,7 @@ def main() -> None:
         try:
             relay.start_sandbox("--latency-ms", str(args.latency_ms))
             relay.destinations([{"write_key": WRITE_KEY, "account_id": ACCOUNT, "passcode": PASSCODE}])
-            port = free_port()
-            ingest = relay.start("ingest", ["ingest", "--port", str(port)])
-            url = f"http://127.0.0.1:{port}"
-            wait_for(lambda: _ok(url + "/readyz"), 30, "ingest", ingest)
+            _, url = relay.start_ingest()
             workers = [relay.start_worker() for _ in range(args.workers)]
             time.sleep(3)  # the workers connect and create their groups
             out(f"soak: {args.rate:.0f} msgs/s for {seconds:.0f} s, {args.workers} workers, "
@@ -263,13 +260,6 @@ def memory_per_message(
     out(f"Redis memory per queued message ({queued} queued through ingest, workers stopped; ~330-byte tracks): "
         f"{(after - before) / queued:.0f} B with its dedup marker (used_memory), "
         f"{(streams - streams_before) / queued:.0f} B stream entry alone (MEMORY USAGE)")  # fmt: skip
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 if __name__ == "__main__":
