@@ -395,3 +395,7 @@ def test_ingest_a_failed_enqueue_suppresses_nobody(redis_url: str, redis_client:
     assert _post_batches(_ingest_app(redis_url, keys), [[deletion]]) == [503]
     assert suppressed(redis_client, keys, DEST, time.time()) == []
     assert not redis_client.exists(keys.suppressed(WK))
+    redis_client.delete(keys.stream(0))  # Redis takes writes again: the client's retry is new, not a duplicate
+    assert _post_batches(_ingest_app(redis_url, keys), [[deletion]]) == [200]
+    assert [s["id"] for s in suppressed(redis_client, keys, DEST, time.time())] == ["u1"]
+    assert redis_client.xlen(keys.stream(0)) == 1

@@ -58,6 +58,20 @@ def test_enqueue_writes_each_message_once_per_write_key(redis_url: str, keys: Ke
     assert asyncio.run(enqueue(redis_url, producer, [])) == []
 
 
+def test_a_failed_xadd_leaves_no_dedup_marker(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    """A write Redis refuses (503 to the client) must not make the client's retry look like a duplicate."""
+    producer = Producer(keys, 1, dedup_window=600)
+    entries = [producer.entry("wk", message("alice", "m1")), producer.entry("wk", message("bob", "m2"))]
+    redis_client.set(keys.stream(0), "not a stream")  # every XADD fails with WRONGTYPE
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        asyncio.run(enqueue(redis_url, producer, entries))
+    assert not redis_client.exists(keys.dedup("wk", "m1"))
+    assert not redis_client.exists(keys.dedup("wk", "m2"))
+    redis_client.delete(keys.stream(0))
+    assert all(asyncio.run(enqueue(redis_url, producer, entries)))  # the retry is taken, not dropped
+    assert [Envelope.decode(f).message["messageId"] for _, f in redis_client.xrange(keys.stream(0))] == ["m1", "m2"]
+
+
 def test_add_queues_plain_xadds_without_dedup(keys: Keys, redis_client: redis.Redis) -> None:
     producer = Producer(keys, 4, dedup_window=600)
     pipe = redis_client.pipeline(transaction=True)

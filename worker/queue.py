@@ -130,12 +130,20 @@ class Envelope:
 
 # The producer: ingest writes accepted messages with it; dead-letter replay re-adds them. -----------------------
 
+# KEYS: (dedup marker, stream) per entry; ARGV: window, then w and m per entry. A message whose marker is new is
+# added; a failed XADD (a key of the wrong type) removes its marker again and fails the script, so that the
+# client's retry is not taken for a duplicate (entries added before it are, rightly).
 _ENQUEUE_LUA = """
 local window = ARGV[1]
 local out = {}
 for i = 1, #KEYS / 2 do
   if redis.call('SET', KEYS[2 * i - 1], '1', 'NX', 'EX', window) then
-    out[i] = redis.call('XADD', KEYS[2 * i], '*', 'w', ARGV[2 * i], 'm', ARGV[2 * i + 1])
+    local id = redis.pcall('XADD', KEYS[2 * i], '*', 'w', ARGV[2 * i], 'm', ARGV[2 * i + 1])
+    if type(id) == 'table' and id.err then
+      redis.call('DEL', KEYS[2 * i - 1])
+      return id
+    end
+    out[i] = id
   else
     out[i] = false
   end
@@ -156,7 +164,12 @@ local changed = false
 for i = 1, (#KEYS - 1) / 2 do
   local pairs_count = tonumber(ARGV[at + 2])
   if redis.call('SET', KEYS[2 * i - 1], '1', 'NX', 'EX', window) then
-    out[i] = redis.call('XADD', KEYS[2 * i], '*', 'w', ARGV[at], 'm', ARGV[at + 1])
+    local id = redis.pcall('XADD', KEYS[2 * i], '*', 'w', ARGV[at], 'm', ARGV[at + 1])
+    if type(id) == 'table' and id.err then
+      redis.call('DEL', KEYS[2 * i - 1])
+      return id
+    end
+    out[i] = id
     if pairs_count > 0 then
       redis.call('HSET', hash, unpack(ARGV, at + 3, at + 2 + 2 * pairs_count))
       changed = true
