@@ -1,4 +1,6 @@
-"""The HTTP ingest process: Segment's Tracking API in, partitioned Redis Streams out.
+"""The HTTP ingest process: Segment's Tracking API in, partitioned Redis Streams out; and the admin API.
 
-It knows nothing of CleverTap: it validates, authenticates, deduplicates and enqueues.
+It validates, authenticates, deduplicates and enqueues; it knows nothing of delivery (it never imports
+``worker.delivery.drain`` or ``worker.cli``). Rooms: ``tracking`` (the Tracking API), ``admin`` (the operator API),
+``body`` (the one bounded body reader), ``responses``, ``metrics``, ``app``.
 """

@@ -1,6 +1,6 @@
 """The ingest ASGI application: routes, health, metrics, OpenAPI, and the process's Redis client.
 
-:func:`create_app` builds it from a :class:`worker.settings.Config`; :func:`factory` builds it from
+:func:`create_app` builds it from a :class:`worker.core.settings.Config`; :func:`factory` builds it from
 the environment (what uvicorn calls in each worker process); :func:`serve` runs it.
 """
 
@@ -24,13 +24,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingest import admin, metrics, openapi
-from ingest.routes import Ingest, Kind, error_response
-from worker import logs
-from worker.errors import ConfigError, RequestError
-from worker.messages import CALL_TYPES
-from worker.queue import Keys, Producer
-from worker.settings import Config, load
+from ingest import metrics
+from ingest.admin.mount import mount as mount_admin
+from ingest.responses import error_response
+from ingest.tracking import openapi
+from ingest.tracking.routes import Ingest, Kind
+from worker.core import logs
+from worker.core.errors import ConfigError, RequestError
+from worker.core.keys import Keys
+from worker.core.messages import CALL_TYPES
+from worker.core.settings import Config, load
+from worker.store.producer import Producer
 
 log = structlog.get_logger("ctrelay.ingest")
 
@@ -161,7 +165,7 @@ def create_app(config: Config) -> FastAPI:
         """Prometheus metrics (summed over every worker process)."""
         return Response(metrics.render(settings.prometheus_multiproc_dir), media_type=metrics.CONTENT_TYPE)
 
-    admin.mount(app, config)  # the dead-letter admin API, only when CTRELAY_ADMIN_TOKEN is set
+    mount_admin(app, config)  # the admin API, only when CTRELAY_ADMIN_TOKEN is set
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> Response:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from worker.errors import RequestError
+from worker.core.errors import RequestError
 
 _WIRE_SLACK = 1024
 """Compressed input may be slightly larger than its output (incompressible data): allow it on the wire."""

@@ -22,8 +22,8 @@ import httpx
 import redis
 from delivery_e2e import Proc, Relay, http_ok, wait_for
 
-from worker.embedded import answers, free_port
-from worker.queue import GROUP
+from worker.cli.embedded import answers, free_port
+from worker.core.keys import GROUP
 
 WORKER_ENV = {
     "CTRELAY_UPLOAD_TIMEOUT_S": "2",

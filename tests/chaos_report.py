@@ -23,7 +23,7 @@ from typing import Any
 from chaos_faults import PERMANENT_CODE, TIMEOUT_MS, Event, Sample
 from chaos_load import BAD_CODE, record_mid
 
-from worker.letters import Letter
+from worker.store.letters import Letter
 
 UPLOAD_TIMEOUT_S = 2.0
 

@@ -2,7 +2,7 @@
 end-to-end tests (a relay per test, an ingest per module).
 
 Redis: ``REDIS_URL`` when set and answering, else 127.0.0.1:6379 when it answers, else an embedded
-``redis-server`` or fakeredis (:mod:`worker.embedded`). The session header says which.
+``redis-server`` or fakeredis (:mod:`worker.cli.embedded`). The session header says which.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import redis
 from delivery_e2e import Relay
 from ingest_process import Ingest, running_ingest
 
-from worker.embedded import RedisHandle, ensure_redis
-from worker.queue import Keys
+from worker.cli.embedded import RedisHandle, ensure_redis
+from worker.core.keys import Keys
 
 _handle: RedisHandle | None = None
 

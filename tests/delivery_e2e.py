@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import redis
 
-from worker.deadletters import DeadLetterStore
-from worker.embedded import free_port
-from worker.queue import GROUP, Keys, Producer
+from worker.cli.embedded import free_port
+from worker.core.keys import GROUP, Keys
+from worker.store.deadletters import DeadLetterStore
+from worker.store.producer import Producer
 
 CLI = "from worker.cli import app; app(prog_name='ctrelay')"
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,14 +11,15 @@ import httpx
 import orjson
 import redis
 
-from worker.batches import Deliverer
-from worker.clevertap import CleverTap
-from worker.concurrency import AccountSlots
-from worker.deadletters import DeadLetterStore
-from worker.delivery import Drainer, ensure_group
-from worker.destinations import Destination
-from worker.policy import RetryPolicy
-from worker.queue import Envelope, Keys, partition_of
+from worker.core.destinations import Destination
+from worker.core.keys import Envelope, Keys, partition_of
+from worker.delivery.batches import Deliverer
+from worker.delivery.clevertap import CleverTap
+from worker.delivery.drain import Drainer
+from worker.delivery.policy import RetryPolicy
+from worker.store.deadletters import DeadLetterStore
+from worker.store.slots import AccountSlots
+from worker.store.streams import ensure_group
 
 Rule = Callable[[list[dict[str, Any]], str], httpx.Response | None]
 

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import redis
 
-from worker.embedded import free_port, stop_process
-from worker.queue import Envelope, Keys
+from worker.cli.embedded import free_port, stop_process
+from worker.core.keys import Envelope, Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 CTRELAY = str(Path(sys.executable).parent / "ctrelay")

@@ -26,8 +26,9 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from bench_delivery import naive_app  # noqa: E402
 from bench_redis_memory import message  # noqa: E402
 
-from worker.embedded import redis_server  # noqa: E402
-from worker.queue import Keys, Producer  # noqa: E402
+from worker.cli.embedded import redis_server  # noqa: E402
+from worker.core.keys import Keys  # noqa: E402
+from worker.store.producer import Producer  # noqa: E402
 
 PARTITIONS = 16
 

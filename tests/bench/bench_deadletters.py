@@ -15,10 +15,11 @@ from typing import Any
 
 import redis
 
-from worker import dlq
-from worker.deadletters import DeadLetterStore, Filter, Letter
-from worker.destinations import Destination, Destinations
-from worker.queue import Keys
+from worker.core.destinations import Destination, Destinations
+from worker.core.keys import Keys
+from worker.ops import deadletters as dlq
+from worker.store.deadletters import DeadLetterStore
+from worker.store.letters import Filter, Letter
 
 PARTITIONS = 16
 

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python tests/bench/bench_deletion.py [--messages 20000] [--rounds 3]``
 
 Every batch a worker delivers is screened against the destination's suppressed users (one ``HMGET``
-per destination and batch, :meth:`worker.deletion.Suppressions.screen`). This drains the same
+per destination and batch, :meth:`worker.store.suppressions.Suppressions.screen`). This drains the same
 ``--messages`` tracks (1000 per batch, 5,000 users, an instant in-process CleverTap, the real Redis at
 ``REDIS_URL``) three ways, rounds interleaved, best round shown:
 
@@ -33,9 +33,9 @@ import redis  # noqa: E402
 import structlog  # noqa: E402
 from delivery_fakes import FakeCleverTap, build, enqueue  # noqa: E402
 
-from worker.destinations import Destination  # noqa: E402
-from worker.queue import Keys  # noqa: E402
-from worker.suppression import suppression_fields  # noqa: E402
+from worker.core.destinations import Destination  # noqa: E402
+from worker.core.keys import Keys  # noqa: E402
+from worker.store.suppressions import suppression_fields  # noqa: E402
 
 WK = "wk-bench"
 DEST = Destination(write_key=WK, account_id="ACC-BENCH", passcode="secret")

@@ -36,8 +36,9 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from worker.embedded import free_port  # noqa: E402
-from worker.queue import Keys, Producer  # noqa: E402
+from worker.cli.embedded import free_port  # noqa: E402
+from worker.core.keys import Keys  # noqa: E402
+from worker.store.producer import Producer  # noqa: E402
 
 CLI = "from worker.cli import app; app(prog_name='ctrelay')"
 WRITE_KEY, ACCOUNT, PASSCODE = "bench-wk", "BENCH", "bench"
@@ -53,8 +54,8 @@ def naive_app(broker: str, queue: str) -> Any:
     """A Celery app whose one task transforms and uploads ONE message (what the relay is measured against)."""
     from celery import Celery
 
-    from worker.destinations import Destination
-    from worker.transform import transform
+    from worker.core.destinations import Destination
+    from worker.transform.records import transform
 
     app = Celery("naive", broker=broker, set_as_current=False)
     app.conf.update(

@@ -33,7 +33,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from worker.queue import Keys, Producer  # noqa: E402
+from worker.core.keys import Keys  # noqa: E402
+from worker.store.producer import Producer  # noqa: E402
 
 WRITE_KEY = "wk_bench"
 AUTH = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()

@@ -17,8 +17,10 @@ import uuid
 
 import redis
 
-from worker.deadletters import DeadLetterStore, Letter
-from worker.queue import Keys, Producer
+from worker.core.keys import Keys
+from worker.store.deadletters import DeadLetterStore
+from worker.store.letters import Letter
+from worker.store.producer import Producer
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 PARTITIONS = 16

@@ -8,7 +8,7 @@ timestamp (as ingest stores them), the keys repeat as they do in real traffic. T
 
 - cached: the bounded LRU key cache warm (the steady state of a worker);
 - cold cache: ``snake_case.cache_clear()`` before every round (the first messages after a start);
-- uncached: every key converted again (:func:`worker.keycase.convert` in place of the cache).
+- uncached: every key converted again (:func:`worker.transform.keycase.convert` in place of the cache).
 
 Rates are per second of this process's CPU time (what one core does, on a machine shared with other
 work) and, beside them, per second of wall time. Rounds are interleaved and the best of each is shown;
@@ -28,10 +28,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import worker.values  # noqa: E402
-from worker.destinations import Destination  # noqa: E402
-from worker.keycase import convert, snake_case  # noqa: E402
-from worker.transform import TransformStats, transform  # noqa: E402
+import worker.transform.values  # noqa: E402
+from worker.core.destinations import Destination  # noqa: E402
+from worker.transform.keycase import convert, snake_case  # noqa: E402
+from worker.transform.records import TransformStats, transform  # noqa: E402
 
 
 def stamp(i: int) -> str:
@@ -161,10 +161,10 @@ def main() -> None:
     messages = mix(args.messages)
 
     def uncached() -> None:
-        worker.values.snake_case = convert  # type: ignore[assignment]
+        worker.transform.values.snake_case = convert  # type: ignore[assignment]
 
     def cached() -> None:
-        worker.values.snake_case = snake_case
+        worker.transform.values.snake_case = snake_case
 
     def cold() -> None:
         cached()

@@ -38,8 +38,9 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from worker.embedded import free_port  # noqa: E402
-from worker.queue import Keys, Producer  # noqa: E402
+from worker.cli.embedded import free_port  # noqa: E402
+from worker.core.keys import Keys  # noqa: E402
+from worker.store.producer import Producer  # noqa: E402
 
 CLI = "from worker.cli import app; app(prog_name='ctrelay')"
 WRITE_KEY, ACCOUNT, PASSCODE = "bench-wk", "BENCH", "bench"

@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from delivery_e2e import Relay, wait_for  # noqa: E402
 
-from worker.embedded import redis_server  # noqa: E402
+from worker.cli.embedded import redis_server  # noqa: E402
 
 WRITE_KEY, ACCOUNT, PASSCODE = "soak-wk", "SOAK", "soak"
 PRODUCTION = {  # README "Delivery" defaults (Relay's test environment shortens them)

@@ -1,0 +1,102 @@
+"""What ingest adds to a valid message. Pure: the clock is passed in.
+
+- ``messageId`` when missing (a given one is kept);
+- ``receivedAt``: when ingest received the request;
+- a batch's top-level ``context`` and ``integrations`` deep-merged into each item (the item wins);
+- clock-skew correction for client-library traffic:
+  ``timestamp = receivedAt - (sentAt - originalTimestamp)``, the client's own value kept as
+  ``originalTimestamp``; not for webhooks (Segment already corrected those). A malformed or
+  missing timestamp falls back to ``receivedAt``.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+def format_time(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a ``Z``: ``2026-11-28T21:00:00.123Z``."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: object) -> datetime | None:
+    """An ISO 8601 string as an aware datetime (naive means UTC), or None when it is not one."""
+    if not isinstance(value, str) or not value or len(value) > 64:  # ISO 8601 needs ~35 characters at most
+        return None
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(value: str) -> datetime | None:
+    """Cached: every item of a batch shares the batch's ``sentAt``."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two objects key by key; ``own`` wins, nested objects are merged, ``base`` is not changed."""
+    merged = dict(base)
+    for key, value in own.items():
+        below = merged.get(key)
+        merged[key] = merge(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+    return merged
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What one HTTP request gives every message it carries."""
+
+    received: datetime
+    sent_at: str | None = None
+    """The batch's ``sentAt`` (an item's own wins)."""
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    correct_skew: bool = True
+
+    @property
+    def received_text(self) -> str:
+        return format_time(self.received)
+
+
+def _timestamp(message: dict[str, Any], request: Request, received_text: str) -> str:
+    if not request.correct_skew:
+        return message["timestamp"] if parse_time(message.get("timestamp")) is not None else received_text
+    original = message.get("originalTimestamp", message.get("timestamp"))
+    if original is None:
+        return received_text
+    message["originalTimestamp"] = original
+    client_time = parse_time(original)
+    if client_time is None:
+        return received_text
+    sent = parse_time(message.get("sentAt", request.sent_at))
+    try:
+        return format_time(client_time if sent is None else request.received - (sent - client_time))
+    except (OverflowError, ValueError):  # out of datetime's range once shifted (year 1 or 9999): malformed
+        return received_text
+
+
+def enrich(message: dict[str, Any], request: Request, received_text: str) -> dict[str, Any]:
+    """Add what ingest adds to a parsed message (in place) and return it."""
+    if not message.get("messageId"):
+        message["messageId"] = str(uuid.uuid4())
+    if request.context is not None:
+        own = message.get("context")
+        message["context"] = merge(request.context, own) if isinstance(own, dict) else request.context
+    if request.integrations is not None:
+        own = message.get("integrations")
+        message["integrations"] = merge(request.integrations, own) if isinstance(own, dict) else request.integrations
+    if request.sent_at is not None and "sentAt" not in message:
+        message["sentAt"] = request.sent_at
+    message["receivedAt"] = received_text
+    message["timestamp"] = _timestamp(message, request, received_text)
+    message.pop("writeKey", None)
+    return message

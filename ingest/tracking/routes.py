@@ -1,0 +1,241 @@
+"""The Tracking API's request handling: one request in, its accepted messages in Redis, one answer out.
+
+A request is refused as a whole (nothing enqueued) when it is malformed, oversize, unauthenticated,
+or when the queue cannot take it (503). Otherwise each message is validated, enriched and encoded;
+in a batch (or a webhook array) an invalid item is dropped and counted, the rest accepted. The
+answer is 200 only after Redis has written every accepted message (one round trip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+import redis
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from ingest import body, metrics
+from ingest.responses import SUCCESS, error_response
+from ingest.tracking import auth
+from ingest.tracking.enrich import Request as Enrichment
+from ingest.tracking.enrich import enrich
+from worker.core.destinations import Destination, Destinations
+from worker.core.errors import MessageError, RequestError, Unavailable
+from worker.core.messages import parse
+from worker.core.settings import Settings
+from worker.store.producer import Entry, Producer
+from worker.store.suppressions import VERSION_FIELD, Suppression, fields_of
+from worker.transform.deletions import deletion_of
+
+log = structlog.get_logger("ctrelay.ingest")
+
+Kind = Literal["single", "batch", "webhook"]
+
+
+@dataclass
+class QueueState:
+    """What the background measure knows of the queue (per process)."""
+
+    backlog: int = 0
+    measured_at: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """What became of one request's messages."""
+
+    entries: list[Entry] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    rejected: Tally[str] = field(default_factory=Tally)
+    deletions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Tracks named the destination's ``delete_event_name``, by entry index: their users are suppressed with the
+    write of their entry (same script), when it is not a duplicate."""
+    error: RequestError | None = None
+    """Why the last refused item was refused (a single call answers it as a 400)."""
+
+
+def _items(kind: Kind, document: Any, limit: int) -> tuple[list[Any], dict[str, Any] | None]:
+    """The messages a body carries, and the batch's top level (context, sentAt, writeKey) when any.
+
+    One message alone (a single call, or a webhook that is not an array) is refused with a 400 when
+    invalid; in a batch or a webhook array, invalid items are dropped and counted.
+    """
+    if kind == "single":
+        if not isinstance(document, dict):
+            raise RequestError(400, "invalid_body", "body must be a JSON object (one message)")
+        return [document], None
+    if kind == "webhook":
+        items = document if isinstance(document, list) else [document]
+        top = None
+    else:
+        if not isinstance(document, dict):
+            raise RequestError(400, "invalid_body", 'body must be a JSON object {"batch": [...]}')
+        batch = document.get("batch")
+        if not isinstance(batch, list):
+            raise RequestError(400, "invalid_body", "batch: must be an array of messages")
+        items = batch
+        for name in ("context", "integrations"):
+            if document.get(name) is not None and not isinstance(document[name], dict):
+                raise RequestError(400, "invalid_body", f"{name}: must be an object")
+        top = document
+    if len(items) > limit:
+        raise RequestError(400, "too_many_messages", f"{len(items)} messages in one request; at most {limit}")
+    return items, top
+
+
+class Ingest:
+    """Handles the Tracking API's POSTs for one process: its settings, destinations, Redis and producer."""
+
+    def __init__(
+        self, settings: Settings, destinations: Destinations, client: redis.asyncio.Redis, producer: Producer
+    ) -> None:
+        self.settings = settings
+        self.destinations = destinations
+        self.client = client
+        self.producer = producer
+        self.queue = QueueState()
+
+    async def handle(self, request: Request, kind: Kind, implied_type: str | None, route: str) -> Response:
+        """Answer one POST; never raises for a client's mistake or an unavailable Redis."""
+        started = time.perf_counter()
+        try:
+            status = await self._accept(request, kind, implied_type)
+            response = Response(SUCCESS, media_type="application/json")
+        except ClientDisconnect:
+            log.debug("client went away before its body was read", path=route)
+            return Response(status_code=400)
+        except RequestError as exc:
+            status = exc.status
+            response = error_response(exc, self.settings.retry_after)
+            metrics.rejected.labels(exc.code).inc()
+            log.info("request refused", path=route, status=exc.status, code=exc.code, reason=exc.message)
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.duration.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    async def _accept(self, request: Request, kind: Kind, implied_type: str | None) -> int:
+        settings = self.settings
+        headers = request.headers
+        raw = await body.read(request.stream(), headers.get("content-length"), settings.max_batch_bytes)
+        data = body.decompress(raw, headers.get("content-encoding"), settings.max_batch_bytes)
+        if kind == "single" and len(data) > settings.max_message_bytes:
+            raise RequestError(400, "message_too_large", f"message larger than {settings.max_message_bytes} bytes")
+        document = body.parse_json(data)
+        items, top = _items(kind, document, settings.max_batch_messages)
+
+        given: set[str] = set()
+        header_key = auth.basic_write_key(headers.get("authorization"))
+        if header_key:
+            given.add(header_key)
+        if kind == "webhook":
+            query_key = request.query_params.get("writeKey")
+            if query_key:
+                given.add(query_key)
+        else:
+            given |= auth.body_write_keys(top, items)
+        destination = auth.resolve(self.destinations, given)
+        if kind == "webhook":
+            auth.check_signature(destination, data, headers.get("x-signature"))
+
+        cap = settings.backlog_cap
+        if cap and self.queue.backlog > cap:
+            raise Unavailable("backlog_full", f"the queue holds more than {cap} undelivered messages; retry later")
+
+        outcome = self._prepare(items, top, kind, implied_type, destination.write_key)
+        alone = kind == "single" or (kind == "webhook" and not isinstance(document, list))
+        if alone and outcome.error is not None:
+            raise outcome.error
+        written = await self._write(outcome.entries, self._suppression(destination, outcome.deletions))
+
+        name = destination.name
+        types: Tally[str] = Tally()
+        duplicates = 0
+        for kind_of, stream_id in zip(outcome.types, written, strict=True):
+            if stream_id is None:
+                duplicates += 1
+            else:
+                types[kind_of] += 1
+        metrics.count_accepted(types, name)
+        if duplicates:
+            metrics.duplicates.labels(name).inc(duplicates)
+        for reason, number in outcome.rejected.items():
+            metrics.rejected.labels(reason).inc(number)
+        if outcome.rejected:
+            log.info("batch items refused", destination=name, refused=dict(outcome.rejected), accepted=types.total())
+        return 200
+
+    def _prepare(
+        self, items: list[Any], top: dict[str, Any] | None, kind: Kind, implied_type: str | None, write_key: str
+    ) -> Outcome:
+        received = datetime.now(UTC)
+        enrichment = Enrichment(
+            received=received,
+            sent_at=top.get("sentAt") if top is not None and isinstance(top.get("sentAt"), str) else None,
+            context=top.get("context") if top is not None else None,
+            integrations=top.get("integrations") if top is not None else None,
+            correct_skew=kind != "webhook",
+        )
+        received_text = enrichment.received_text
+        limit = self.settings.max_message_bytes
+        outcome = Outcome()
+        entry = self.producer.entry
+        delete_event = self.destinations[write_key].delete_event_name
+        for raw in items:
+            try:
+                message = parse(raw, implied_type)
+            except MessageError as exc:
+                outcome.rejected["invalid_message"] += 1
+                outcome.error = RequestError(400, "invalid_message", exc.reason)
+                continue
+            if kind == "webhook":
+                message.pop("writeKey", None)
+            enrich(message, enrichment, received_text)
+            encoded = orjson.dumps(message)
+            if len(encoded) > limit:
+                outcome.rejected["message_too_large"] += 1
+                outcome.error = RequestError(400, "message_too_large", f"message larger than {limit} bytes")
+                continue
+            outcome.entries.append(entry(write_key, message, encoded))
+            outcome.types.append(message["type"])
+            if message["type"] == "track" and message.get("event") == delete_event:
+                outcome.deletions[len(outcome.entries) - 1] = message
+        return outcome
+
+    def _suppression(
+        self, destination: Destination, deletions: dict[int, dict[str, Any]]
+    ) -> tuple[str, str, dict[int, dict[str, str]]] | None:
+        """The suppression of the users of accepted ``Delete User`` tracks, for :meth:`Producer.enqueue`: written in
+        the script that XADDs each deletion (atomically with it), and only for a deletion that is not a duplicate (a
+        client's retry after ``ctrelay users unsuppress`` suppresses nobody again), so that the users' messages
+        queued ahead are dropped (:mod:`worker.store.suppressions`) and a failure (503) leaves neither written."""
+        if not deletions:
+            return None
+        now = time.time()
+        value = Suppression("", now + self.settings.suppression_window_s, now, "track").encode()
+        fields: dict[int, dict[str, str]] = {}
+        for index, message in deletions.items():
+            deletion = deletion_of(message, destination)
+            found = fields_of(deletion.record()) if deletion is not None else []
+            if found:
+                fields[index] = dict.fromkeys(found, value)
+        key = self.producer.keys.suppressed(destination.write_key)
+        return key, VERSION_FIELD, fields
+
+    async def _write(
+        self, entries: list[Entry], suppress: tuple[str, str, dict[int, dict[str, str]]] | None = None
+    ) -> list[bytes | None]:
+        """Enqueue in one round trip; any Redis failure or timeout becomes a 503."""
+        try:
+            return await asyncio.wait_for(
+                self.producer.enqueue(self.client, entries, suppress), timeout=self.settings.redis_timeout * 3
+            )
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis unavailable", error=type(exc).__name__)
+            raise Unavailable("queue_unavailable", "the queue is not reachable; retry later") from None

@@ -1,0 +1,299 @@
+"""Integration (real Redis): draining a partition into a fake CleverTap, per-record outcomes, retries, atomicity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from delivery_fakes import Clock, FakeCleverTap, build, enqueue, track
+from pydantic import SecretStr
+
+from worker.core.destinations import Destination
+from worker.core.keys import GROUP, Keys
+from worker.store.deadletters import DeadLetterStore
+from worker.store.retries import RetrySchedule
+
+pytestmark = pytest.mark.integration
+
+DEST = Destination(write_key="wk", account_id="ACC", passcode="secret", endpoint="http://ct.test")
+DESTS = {"wk": DEST}
+
+
+def pending(client: redis.Redis, keys: Keys) -> int:
+    return int(client.xpending(keys.stream(0), GROUP)["pending"])
+
+
+def letters(client: redis.Redis, keys: Keys) -> list[Any]:
+    return list(DeadLetterStore(client, keys).scan())
+
+
+def test_drain_delivers_acks_and_keeps_per_user_order(redis_client: redis.Redis, keys: Keys) -> None:
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    messages = [track(f"u{i % 3}", i) for i in range(30)]
+    enqueue(redis_client, keys, "wk", messages)
+    result = drainer.drain(0)
+    assert result.acquired
+    assert result.tally.delivered == 30
+    assert [r["evtData"]["n"] for _, r in fake.received] == list(range(30))
+    assert pending(redis_client, keys) == 0
+    assert drainer.drain(0).entries == 0
+    assert redis_client.xlen(keys.stream(0)) == 0  # delivered entries are deleted, not only acknowledged
+    enqueue(redis_client, keys, "wk", [track("u0", 30)])
+    (group,) = redis_client.xinfo_groups(keys.stream(0))
+    assert group["lag"] == 1  # the lag stays known after the deletions (the ticker relies on it)
+
+
+def test_skipped_invalid_and_foreign_entries(redis_client: redis.Redis, keys: Keys) -> None:
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    group_call = {"type": "group", "userId": "u", "groupId": "g", "messageId": "m-group"}
+    no_ids = {"type": "track", "event": "E", "messageId": "m-noid"}
+    enqueue(redis_client, keys, "wk", [group_call, no_ids, track("u", 1)])
+    enqueue(redis_client, keys, "unknown-key", [track("u", 2)])
+    redis_client.xadd(keys.stream(0), {"foo": "bar"})
+    redis_client.xadd(keys.stream(0), {"w": "wk", "m": "{not json"})
+    result = drainer.drain(0)
+    assert (result.tally.delivered, result.tally.skipped, result.tally.deadlettered) == (1, 1, 4)
+    found = letters(redis_client, keys)
+    assert {letter.reason for letter in found} == {"invalid_message"}
+    assert any("unknown write key" in letter.error for letter in found)
+    assert pending(redis_client, keys) == 0
+
+
+def test_555_retries_only_that_record_until_delivered(redis_client: redis.Redis, keys: Keys) -> None:
+    fake, clock = FakeCleverTap(), Clock()
+    drainer = build(redis_client, keys, DESTS, fake, clock=clock)
+    flaky = {"n": 3}
+    fake.record_codes = lambda record: 555 if record["evtData"] == flaky else None
+    enqueue(redis_client, keys, "wk", [track("u", i) for i in range(5)])
+    result = drainer.drain(0)
+    assert (result.tally.delivered, result.tally.retried) == (4, 1)
+    schedule = RetrySchedule(redis_client, keys, 0)
+    assert schedule.size() == 1
+    assert pending(redis_client, keys) == 0  # waiting records do not hold the stream
+    assert drainer.drain(0).retries == 0  # not due yet
+    fake.record_codes = lambda record: None
+    clock.now += 11
+    assert drainer.drain(0).tally.delivered == 1
+    assert sorted(r["evtData"]["n"] for _, r in fake.received) == [0, 1, 2, 3, 4]
+    assert schedule.size() == 0
+    assert letters(redis_client, keys) == []
+
+
+def test_permanent_codes_dead_letter_with_code_and_deliver_the_rest(redis_client: redis.Redis, keys: Keys) -> None:
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    fake.record_codes = lambda record: 512 if record["evtData"]["n"] % 4 == 0 else None
+    enqueue(redis_client, keys, "wk", [track("u", i) for i in range(8)])
+    drainer.drain(0)
+    found = letters(redis_client, keys)
+    assert sorted(letter.message["properties"]["n"] for letter in found) == [0, 4]
+    assert {(letter.reason, letter.code, letter.status) for letter in found} == {("rejected", 512, 200)}
+    assert len(fake.received) == 6
+
+
+def test_a_400_is_split_until_only_the_poison_record_is_dead_lettered(redis_client: redis.Redis, keys: Keys) -> None:
+    fake = FakeCleverTap()
+
+    def poison(records: list[dict[str, Any]], passcode: str) -> httpx.Response | None:
+        if any(r["evtName"] == "Poison" for r in records):
+            return httpx.Response(400, json={"status": "fail", "error": "malformed"})
+        return None
+
+    fake.rule = poison
+    drainer = build(redis_client, keys, DESTS, fake)
+    messages = [track(f"u{i}", i, event="Poison" if i == 37 else "Clicked") for i in range(100)]
+    enqueue(redis_client, keys, "wk", messages)
+    result = drainer.drain(0)
+    found = letters(redis_client, keys)
+    assert [(letter.reason, letter.status, letter.message["properties"]["n"]) for letter in found] == [
+        ("rejected", 400, 37)
+    ]
+    assert len(fake.received) == 99
+    assert result.tally.uploads <= 2 * 7 + 1  # a bisection, not one request per record
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_batch_failures_go_to_the_schedule_then_retries_exhausted(
+    redis_client: redis.Redis, keys: Keys, status: int
+) -> None:
+    fake, clock = FakeCleverTap(), Clock()
+    fake.rule = lambda records, passcode: httpx.Response(status, text="busy")
+    drainer = build(redis_client, keys, DESTS, fake, clock=clock)
+    enqueue(redis_client, keys, "wk", [track("u", i) for i in range(3)])
+    assert drainer.drain(0).tally.retried == 3
+    assert pending(redis_client, keys) == 0
+    for _ in range(30):  # keep failing until the 100 s window is over
+        clock.now += 10
+        drainer.drain(0)
+    found = letters(redis_client, keys)
+    assert len(found) == 3
+    assert {(letter.reason, letter.status) for letter in found} == {("retries_exhausted", status)}
+    assert all(letter.attempts > 2 for letter in found)
+    assert RetrySchedule(redis_client, keys, 0).size() == 0
+
+
+def test_wrong_passcode_pauses_then_delivers_once_fixed(redis_client: redis.Redis, keys: Keys) -> None:
+    fake, clock = FakeCleverTap(), Clock()
+    fake.rule = lambda records, passcode: None if passcode == "right" else httpx.Response(401, json={"error": "auth"})
+    drainer = build(redis_client, keys, DESTS, fake, clock=clock)
+    enqueue(redis_client, keys, "wk", [track("u", i) for i in range(5)])
+    drainer.drain(0)
+    assert redis_client.exists(keys.paused("wk"))
+    requests = len(fake.requests)
+    enqueue(redis_client, keys, "wk", [track("u", 5)])
+    drainer.drain(0)
+    assert len(fake.requests) == requests  # paused: nothing sent
+    assert letters(redis_client, keys) == []
+    assert RetrySchedule(redis_client, keys, 0).size() == 6
+    fixed = build(
+        redis_client, keys, {"wk": DEST.model_copy(update={"passcode": SecretStr("right")})}, fake, clock=clock
+    )
+    redis_client.delete(keys.paused("wk"))  # the pause has run out
+    clock.now += 31
+    fixed.drain(0)
+    assert sorted(r["evtData"]["n"] for _, r in fake.received) == [0, 1, 2, 3, 4, 5]
+    assert letters(redis_client, keys) == []
+
+
+def test_wrong_passcode_dead_letters_as_auth_failed_after_the_window(redis_client: redis.Redis, keys: Keys) -> None:
+    fake, clock = FakeCleverTap(), Clock()
+    fake.rule = lambda records, passcode: httpx.Response(403, json={"error": "forbidden"})
+    drainer = build(redis_client, keys, DESTS, fake, clock=clock)
+    enqueue(redis_client, keys, "wk", [track("u", 1)])
+    for _ in range(6):
+        drainer.drain(0)
+        redis_client.delete(keys.paused("wk"))
+        clock.now += 31
+    assert [(letter.reason, letter.status) for letter in letters(redis_client, keys)] == [("auth_failed", 403)]
+
+
+def test_token_records_are_sent_once_per_object_id_within_the_window(redis_client: redis.Redis, keys: Keys) -> None:
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    context = {"device": {"token": "tok-1", "type": "android"}}
+    identify = [
+        {"type": "identify", "anonymousId": "anon-1", "messageId": f"m{i}", "context": context, "traits": {"n": i}}
+        for i in range(3)
+    ]
+    enqueue(redis_client, keys, "wk", identify[:2])
+    drainer.drain(0)
+    enqueue(redis_client, keys, "wk", identify[2:])
+    drainer.drain(0)
+    kinds = [record["type"] for _, record in fake.received]
+    assert kinds.count("token") == 1
+    assert kinds.count("profile") == 3
+
+
+def test_outcome_and_ack_are_one_transaction(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeCleverTap()
+    fake.record_codes = lambda record: 512
+    drainer = build(redis_client, keys, DESTS, fake)
+    enqueue(redis_client, keys, "wk", [track("u", 1)])
+    original = redis.client.Pipeline.execute
+
+    def crash(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        if self.transaction and any(args[0] == "XACK" for args, _ in self.command_stack):
+            raise redis.ConnectionError("worker died before EXEC")
+        return original(self, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", crash)
+    with pytest.raises(redis.ConnectionError):
+        drainer.drain(0)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", original)
+    assert letters(redis_client, keys) == []  # neither the letter ...
+    assert pending(redis_client, keys) == 1  # ... nor the ack
+    redis_client.delete(keys.lease(0))  # the dead drain's lease expires
+    survivor = build(redis_client, keys, DESTS, fake)  # the same process (consumer) retries at once
+    assert survivor.drain(0).reclaimed == 1
+    assert [letter.code for letter in letters(redis_client, keys)] == [512]
+    assert pending(redis_client, keys) == 0
+
+
+def test_a_dead_consumers_entries_are_reclaimed(redis_client: redis.Redis, keys: Keys) -> None:
+    fake = FakeCleverTap()
+    enqueue(redis_client, keys, "wk", [track("u", i) for i in range(4)])
+    drainer = build(redis_client, keys, DESTS, fake, reclaim_idle_s=0.05)
+    redis_client.xreadgroup(GROUP, "dead-worker", {keys.stream(0): ">"}, count=3)  # read, never acked
+    first = drainer.drain(0)
+    assert first.tally.delivered == 1 or first.reclaimed == 3
+    import time
+
+    time.sleep(0.1)
+    drainer.drain(0)
+    assert sorted(r["evtData"]["n"] for _, r in fake.received) == [0, 1, 2, 3]
+    assert pending(redis_client, keys) == 0
+
+
+def test_one_drain_per_partition(redis_client: redis.Redis, keys: Keys) -> None:
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    redis_client.set(keys.lease(0), "someone-else", px=5000)
+    redis_client.set(keys.dispatched(0), 1, px=15000)  # the marker of the drain task now running
+    enqueue(redis_client, keys, "wk", [track("u", 1)])
+    assert not drainer.drain(0).acquired
+    assert fake.received == []
+    assert not redis_client.exists(keys.dispatched(0))  # a drain that lost the race leaves no stale marker
+
+
+def test_retries_of_a_destination_removed_from_the_configuration_are_dead_lettered(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    fake, clock = FakeCleverTap(), Clock()
+    fake.rule = lambda records, passcode: httpx.Response(503)
+    enqueue(redis_client, keys, "wk", [track("u", 1)])
+    build(redis_client, keys, DESTS, fake, clock=clock).drain(0)
+    assert RetrySchedule(redis_client, keys, 0).size() == 1
+    clock.now += 11
+    build(redis_client, keys, {}, fake, clock=clock).drain(0)
+    found = letters(redis_client, keys)
+    assert [(letter.reason, letter.write_key) for letter in found] == [("invalid_message", "wk")]
+    assert "unknown write key" in found[0].error
+    assert RetrySchedule(redis_client, keys, 0).size() == 0
+
+
+def test_cluster_gauges_are_read_from_redis(redis_client: redis.Redis, keys: Keys) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from worker.delivery.metrics import ClusterCollector
+    from worker.store.slots import AccountSlots
+
+    fake, clock = FakeCleverTap(), Clock()
+    fake.rule = lambda records, passcode: httpx.Response(401)
+    enqueue(redis_client, keys, "wk", [track("u", 1), track("v", 2)])
+    build(redis_client, keys, DESTS, fake, clock=clock).drain(0)  # paused, 2 in the retry schedule
+    enqueue(redis_client, keys, "wk", [track("w", 3)])  # 1 unread
+    AccountSlots(redis_client, keys, 15).try_acquire("ACC")
+    registry = CollectorRegistry()
+    registry.register(
+        ClusterCollector(redis_client, keys, partitions=2, accounts=["ACC"], write_keys=["wk"], max_cap=15)
+    )
+    text = generate_latest(registry).decode()
+    assert 'ctrelay_destination_paused{destination="wk"} 1.0' in text
+    assert "ctrelay_retry_schedule_size 2.0" in text
+    assert 'ctrelay_stream_lag{partition="0"} 1.0' in text
+    assert 'ctrelay_stream_lag{partition="1"} 0.0' in text
+    assert 'ctrelay_uploads_in_flight{account="ACC"} 1.0' in text
+    assert 'ctrelay_concurrency_cap{account="ACC"} 15.0' in text
+
+
+def test_cluster_gauges_missing_while_redis_does_not_answer() -> None:
+    """A scrape during a Redis outage still serves the process's own metrics (the worker is not down)."""
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from worker.cli.embedded import free_port
+    from worker.delivery.metrics import ClusterCollector
+
+    dead = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    registry = CollectorRegistry()
+    Counter("own_work", "this process's counter", registry=registry).inc()
+    registry.register(ClusterCollector(dead, Keys("gone"), partitions=2, accounts=["ACC"], write_keys=[], max_cap=15))
+    text = generate_latest(registry).decode()
+    assert "own_work_total 1.0" in text
+    assert "ctrelay_stream_lag" not in text
+    dead.close()

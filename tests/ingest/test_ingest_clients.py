@@ -1,0 +1,130 @@
+"""Real client libraries, unchanged, against a running ingest and the real Redis.
+
+segment-analytics-python 2.4.x (Basic + body key), 2.3.x (body key only: installed at test time
+into a cache directory and run first on PYTHONPATH), and rudder-sdk-python (gzip, Basic only) each
+send identify/track/page/screen/group/alias in a subprocess; the streams must then hold every
+message exactly once, with the right envelope.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from ingest_process import ROOT, Ingest, queued
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+CLIENT = r"""
+import json, sys
+library, host, write_key, tag = sys.argv[1:5]
+errors = []
+if library == "rudder":
+    from rudderstack.analytics.client import Client
+    from rudderstack.analytics.version import VERSION
+    client = Client(write_key, host=host, on_error=lambda e, batch: errors.append(repr(e)), max_retries=2)
+else:
+    from segment.analytics.client import Client
+    from segment.analytics.version import VERSION
+    client = Client(write_key, host=host, on_error=lambda e, batch: errors.append(repr(e)), max_retries=2)
+user, anon = f"{tag}-user", f"{tag}-anon"
+client.identify(user, {"email": "a@example.com", "plan": "pro"}, message_id=f"{tag}-identify")
+client.track(user, "Order Completed", {"revenue": 12.5}, message_id=f"{tag}-track")
+client.track(anonymous_id=anon, event="Viewed", message_id=f"{tag}-track-anon")
+client.page(user, "Docs", "Intro", {"url": "https://example.com"}, message_id=f"{tag}-page")
+client.screen(user, "App", "Home", message_id=f"{tag}-screen")
+client.group(user, "group-1", {"name": "Acme"}, message_id=f"{tag}-group")
+client.alias(anon, user, message_id=f"{tag}-alias")
+client.flush()
+client.join()
+print(json.dumps({"version": VERSION, "errors": errors}))
+"""
+
+EXPECTED = {
+    "identify": "identify",
+    "track": "track",
+    "track-anon": "track",
+    "page": "page",
+    "screen": "screen",
+    "group": "group",
+    "alias": "alias",
+}
+
+
+def segment_23() -> Path:
+    """segment-analytics-python 2.3.x in a cache directory (it cannot share the venv with 2.4)."""
+    target = ROOT / ".cache" / "segment-analytics-python-2.3"
+    if not (target / "segment" / "analytics").is_dir():
+        command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+        result = subprocess.run(
+            [*command, "segment-analytics-python==2.3.*"], capture_output=True, text=True, timeout=120, check=False
+        )
+        if result.returncode != 0:
+            pytest.skip(f"PyPI unreachable, cannot install segment-analytics-python 2.3.x: {result.stderr[-300:]}")
+    return target
+
+
+def send(library: str, ingest_server: Ingest, write_key: str, tag: str, path_first: Path | None = None) -> str:
+    env = dict(os.environ)
+    if path_first is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(path_first), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT, library, ingest_server.url, write_key, tag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert report["errors"] == []
+    return str(report["version"])
+
+
+def check(store: redis.Redis, ingest_server: Ingest, write_key: str, tag: str, library: str) -> None:
+    mine = [e for e in queued(store, ingest_server.prefix) if str(e.message["messageId"]).startswith(f"{tag}-")]
+    by_id = {e.message["messageId"]: e for e in mine}
+    assert len(mine) == len(by_id) == len(EXPECTED), sorted(by_id)  # each exactly once
+    for suffix, kind in EXPECTED.items():
+        envelope = by_id[f"{tag}-{suffix}"]
+        message = envelope.message
+        assert envelope.write_key == write_key
+        assert message["type"] == kind
+        assert message["receivedAt"].endswith("Z")
+        assert message["timestamp"].endswith("Z")
+        assert "originalTimestamp" in message  # the client's clock, kept; timestamp corrected
+        assert message["context"]["library"]["name"] == library
+        assert "writeKey" not in message
+    assert by_id[f"{tag}-track"].message["event"] == "Order Completed"
+    assert by_id[f"{tag}-track"].message["userId"] == f"{tag}-user"
+    assert by_id[f"{tag}-track-anon"].message["anonymousId"] == f"{tag}-anon"
+    assert by_id[f"{tag}-group"].message["groupId"] == "group-1"
+    assert by_id[f"{tag}-alias"].message["previousId"] == f"{tag}-anon"
+    identify = by_id[f"{tag}-identify"].message
+    traits = identify.get("traits") or identify["context"]["traits"]  # Rudder sends them in context.traits
+    assert traits == {"email": "a@example.com", "plan": "pro"}
+
+
+def test_segment_analytics_python_24(ingest_server: Ingest, redis_client: redis.Redis) -> None:
+    tag = uuid.uuid4().hex[:8]
+    assert send("segment", ingest_server, "wk_one", tag).startswith("2.4")
+    check(redis_client, ingest_server, "wk_one", tag, "analytics-python")
+
+
+def test_segment_analytics_python_23_body_key_only(ingest_server: Ingest, redis_client: redis.Redis) -> None:
+    tag = uuid.uuid4().hex[:8]
+    assert send("segment", ingest_server, "wk_two", tag, path_first=segment_23()).startswith("2.3")
+    check(redis_client, ingest_server, "wk_two", tag, "analytics-python")
+
+
+def test_rudder_sdk_python_gzip_basic_only(ingest_server: Ingest, redis_client: redis.Redis) -> None:
+    tag = uuid.uuid4().hex[:8]
+    send("rudder", ingest_server, "wk_one", tag)
+    check(redis_client, ingest_server, "wk_one", tag, "analytics-python")

@@ -1,0 +1,126 @@
+"""The producer (worker/store/producer.py) against the real Redis: dedup and XADD in one script, the backlog measure."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from ingest.app import redis_client
+from worker.core.keys import GROUP, Envelope, Keys, partition_of
+from worker.store.producer import Producer
+from worker.store.retries import RetryItem, RetrySchedule
+
+pytestmark = pytest.mark.integration
+
+
+def message(user: str, message_id: str) -> dict[str, Any]:
+    return {"type": "track", "userId": user, "event": "E", "messageId": message_id}
+
+
+async def enqueue(url: str, producer: Producer, entries: list[Any]) -> list[bytes | None]:
+    client = redis_client(url, 1.0)
+    try:
+        return await producer.enqueue(client, entries)
+    finally:
+        await client.aclose()
+
+
+async def backlog(url: str, producer: Producer) -> int:
+    """The backlog measured as ingest measures it (asynchronous client)."""
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        return await producer.backlog(client)
+    finally:
+        await client.aclose()
+
+
+def test_enqueue_writes_each_message_once_per_write_key(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    producer = Producer(keys, 4, dedup_window=600)
+    first = [producer.entry("wk", message("alice", "m1")), producer.entry("wk", message("bob", "m2"))]
+    again = [
+        producer.entry("wk", message("alice", "m1")),  # a retry: dropped
+        producer.entry("other", message("alice", "m1")),  # another write key: kept
+        producer.entry("wk", message("carol", "m3")),
+        producer.entry("wk", message("carol", "m3")),  # twice in one request: once
+    ]
+    assert all(asyncio.run(enqueue(redis_url, producer, first)))
+    written = asyncio.run(enqueue(redis_url, producer, again))
+    assert [result is not None for result in written] == [False, True, True, False]
+
+    stream = keys.stream(partition_of("alice", 4))
+    entries = [Envelope.decode(fields) for _, fields in redis_client.xrange(stream)]
+    alices = [(e.write_key, e.message["messageId"]) for e in entries if e.message["userId"] == "alice"]
+    assert alices == [("wk", "m1"), ("other", "m1")]
+    assert 590 < redis_client.ttl(keys.dedup("wk", "m1")) <= 600
+    assert asyncio.run(enqueue(redis_url, producer, [])) == []
+
+
+def test_a_failed_xadd_leaves_no_dedup_marker(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    """A write Redis refuses (503 to the client) must not make the client's retry look like a duplicate."""
+    producer = Producer(keys, 1, dedup_window=600)
+    entries = [producer.entry("wk", message("alice", "m1")), producer.entry("wk", message("bob", "m2"))]
+    redis_client.set(keys.stream(0), "not a stream")  # every XADD fails with WRONGTYPE
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        asyncio.run(enqueue(redis_url, producer, entries))
+    assert not redis_client.exists(keys.dedup("wk", "m1"))
+    assert not redis_client.exists(keys.dedup("wk", "m2"))
+    redis_client.delete(keys.stream(0))
+    assert all(asyncio.run(enqueue(redis_url, producer, entries)))  # the retry is taken, not dropped
+    assert [Envelope.decode(f).message["messageId"] for _, f in redis_client.xrange(keys.stream(0))] == ["m1", "m2"]
+
+
+def test_add_queues_plain_xadds_without_dedup(keys: Keys, redis_client: redis.Redis) -> None:
+    producer = Producer(keys, 4, dedup_window=600)
+    pipe = redis_client.pipeline(transaction=True)
+    producer.add(pipe, [producer.entry("wk", message("alice", "m1"))] * 2)
+    pipe.execute()
+    assert redis_client.xlen(keys.stream(partition_of("alice", 4))) == 2
+    assert not redis_client.exists(keys.dedup("wk", "m1"))
+
+
+def test_backlog_is_lag_plus_pending(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    producer = Producer(keys, 2, dedup_window=600)
+    users = [f"user-{i}" for i in range(10)]
+    asyncio.run(enqueue(redis_url, producer, [producer.entry("wk", message(u, u)) for u in users]))
+    assert producer.backlog_sync(redis_client) == 10  # no consumer group yet: the stream lengths
+
+    stream = keys.stream(0)
+    length = redis_client.xlen(stream)
+    redis_client.xgroup_create(stream, GROUP, id="0")
+    read = redis_client.xreadgroup(GROUP, "c1", {stream: ">"}, count=2)
+    ids = [entry_id for entry_id, _ in read[0][1]]
+    assert producer.backlog_sync(redis_client) == 10  # 2 pending + lag of the rest
+    redis_client.xack(stream, GROUP, ids[0])
+    assert producer.backlog_sync(redis_client) == 9
+    redis_client.xack(stream, GROUP, ids[1])
+    redis_client.xdel(stream, *ids)  # a worker that also deletes delivered entries
+    assert producer.backlog_sync(redis_client) == 10 - 2
+    assert length >= 2
+
+    assert asyncio.run(backlog(redis_url, producer)) == 8
+
+
+def test_backlog_counts_the_retry_schedule(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    """During a CleverTap outage messages leave the streams (acknowledged) for the retry schedule: still backlog."""
+    producer = Producer(keys, 2, dedup_window=600)
+    asyncio.run(enqueue(redis_url, producer, [producer.entry("wk", message("alice", "m1"))]))
+    assert producer.backlog_sync(redis_client) == 1
+
+    pipe = redis_client.pipeline(transaction=True)
+    for partition, count in ((0, 3), (1, 2)):
+        schedule = RetrySchedule(redis_client, keys, partition)
+        for i in range(count):
+            item = RetryItem(f"wk\nr{partition}-{i}", "wk", message("u", f"r{i}"), [], 1, 1.0, 1.0)
+            schedule.put(pipe, item, due=1e12)
+    pipe.execute()
+    assert producer.backlog_sync(redis_client) == 1 + 3 + 2
+
+    assert asyncio.run(backlog(redis_url, producer)) == 6
+    pipe = redis_client.pipeline(transaction=True)
+    RetrySchedule(redis_client, keys, 0).remove(pipe, ["wk\nr0-0"])
+    pipe.execute()
+    assert producer.backlog_sync(redis_client) == 5

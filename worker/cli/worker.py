@@ -1,0 +1,98 @@
+"""``ctrelay worker``: the delivery worker (:mod:`worker.delivery.app`) as a Celery worker process."""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from worker.core.settings import Settings, load
+from worker.delivery.app import create_app
+from worker.delivery.drain import Ticker
+from worker.store.streams import ensure_groups
+
+log = structlog.get_logger("ctrelay.worker")
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations between two young-generation collections in a worker (CPython's default: 700)."""
+
+
+def _pool_of(argv: list[str]) -> str:
+    for index, arg in enumerate(argv):
+        if arg in ("-P", "--pool") and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--pool="):
+            return arg.split("=", 1)[1]
+        if arg.startswith("-P") and len(arg) > 2:
+            return arg[2:]
+    return "threads"
+
+
+def run_worker(argv: list[str]) -> None:
+    """``ctrelay worker [celery worker options]``: drain the streams into CleverTap until stopped."""
+    settings = Settings()
+    multiproc_dir: Path | None = None
+    if _pool_of(argv) in ("prefork", "processes"):
+        multiproc_dir = Path(tempfile.mkdtemp(prefix="ctrelay-worker-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)  # read by prometheus-client in every child
+    config = load(settings)
+    from worker.core.logs import configure
+
+    configure(settings.log_level, settings.log_format)
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # honour the directory set above
+    from celery import signals
+
+    from worker.delivery import metrics
+
+    app, runtime = create_app(config)
+    ticker: list[Ticker] = []
+    # A drain allocates ~30 objects per message and keeps a batch alive: collect young objects less often
+    # (the default 700 makes the collector a fifth of the transform's cost) and never rescan start-up objects.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_: object) -> None:
+        gc.freeze()
+        main = runtime()
+        ensure_groups(main.client, main.keys, settings.partitions)
+        if settings.metrics_port:
+            collector = metrics.ClusterCollector(
+                main.client,
+                main.keys,
+                partitions=settings.partitions,
+                accounts=[d.account_id for d in config.destinations.values()],
+                write_keys=list(config.destinations),
+                max_cap=settings.concurrency_cap,
+            )
+            metrics.serve(settings.metrics_port, metrics.registry(multiproc_dir, [collector]))
+        ticker.append(Ticker(settings.tick_interval_s, main.tick))
+        ticker[0].start()
+        log.info(
+            "worker_ready",
+            partitions=settings.partitions,
+            destinations=len(config.destinations),
+            metrics_port=settings.metrics_port,
+        )
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_: object) -> None:
+        for thread in ticker:
+            thread.stop()
+        runtime().close()  # after the pool: every drain has finished
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _child_exit(pid: int | None = None, **_: object) -> None:
+        if multiproc_dir is not None and pid is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, str(multiproc_dir))  # type: ignore[no-untyped-call]
+
+    level = "WARNING" if settings.log_level.lower() not in ("debug",) else "INFO"
+    # Workers coordinate through Redis keys, not through Celery: gossip and mingle (worker-to-worker
+    # broadcasts) are not needed, and their channels are what fails to restart after a broker outage.
+    quiet = [flag for flag in ("--without-gossip", "--without-mingle") if flag not in argv]
+    app.worker_main(["worker", f"--loglevel={level}", *quiet, *argv])

@@ -1,0 +1,201 @@
+"""Delivering one batch: stream entries and due retries in, outcomes written and acknowledged out.
+
+:meth:`Deliverer.deliver` decodes each entry (a foreign or broken one becomes an ``invalid_message``
+dead letter), transforms it (pure), screens out deleted users (:mod:`worker.delivery.screen`), drops push-token
+records already sent for that objectId within the destination's window, groups the records by destination,
+uploads them (:mod:`worker.delivery.uploads`) and commits each destination's outcomes
+(:mod:`worker.delivery.outcomes`). An entry is acknowledged only in the transaction that makes its outcome
+durable; a crash before it leaves the entry pending, to be reclaimed (at-least-once: duplicates only after a
+crash between an upload and its commit). The drain's ``keepalive`` is asked before every upload and commit
+(:class:`~worker.core.errors.DrainStopped`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import redis
+import structlog
+
+from worker.core.destinations import Destination
+from worker.core.errors import DrainStopped
+from worker.core.keys import Envelope, Keys
+from worker.delivery import metrics
+from worker.delivery.clevertap import CleverTap
+from worker.delivery.outcomes import OutcomeWriter
+from worker.delivery.policy import DELIVERED, RetryPolicy
+from worker.delivery.screen import Screen
+from worker.delivery.uploads import Uploader
+from worker.delivery.work import StreamEntry, Tally, Work
+from worker.store.deadletters import DeadLetterStore
+from worker.store.letters import Letter
+from worker.store.retries import RetryItem, RetrySchedule
+from worker.store.slots import AccountSlots
+from worker.store.streams import ack_and_delete
+from worker.store.suppressions import Suppressions
+from worker.transform.deletions import Delete
+from worker.transform.records import Invalid, Skip, TransformStats, transform
+
+log = structlog.get_logger("ctrelay.delivery")
+
+
+class Deliverer:
+    """Everything a batch needs: Redis, the destinations, the HTTP seam, the slots, the dead letters, the policy."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        destinations: Mapping[str, Destination],
+        *,
+        clevertap: CleverTap,
+        slots: AccountSlots,
+        deadletters: DeadLetterStore,
+        policy: RetryPolicy,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        suppression_window_s: float = 30 * 86_400,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.destinations = destinations
+        self.deadletters = deadletters
+        self.clock = clock
+        self.suppressions = Suppressions(client, keys, suppression_window_s, clock)
+        self.screen = Screen(client, keys, self.suppressions, clock, self._name)
+        self.uploader = Uploader(client, keys, clevertap=clevertap, slots=slots, policy=policy)
+        self.outcomes = OutcomeWriter(
+            client, keys, deadletters=deadletters, policy=policy, clock=clock, rng=rng or random.Random()
+        )
+
+    def deliver(
+        self,
+        partition: int,
+        entries: Sequence[StreamEntry],
+        retries: Sequence[RetryItem] = (),
+        *,
+        keepalive: Callable[[], object] | None = None,
+        deadline: float | None = None,
+        schedule: RetrySchedule | None = None,
+    ) -> Tally:
+        """Deliver ``entries`` (read from ``partition``) and due ``retries``; write and ack every outcome.
+
+        ``schedule`` is the partition's retry schedule (the drain's; made here when not given). Raises
+        :class:`~worker.core.errors.DrainStopped` (before an upload or a commit) when ``keepalive`` answers
+        ``False`` or no upload slot comes by ``deadline`` (monotonic): the entries not committed stay pending."""
+        schedule = schedule if schedule is not None else RetrySchedule(self.client, self.keys, partition)
+        tally = Tally()
+        works = self._prepare(partition, entries, tally)
+        works += [Work(item.write_key, item.message, list(item.records), retry=item) for item in retries]
+        works = self.screen.screen(partition, works, tally, schedule)  # deleted users: suppress, drop their work
+        self._drop_sent_tokens(works)
+        groups: dict[str, list[Work]] = {}
+        for work in works:
+            groups.setdefault(work.write_key, []).append(work)
+        for write_key, group in groups.items():
+            if keepalive is not None and keepalive() is False:
+                raise DrainStopped("partition lease lost")
+            destination = self.destinations.get(write_key)
+            if destination is None:  # a retry item whose destination was removed from the configuration
+                error = f"unknown write key {write_key!r}"
+                self.outcomes.dead_letter(schedule, group, "invalid_message", error, tally)
+                continue
+            tally.uploads += self.uploader.send(destination, group, keepalive, deadline)
+            if keepalive is not None and keepalive() is False:  # another holder now has these entries
+                raise DrainStopped("partition lease lost")
+            self.outcomes.commit(partition, schedule, destination, group, tally)
+        return tally
+
+    # -- before any upload ---------------------------------------------------------------------------------
+
+    def _prepare(self, partition: int, entries: Sequence[StreamEntry], tally: Tally) -> list[Work]:
+        """Decode and transform; skip or dead-letter what cannot be sent (committed at once)."""
+        now = self.clock()
+        works: list[Work] = []
+        acks: list[bytes] = []
+        letters: list[Letter] = []
+        skipped: list[tuple[str, str]] = []
+        stats = TransformStats()
+        for entry_id, fields in entries:
+            try:
+                envelope = Envelope.decode(fields)
+                if not isinstance(envelope.message, dict):
+                    raise TypeError("message is not an object")
+            except (KeyError, ValueError, TypeError):
+                raw = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+                error = "not a ctrelay envelope (expected fields w and m, m a JSON object)"
+                letters.append(Letter.of(raw.get("w", ""), {"entry": raw}, "invalid_message", now=now, error=error))
+                acks.append(entry_id)
+                continue
+            write_key, message = envelope.write_key, envelope.message
+            destination = self.destinations.get(write_key)
+            if destination is None:
+                error = f"unknown write key {write_key!r}"
+                letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=error))
+                acks.append(entry_id)
+                continue
+            try:
+                result = transform(message, destination, now, stats)
+            except Exception as exc:  # a transform bug must not wedge the partition: keep the message
+                log.exception("transform_failed", destination=destination.name, message_id=message.get("messageId"))
+                error = f"transform failed: {type(exc).__name__}: {exc}"[:500]
+                letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=error))
+                acks.append(entry_id)
+                continue
+            if isinstance(result, Delete):
+                works.append(Work(write_key, message, [result.record()], entry_id=entry_id))
+            elif isinstance(result, Invalid):
+                letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=result.reason))
+                acks.append(entry_id)
+            elif isinstance(result, Skip) or not result:
+                skipped.append((destination.name, result.reason if isinstance(result, Skip) else "no_records"))
+                acks.append(entry_id)
+            else:
+                works.append(Work(write_key, message, result, entry_id=entry_id))
+        if acks:
+            with self.client.pipeline(transaction=True) as pipe:
+                for letter in letters:
+                    self.deadletters.add(pipe, letter)
+                ack_and_delete(pipe, self.keys.stream(partition), acks)
+                pipe.execute()
+        for letter in letters:
+            metrics.deadletters_written.labels(self._name(letter.write_key), letter.reason, "").inc()
+        for name, reason in skipped:
+            metrics.messages_skipped.labels(name, reason).inc()
+        if stats.keys_dropped:
+            metrics.transform_keys_dropped.inc(stats.keys_dropped)
+        if stats.values_truncated:
+            metrics.transform_values_truncated.inc(stats.values_truncated)
+        tally.deadlettered += len(letters)
+        tally.skipped += len(skipped)
+        return works
+
+    def _name(self, write_key: str) -> str:
+        destination = self.destinations.get(write_key)
+        return destination.name if destination is not None else write_key
+
+    def _drop_sent_tokens(self, works: list[Work]) -> None:
+        """Mark token records already delivered for their objectId within the window (or earlier in this batch)."""
+        checks: list[tuple[Work, int, str, str]] = []
+        for work in works:
+            destination = self.destinations.get(work.write_key)
+            if destination is None or destination.token_dedup_window <= 0:
+                continue
+            for index, record in enumerate(work.records):
+                if record.get("type") == "token" and record.get("objectId"):
+                    key = self.keys.token_sent(work.write_key, str(record["objectId"]))
+                    checks.append((work, index, key, str((record.get("tokenData") or {}).get("id"))))
+        if not checks:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for _, _, key, _ in checks:
+                pipe.get(key)
+            sent: list[bytes | None] = pipe.execute()
+        seen: set[tuple[str, str]] = set()
+        for (work, index, key, token), value in zip(checks, sent, strict=True):
+            if (value is not None and value.decode("utf-8", "replace") == token) or (key, token) in seen:
+                work.verdicts[index] = DELIVERED
+                work.deduped.add(index)
+            seen.add((key, token))

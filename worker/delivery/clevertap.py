@@ -1,0 +1,209 @@
+"""The one HTTP seam to CleverTap: POST /1/upload (and /1/delete/profiles.json), answered as a per-record report.
+
+:class:`CleverTap` wraps an ``httpx.Client`` (tests pass one with ``httpx.MockTransport``). It never
+raises for what CleverTap or the network answers: a timeout, a refused connection, a 5xx, a 200
+with ``unprocessed`` records are all values in the :class:`Report`. What the report *means*
+(deliver, retry, dead-letter, split) is decided in :mod:`worker.delivery.policy`.
+
+CleverTap's 200 body is ``{"status", "processed", "unprocessed": [{"code", "error", "record"}]}``;
+each ``unprocessed`` entry echoes its record, which is matched back to its position in the request
+(exactly, else by type/identity/objectId/ts/evtName). Entries that match no record are kept as
+``unmatched``: the policy then cannot tell which records were delivered.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections import defaultdict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from worker.core.destinations import Destination
+
+UPLOAD_PATH = "/1/upload"
+DELETE_PATH = "/1/delete/profiles.json"
+MAX_RECORDS = 1000
+MAX_TOKENS = 100
+MAX_DELETE_IDS = 100
+"""At most this many values in each of ``identity`` and ``guid`` of one delete request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One ``unprocessed`` entry: CleverTap's per-record code and error text."""
+
+    code: int | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What one upload request came back with.
+
+    ``status`` is the HTTP status, None when there was no response (``error`` says why: ``timeout``
+    or ``network: ...``). ``failures`` maps a record's index in the request to its failure.
+    """
+
+    count: int
+    status: int | None
+    error: str = ""
+    retry_after: float | None = None
+    body_status: str | None = None
+    body_code: int | None = None
+    failures: Mapping[int, Failure] = field(default_factory=dict)
+    unmatched: tuple[Failure, ...] = ()
+    duration_s: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """The status as a metric label: the HTTP code, or ``timeout`` / ``network``."""
+        if self.status is not None:
+            return str(self.status)
+        return "timeout" if self.error == "timeout" else "network"
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _loose_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(record.get(name) for name in ("type", "identity", "objectId", "ts", "evtName"))
+
+
+def match_failures(
+    records: Sequence[Mapping[str, Any]], unprocessed: Sequence[Any]
+) -> tuple[dict[int, Failure], tuple[Failure, ...]]:
+    """Map each ``unprocessed`` entry to the index of the record it echoes; return (matched, unmatched)."""
+    exact: dict[bytes, deque[int]] = defaultdict(deque)
+    loose: dict[tuple[Any, ...], deque[int]] = defaultdict(deque)
+    for position, record in enumerate(records):
+        exact[orjson.dumps(record, option=orjson.OPT_SORT_KEYS)].append(position)
+        loose[_loose_key(record)].append(position)
+    matched: dict[int, Failure] = {}
+    unmatched: list[Failure] = []
+    for item in unprocessed:
+        entry: Mapping[str, Any] = item if isinstance(item, Mapping) else {}
+        code = entry.get("code")
+        failure = Failure(code=code if isinstance(code, int) else None, error=str(entry.get("error") or ""))
+        echoed = entry.get("record")
+        index: int | None = None
+        if isinstance(echoed, Mapping):
+            candidates = exact.get(orjson.dumps(echoed, option=orjson.OPT_SORT_KEYS))
+            if not candidates:
+                candidates = loose.get(_loose_key(echoed))
+            while candidates and index is None:
+                candidate = candidates.popleft()
+                if candidate not in matched:
+                    index = candidate
+        if index is None:
+            unmatched.append(failure)
+        else:
+            matched[index] = failure
+    return matched, tuple(unmatched)
+
+
+class CleverTap:
+    """Uploads records to CleverTap (or the sandbox) for one destination at a time."""
+
+    def __init__(self, client: httpx.Client | None = None, timeout_s: float = 30.0) -> None:
+        self.client = client if client is not None else httpx.Client()
+        self.timeout_s = timeout_s
+        # httpx times each phase: connect and pool waits are short, so a request lasts at most ~2 × timeout_s
+        short = min(5.0, timeout_s)
+        self.timeout = httpx.Timeout(timeout_s, connect=short, pool=short)
+
+    @property
+    def longest_request_s(self) -> float:
+        """An upper bound of one request's duration (connect + write + read + pool), for slot deadlines."""
+        return 2 * self.timeout_s + 2 * min(5.0, self.timeout_s)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def upload(self, destination: Destination, records: Sequence[Mapping[str, Any]]) -> Report:
+        """POST ``records`` (at most 1000 event/profile and 100 token records) and report per record."""
+        return self._post(destination, UPLOAD_PATH, orjson.dumps({"d": list(records)}), records)
+
+    def delete(self, destination: Destination, records: Sequence[Mapping[str, Any]]) -> Report:
+        """POST CleverTap's profile delete call for the deletion ``records`` (``{"type": "delete", "identity":
+        [...], "guid": [...]}``, :meth:`worker.transform.deletions.Delete.record`): one request ``{"identity": [...],
+        "guid": [...]}`` (each at most 100 values, duplicates removed); one verdict per deletion record."""
+        identities: dict[str, None] = {}
+        guids: dict[str, None] = {}
+        for record in records:
+            identities.update(dict.fromkeys(record.get("identity") or ()))
+            guids.update(dict.fromkeys(record.get("guid") or ()))
+        payload = {name: list(values) for name, values in (("identity", identities), ("guid", guids)) if values}
+        return self._post(destination, DELETE_PATH, orjson.dumps(payload), records)
+
+    def _post(self, destination: Destination, path: str, body: bytes, records: Sequence[Mapping[str, Any]]) -> Report:
+        passcode = destination.passcode.get_secret_value() if destination.passcode is not None else ""
+        headers = {
+            "X-CleverTap-Account-Id": destination.account_id,
+            "X-CleverTap-Passcode": passcode,
+            "Content-Type": "application/json; charset=utf-8",
+        }
+        started = time.monotonic()
+        count = len(records)
+        try:
+            response = self.client.post(
+                destination.base_url + path, content=body, headers=headers, timeout=self.timeout
+            )
+        except httpx.TimeoutException:
+            return Report(count=count, status=None, error="timeout", duration_s=time.monotonic() - started)
+        except httpx.HTTPError as exc:
+            error = f"network: {type(exc).__name__}: {exc}"[:500]
+            return Report(count=count, status=None, error=error, duration_s=time.monotonic() - started)
+        duration = time.monotonic() - started
+        return self.read(records, response, duration)
+
+    @staticmethod
+    def read(records: Sequence[Mapping[str, Any]], response: httpx.Response, duration_s: float) -> Report:
+        """Turn a response into a :class:`Report`."""
+        count = len(records)
+        retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+        try:
+            body = orjson.loads(response.content) if response.content else None
+        except orjson.JSONDecodeError:
+            body = None
+        text = response.text[:500] if body is None else ""
+        if not isinstance(body, dict):
+            return Report(
+                count=count, status=response.status_code, error=text, retry_after=retry_after, duration_s=duration_s
+            )
+        error = str(body.get("error") or "")[:500]
+        body_status = body.get("status") if isinstance(body.get("status"), str) else None
+        body_code = body.get("code") if isinstance(body.get("code"), int) else None
+        unprocessed = body.get("unprocessed")
+        failures: dict[int, Failure] = {}
+        unmatched: tuple[Failure, ...] = ()
+        if isinstance(unprocessed, list) and unprocessed:
+            failures, unmatched = match_failures(records, unprocessed)
+        return Report(
+            count=count,
+            status=response.status_code,
+            error=error,
+            retry_after=retry_after,
+            body_status=body_status,
+            body_code=body_code,
+            failures=failures,
+            unmatched=unmatched,
+            duration_s=duration_s,
+        )

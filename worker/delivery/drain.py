@@ -1,0 +1,232 @@
+"""Draining partitions: who drains which partition when, under a lease, and how a dead worker's work is reclaimed.
+
+Scheduling is self-contained (no beat): every ``ctrelay worker`` runs a :class:`Ticker` thread that,
+every ``tick_interval_s``, looks at all partitions in one pipelined round trip (:func:`partitions_with_work`:
+unread entries, pending entries idle past ``reclaim_idle_s``, due retries; no lease held, no drain
+already queued) and queues one Celery ``drain`` task per such partition, marking it *dispatched*
+(``SET NX PX``) so that several workers' tickers never queue it twice.
+
+A drain (:meth:`Drainer.drain`) takes the partition's lease (:mod:`worker.store.lease`), then loops for up
+to ``drain_budget_s``: reclaim entries left pending by dead consumers (``XAUTOCLAIM`` after
+``reclaim_idle_s``), take the due retries, read up to ``read_batch`` new entries (``XREADGROUP``),
+deliver them (:mod:`worker.delivery.batches`), renew the lease. A batch stops before its next upload or commit
+once the lease is lost, and when it has waited ``drain_budget_s`` for upload slots (so a warm shutdown is
+not held by a starved account): its entries stay pending. When the budget runs out with work left,
+the task queues its successor at once, so a busy partition is drained back to back (full
+batches) while idle ones cost one cheap look per tick.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import structlog
+
+from worker.core.errors import DrainStopped
+from worker.core.keys import GROUP, Keys
+from worker.delivery.batches import Deliverer
+from worker.delivery.work import StreamEntry, Tally
+from worker.store.lease import Lease, LeaseKeeper
+from worker.store.retries import RetrySchedule
+from worker.store.streams import ensure_group, group_info
+
+log = structlog.get_logger("ctrelay.drain")
+
+
+def consumer_name() -> str:
+    """This process's consumer name in the group (host and pid: a restarted process is a new consumer)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class DrainResult:
+    """What one drain did. ``more``: it stopped with work left (the budget ran out)."""
+
+    partition: int
+    acquired: bool
+    entries: int = 0
+    retries: int = 0
+    reclaimed: int = 0
+    more: bool = False
+    tally: Tally = field(default_factory=Tally)
+
+
+class Drainer:
+    """Drains one partition at a time for this process."""
+
+    def __init__(
+        self,
+        deliverer: Deliverer,
+        *,
+        lease_ttl_s: float = 30.0,
+        budget_s: float = 5.0,
+        read_batch: int = 1000,
+        reclaim_idle_s: float = 60.0,
+        consumer: str | None = None,
+    ) -> None:
+        self.deliverer = deliverer
+        self.client = deliverer.client
+        self.keys = deliverer.keys
+        self.lease_ttl_s = lease_ttl_s
+        self.budget_s = budget_s
+        self.read_batch = read_batch
+        self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
+        self.consumer = consumer or consumer_name()
+        self.keeper = LeaseKeeper(lease_ttl_s / 3)
+
+    def drain(self, partition: int) -> DrainResult:
+        """Drain ``partition`` if nobody else is; returns what was done."""
+        lease = Lease.acquire(self.client, self.keys.lease(partition), self.lease_ttl_s)
+        # Either way the queued drain this marker stood for is now running: clear it, so that a drain that
+        # lost the race for the lease leaves no marker to hold back the next tick.
+        self.client.delete(self.keys.dispatched(partition))
+        if lease is None:
+            return DrainResult(partition, acquired=False)
+        self.keeper.hold(lease)
+        result = DrainResult(partition, acquired=True)
+        stream = self.keys.stream(partition)
+        schedule = RetrySchedule(self.client, self.keys, partition)
+        deadline = time.monotonic() + self.budget_s
+        cursor: str | None = "0-0"
+        own = True  # first, what this process read earlier and did not finish (a drain that raised)
+        try:
+            while True:
+                entries: list[StreamEntry] = []
+                if own:
+                    entries = self._read(stream, "0")
+                    own = bool(entries)
+                    result.reclaimed += len(entries)
+                if not entries and cursor is not None:
+                    cursor, entries = self._reclaim(stream, cursor)
+                    result.reclaimed += len(entries)
+                if not entries:
+                    entries = self._read(stream, ">")
+                retries = schedule.due(self.deliverer.clock(), self.read_batch)
+                if not entries and not retries:
+                    break
+                result.entries += len(entries)
+                result.retries += len(retries)
+                batch_deadline = time.monotonic() + self.budget_s  # the longest a batch waits for upload slots
+                try:
+                    tally = self.deliverer.deliver(
+                        partition, entries, retries, keepalive=lease.renew, deadline=batch_deadline, schedule=schedule
+                    )
+                except DrainStopped as exc:  # nothing more sent or committed: the entries stay pending
+                    log.warning("drain_stopped", partition=partition, reason=str(exc), lease_held=lease.held)
+                    result.more = lease.held  # no slot in time: try again soon; a lost lease: the new holder drains
+                    break
+                result.tally.add(tally)
+                if not lease.renew():
+                    log.warning("lease_lost", partition=partition)
+                    break
+                if time.monotonic() >= deadline:
+                    result.more = True
+                    break
+        finally:
+            self.keeper.drop(lease)
+            lease.release()
+        return result
+
+    def _reclaim(self, stream: str, cursor: str) -> tuple[str | None, list[StreamEntry]]:
+        """Claim entries pending (unacknowledged) for longer than ``reclaim_idle_s``: their consumer died."""
+        try:
+            answer: Any = self.client.xautoclaim(
+                stream, GROUP, self.consumer, self.reclaim_idle_ms, start_id=cursor, count=self.read_batch
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            ensure_group(self.client, stream)
+            return None, []
+        next_cursor = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
+        entries = [(entry_id, fields) for entry_id, fields in answer[1] if fields is not None]
+        if entries:
+            log.info("reclaimed", stream=stream, entries=len(entries))
+        return (None if next_cursor == "0-0" else next_cursor), entries
+
+    def _read(self, stream: str, start: str) -> list[StreamEntry]:
+        """New entries (``>``), or this consumer's own pending ones (``0``)."""
+        try:
+            answer: Any = self.client.xreadgroup(GROUP, self.consumer, {stream: start}, count=self.read_batch)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            ensure_group(self.client, stream)
+            return []
+        if not answer:
+            return []
+        gone = [entry_id for entry_id, fields in answer[0][1] if not fields]
+        if gone:  # pending, but deleted from the stream: nothing left to deliver
+            self.client.xack(stream, GROUP, *gone)
+        return [(entry_id, fields) for entry_id, fields in answer[0][1] if fields]
+
+
+def partitions_with_work(
+    client: redis.Redis, keys: Keys, partitions: int, *, reclaim_idle_s: float, now: float | None = None
+) -> list[int]:
+    """Partitions that have unread entries, reclaimable pending entries or due retries, and no drain yet."""
+    now = time.time() if now is None else now
+    pipe = client.pipeline(transaction=False)
+    for partition in range(partitions):
+        stream = keys.stream(partition)
+        pipe.exists(keys.lease(partition), keys.dispatched(partition))
+        pipe.xinfo_groups(stream)
+        pipe.xpending_range(stream, GROUP, min="-", max="+", count=1, idle=int(reclaim_idle_s * 1000))
+        pipe.zrangebyscore(keys.retry_due(partition), "-inf", now, start=0, num=1)
+    results: list[Any] = pipe.execute(raise_on_error=False)
+    busy: list[int] = []
+    for partition in range(partitions):
+        taken, groups, pending, due = results[4 * partition : 4 * partition + 4]
+        if taken != 0:
+            continue
+        if _unread(groups) or (isinstance(pending, list) and pending) or (isinstance(due, list) and due):
+            busy.append(partition)
+    return busy
+
+
+def _unread(groups: Any) -> bool:
+    if not isinstance(groups, list):
+        return False  # no stream yet
+    info = group_info(groups)
+    return not info.exists or info.lag is None or info.lag > 0  # no group yet: the drain creates it
+
+
+def dispatch(
+    client: redis.Redis, keys: Keys, partitions: Sequence[int], send: Callable[[int], object], marker_ttl_s: float
+) -> list[int]:
+    """Queue a drain for each partition not already queued (``SET NX PX`` marker); returns those queued."""
+    queued = []
+    for partition in partitions:
+        if client.set(keys.dispatched(partition), 1, nx=True, px=int(marker_ttl_s * 1000)):
+            send(partition)
+            queued.append(partition)
+    return queued
+
+
+class Ticker(threading.Thread):
+    """Every ``interval_s``, queue drains for the partitions with work (a daemon thread in the worker)."""
+
+    def __init__(self, interval_s: float, tick: Callable[[], object]) -> None:
+        super().__init__(name="ctrelay-ticker", daemon=True)
+        self.interval_s = interval_s
+        self.tick = tick
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            started = time.monotonic()
+            try:
+                self.tick()
+            except Exception as exc:  # Redis restarting, broker hiccup: try again next tick
+                log.warning("tick_failed", error=f"{type(exc).__name__}: {exc}")
+            self.stopped.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self.stopped.set()

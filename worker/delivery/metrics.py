@@ -1,0 +1,145 @@
+"""The worker's Prometheus metrics, and the server that exposes them on ``CTRELAY_METRICS_PORT``.
+
+Counters and histograms are incremented by the process that did the work. With a prefork pool,
+``ctrelay worker`` sets ``PROMETHEUS_MULTIPROC_DIR`` before this module is imported, so that every
+child writes to shared files and the server (in the main process) sums them. Gauges that describe
+the cluster (stream lag, retry-schedule size, uploads in flight, concurrency caps, paused
+destinations, dead letters) are read from Redis at scrape time by :class:`ClusterCollector`, so any
+one worker reports the same, true values.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+import structlog
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from worker.core.keys import Keys
+from worker.store.streams import group_info
+
+records_delivered = Counter(
+    "ctrelay_records_delivered", "Records CleverTap accepted, by destination and record type", ["destination", "type"]
+)
+records_retried = Counter(
+    "ctrelay_records_retried", "Records scheduled for another attempt, by reason", ["destination", "reason"]
+)
+deadletters_written = Counter(
+    "ctrelay_deadletters_written", "Messages written to the dead-letter store", ["destination", "reason", "code"]
+)
+messages_skipped = Counter(
+    "ctrelay_messages_skipped", "Messages acknowledged by rule, sending nothing", ["destination", "reason"]
+)
+uploads = Counter("ctrelay_uploads", "Upload requests, by HTTP status (or timeout/network)", ["destination", "status"])
+upload_duration = Histogram(
+    "ctrelay_upload_duration_seconds",
+    "Time of one upload request",
+    ["destination"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
+transform_keys_dropped = Counter("ctrelay_transform_keys_dropped", "Property keys the transform dropped")
+transform_values_truncated = Counter("ctrelay_transform_values_truncated", "String values cut to 512 bytes")
+
+
+class ClusterCollector(Collector):
+    """Gauges read from Redis when scraped: the same answer from every worker."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        partitions: int,
+        accounts: Sequence[str],
+        write_keys: Sequence[str],
+        max_cap: int,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.partitions = partitions
+        self.accounts = list(dict.fromkeys(accounts))
+        self.write_keys = list(write_keys)
+        self.max_cap = max_cap
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The cluster gauges; none while Redis does not answer, so that the process's own counters are still
+        served (a failing collector would fail the whole scrape and make the worker look down)."""
+        try:
+            yield from self._collect()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            structlog.get_logger("ctrelay.metrics").warning("cluster gauges not read", error=type(exc).__name__)
+
+    def _collect(self) -> Iterator[GaugeMetricFamily]:
+        now_ms = int(time.time() * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.partitions):
+            pipe.xinfo_groups(self.keys.stream(partition))
+            pipe.zcard(self.keys.retry_due(partition))
+        for account in self.accounts:
+            pipe.zcount(self.keys.slots(account), now_ms, "+inf")
+            pipe.hget(self.keys.cap(account), "cap")
+        for write_key in self.write_keys:
+            pipe.exists(self.keys.paused(write_key))
+        pipe.hgetall(self.keys.deadletter_counts())
+        pipe.zrange(self.keys.deadletter_times(), 0, 0, withscores=True)
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        lag = GaugeMetricFamily(
+            "ctrelay_stream_lag", "Entries not yet read plus entries being processed", labels=["partition"]
+        )
+        retry = GaugeMetricFamily("ctrelay_retry_schedule_size", "Messages waiting in the retry schedule")
+        retry_total = 0
+        for partition in range(self.partitions):
+            groups, size = results[2 * partition], results[2 * partition + 1]
+            lag.add_metric([str(partition)], _lag(groups))
+            retry_total += size if isinstance(size, int) else 0
+        retry.add_metric([], retry_total)
+        offset = 2 * self.partitions
+        in_flight = GaugeMetricFamily("ctrelay_uploads_in_flight", "Upload slots held", labels=["account"])
+        cap = GaugeMetricFamily("ctrelay_concurrency_cap", "Adaptive concurrent-upload cap", labels=["account"])
+        for index, account in enumerate(self.accounts):
+            held, value = results[offset + 2 * index], results[offset + 2 * index + 1]
+            in_flight.add_metric([account], held if isinstance(held, int) else 0)
+            cap.add_metric([account], float(value) if isinstance(value, bytes) else float(self.max_cap))
+        offset += 2 * len(self.accounts)
+        paused = GaugeMetricFamily(
+            "ctrelay_destination_paused", "1 while a destination is paused (401/403)", labels=["destination"]
+        )
+        for index, write_key in enumerate(self.write_keys):
+            paused.add_metric([write_key], 1 if results[offset + index] == 1 else 0)
+        offset += len(self.write_keys)
+        counts, oldest = results[offset], results[offset + 1]
+        letters = GaugeMetricFamily("ctrelay_deadletters", "Dead letters kept, by reason", labels=["reason"])
+        for reason, count in counts.items() if isinstance(counts, dict) else []:
+            letters.add_metric([reason.decode()], int(count))
+        age = GaugeMetricFamily("ctrelay_deadletters_oldest_age_seconds", "Age of the oldest dead letter")
+        age.add_metric([], max(0.0, time.time() - float(oldest[0][1])) if isinstance(oldest, list) and oldest else 0.0)
+        yield from (lag, retry, in_flight, cap, paused, letters, age)
+
+
+def _lag(groups: Any) -> float:
+    info = group_info(groups)
+    return float((info.lag or 0) + info.pending)
+
+
+def registry(multiprocess_dir: Path | None, collectors: Iterable[Collector] = ()) -> CollectorRegistry:
+    """The registry to serve: this process's, or the sum over the pool's processes; plus ``collectors``."""
+    if multiprocess_dir is None:
+        target = REGISTRY
+    else:
+        target = CollectorRegistry()
+        MultiProcessCollector(target, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
+    for collector in collectors:
+        target.register(collector)
+    return target
+
+
+def serve(port: int, target: CollectorRegistry) -> None:
+    """Expose ``target`` on ``port`` (all interfaces) from a daemon thread."""
+    start_http_server(port, registry=target)

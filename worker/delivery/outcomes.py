@@ -1,0 +1,127 @@
+"""Writing outcomes: per destination group, every message's outcome and the ack of its entry, in one MULTI.
+
+:meth:`OutcomeWriter.commit` turns each message's record verdicts into its outcome
+(:func:`worker.delivery.policy.decide`) and queues, on one transaction: the dead letters
+(:meth:`~worker.store.deadletters.DeadLetterStore.add`), the retry-schedule items (only the records still to
+send), the removal of finished retry items, the token markers of delivered push tokens, and the XACK of
+the stream entries. An entry is acknowledged only by the transaction that makes its outcome durable.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import redis
+
+from worker.core.destinations import Destination
+from worker.core.keys import Keys
+from worker.delivery import metrics
+from worker.delivery.policy import DeadLetter, Delivered, RetryPolicy, Verdict, decide
+from worker.delivery.work import Tally, Work
+from worker.store.deadletters import DeadLetterStore
+from worker.store.letters import Letter
+from worker.store.retries import RetryItem, RetrySchedule
+from worker.store.streams import ack_and_delete
+
+NOT_SENT = Verdict("transient", "not_sent", None, None, "record was not sent")
+
+
+class OutcomeWriter:
+    """Decides and durably writes the outcomes of a batch's messages."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        deadletters: DeadLetterStore,
+        policy: RetryPolicy,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.deadletters = deadletters
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng
+
+    def commit(
+        self, partition: int, schedule: RetrySchedule, destination: Destination, group: list[Work], tally: Tally
+    ) -> None:
+        """Decide every message's outcome; write it and ack its entry, in one MULTI."""
+        now = self.clock()
+        acks: list[bytes] = []
+        removals: list[str] = []
+        delivered: dict[str, int] = {}
+        retried: dict[str, int] = {}
+        letters: list[Letter] = []
+        with self.client.pipeline(transaction=True) as pipe:
+            for work in group:
+                verdicts = [v if v is not None else NOT_SENT for v in work.verdicts]  # never assume delivery
+                prior = work.retry
+                attempts = (prior.attempts if prior else 0) + 1
+                first = prior.first_failure if prior else None
+                outcome = decide(
+                    verdicts, attempts=attempts, first_failure=first, now=now, policy=self.policy, rng=self.rng
+                )
+                for index, verdict in enumerate(verdicts):
+                    if verdict.kind == "delivered" and index not in work.deduped:
+                        record = work.records[index]
+                        kind = str(record.get("type"))
+                        delivered[kind] = delivered.get(kind, 0) + 1
+                        if kind == "token" and destination.token_dedup_window > 0 and record.get("objectId"):
+                            key = self.keys.token_sent(work.write_key, str(record["objectId"]))
+                            token = str((record.get("tokenData") or {}).get("id"))
+                            pipe.set(key, token, ex=destination.token_dedup_window)
+                if isinstance(outcome, Delivered | DeadLetter):
+                    if isinstance(outcome, DeadLetter):
+                        letter = Letter.of(
+                            work.write_key, work.message, outcome.reason, now=now, code=outcome.code,
+                            error=outcome.error, status=outcome.status, attempts=attempts, first_failure=first,
+                        )  # fmt: skip
+                        self.deadletters.add(pipe, letter)
+                        letters.append(letter)
+                    else:
+                        tally.delivered += 1
+                    if prior is not None:
+                        removals.append(prior.id)
+                else:
+                    item = RetryItem(
+                        id=work.id, write_key=work.write_key, message=work.message,
+                        records=[work.records[i] for i in outcome.pending], attempts=attempts,
+                        first_failure=now if first is None else first, last_failure=now, reason=outcome.reason,
+                        status=outcome.status, code=outcome.code, error=outcome.error,
+                    )  # fmt: skip
+                    schedule.put(pipe, item, outcome.due)
+                    retried[outcome.reason] = retried.get(outcome.reason, 0) + len(outcome.pending)
+                    tally.retried += 1
+                if work.entry_id is not None:
+                    acks.append(work.entry_id)
+            ack_and_delete(pipe, self.keys.stream(partition), acks)
+            schedule.remove(pipe, removals)
+            pipe.execute()
+        tally.deadlettered += len(letters)
+        for kind, count in delivered.items():
+            metrics.records_delivered.labels(destination.name, kind).inc(count)
+        for reason, count in retried.items():
+            metrics.records_retried.labels(destination.name, reason).inc(count)
+        for letter in letters:
+            metrics.deadletters_written.labels(destination.name, letter.reason, str(letter.code or "")).inc()
+
+    def dead_letter(self, schedule: RetrySchedule, group: list[Work], reason: str, error: str, tally: Tally) -> None:
+        """Dead-letter every message of ``group`` with ``reason`` (and remove their retry items), in one MULTI."""
+        now = self.clock()
+        with self.client.pipeline(transaction=True) as pipe:
+            for work in group:
+                first = work.retry.first_failure if work.retry else None
+                attempts = work.retry.attempts if work.retry else 1
+                letter = Letter.of(
+                    work.write_key, work.message, reason, now=now, error=error, attempts=attempts, first_failure=first
+                )
+                self.deadletters.add(pipe, letter)
+                metrics.deadletters_written.labels(work.write_key, reason, "").inc()
+            schedule.remove(pipe, [work.retry.id for work in group if work.retry is not None])
+            pipe.execute()
+        tally.deadlettered += len(group)

@@ -1,0 +1,120 @@
+"""The deletion screen: a batch's work held against the suppressed users before anything is uploaded.
+
+A deletion (a ``Delete User`` track, or one queued by ``ctrelay users delete`` / the admin API) travels as a
+*deletion record* ``{"type": "delete", "identity": [...], "guid": [...]}`` through the same path as uploads
+(CleverTap's delete call, account slots, retries, dead letters). :meth:`Screen.screen` runs on every batch:
+
+- each deletion read from the stream suppresses its user again if the user is not suppressed any more (a
+  replayed letter, an unsuppress before it ran; an active window is kept), so that the user's other messages of
+  the same batch, before or after it, are dropped too;
+- every message with a record whose ``identity`` or ``objectId`` is suppressed is dropped: its stream entry
+  acknowledged, or its retry item removed, in one MULTI, and counted as
+  ``ctrelay_messages_skipped_total{reason="deleted_user"}``. Deletion records themselves are never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+import structlog
+
+from worker.core.keys import Keys
+from worker.delivery import metrics
+from worker.delivery.work import Tally, Work
+from worker.store.retries import RetrySchedule
+from worker.store.streams import ack_and_delete
+from worker.store.suppressions import Suppressions, fields_of
+
+log = structlog.get_logger("ctrelay.deletion")
+SKIP_REASON = "deleted_user"
+
+
+def is_deletion(work: Work) -> bool:
+    """Whether ``work`` is a deletion (its one record is a deletion record)."""
+    return bool(work.records) and work.records[0].get("type") == "delete"
+
+
+def _records_by_destination(works: list[Work]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for work in works:
+        found.setdefault(work.write_key, []).extend(work.records)
+    return found
+
+
+class Screen:
+    """Drops the work of suppressed users from a batch (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        suppressions: Suppressions,
+        clock: Callable[[], float],
+        name_of: Callable[[str], str],
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.suppressions = suppressions
+        self.clock = clock
+        self.name_of = name_of
+
+    def screen(self, partition: int, works: list[Work], tally: Tally, schedule: RetrySchedule) -> list[Work]:
+        """Suppress the users of the batch's deletions; drop (acknowledge, unschedule, count) suppressed work."""
+        if not works:
+            return works
+        now = self.clock()
+        new: dict[str, set[str]] = {}
+        for work in works:
+            if work.retry is None and is_deletion(work):  # read from the stream (a retry was seen when first read)
+                new.setdefault(work.write_key, set()).update(fields_of(work.records[0]))
+        view = self.suppressions.view(_records_by_destination(works))
+        if not new and not any(view.values()):
+            return works
+        kept: list[Work] = []
+        dropped: list[Work] = []
+        for work in works:
+            entries, fresh = view[work.write_key], new.get(work.write_key)
+            if (entries or fresh) and not is_deletion(work) and _hit(work, entries, fresh, now):
+                dropped.append(work)
+            else:
+                kept.append(work)
+        if not new and not dropped:
+            return works
+        acks = [work.entry_id for work in dropped if work.entry_id is not None]
+        with self.client.pipeline(transaction=True) as pipe:
+            for work in works:
+                if is_deletion(work) and work.retry is None:
+                    self.suppressions.add(pipe, work.write_key, work.records[0], now, _via(work.message), renew=True)
+            ack_and_delete(pipe, self.keys.stream(partition), acks)
+            schedule.remove(pipe, [work.retry.id for work in dropped if work.retry is not None])
+            pipe.execute()
+        counts: dict[str, int] = {}
+        for work in dropped:
+            counts[work.write_key] = counts.get(work.write_key, 0) + 1
+        for write_key, count in counts.items():
+            metrics.messages_skipped.labels(self.name_of(write_key), SKIP_REASON).inc(count)
+        tally.skipped += len(dropped)
+        log.info("deleted_users_screened", partition=partition, deletions=len(new), dropped=len(dropped))
+        return kept
+
+
+def _hit(work: Work, entries: dict[str, float], fresh: set[str] | None, now: float) -> bool:
+    """Whether a record of ``work`` has a suppressed identity or objectId."""
+    for record in work.records:
+        for name in fields_of(record):
+            if fresh is not None and name in fresh:
+                return True
+            until = entries.get(name)
+            if until is not None and until > now:
+                return True
+    return False
+
+
+def _via(message: Mapping[str, Any]) -> str:
+    """How a deletion came in: ``cli`` / ``admin`` (queued by :mod:`worker.ops.users`), else ``track``."""
+    context = message.get("context")
+    ctrelay = context.get("ctrelay") if isinstance(context, dict) else None
+    via = ctrelay.get("deletion") if isinstance(ctrelay, dict) else None
+    return via if isinstance(via, str) and via else "track"

@@ -1,0 +1,197 @@
+"""Upload requests for one destination: sized, under an account slot, halved until CleverTap's culprits are alone.
+
+:meth:`Uploader.send` cuts a destination's pending records into requests (≤ 1000 event/profile and ≤ 100
+token records, :func:`chunks`), holds an account slot (:mod:`worker.store.slots`) around each request,
+adapts the account's cap (429 lowers it), sets every record's :class:`~worker.delivery.policy.Verdict`, halves a
+request that CleverTap rejects as a whole, pauses the destination on a 401/403, and stops sending the
+destination's other requests after a request-wide failure (they would fail alike). One structlog line
+``upload`` per request (destination, account, records, status, outcome, duration).
+
+Deletion records (:mod:`worker.delivery.screen`) go the same way, as CleverTap's profile delete call
+(:meth:`~worker.delivery.clevertap.CleverTap.delete`, ≤ 100 identities and ≤ 100 guids per request,
+:func:`delete_chunks`), after the destination's uploads (one structlog line ``delete`` per request).
+
+Before each request, split halves included, the drain's ``keepalive`` is asked and the slot wait ends at its
+``deadline``: see :class:`~worker.core.errors.DrainStopped`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import redis
+import structlog
+
+from worker.core.destinations import Destination
+from worker.core.errors import DrainStopped
+from worker.core.keys import Keys
+from worker.delivery import metrics
+from worker.delivery.clevertap import MAX_DELETE_IDS, MAX_RECORDS, MAX_TOKENS, CleverTap, Report
+from worker.delivery.policy import SPLIT, RetryPolicy, Verdict, classify
+from worker.delivery.work import Work
+from worker.store.slots import AccountSlots
+
+log = structlog.get_logger("ctrelay.delivery")
+Slice = list[tuple[Work, int]]
+"""(message, index of one of its records) pairs, in request order."""
+Call = Callable[[Destination, Sequence[Mapping[str, Any]]], Report]
+
+
+def chunks(items: Slice) -> Iterator[Slice]:
+    """Cut (work, record index) pairs, in order, into requests of ≤ 1000 event/profile and ≤ 100 token records."""
+    chunk: Slice = []
+    records = tokens = 0
+    for work, index in items:
+        token = work.records[index].get("type") == "token"
+        if (token and tokens >= MAX_TOKENS) or (not token and records >= MAX_RECORDS):
+            yield chunk
+            chunk, records, tokens = [], 0, 0
+        chunk.append((work, index))
+        tokens += token
+        records += not token
+    if chunk:
+        yield chunk
+
+
+def delete_chunks(items: Slice) -> Iterator[Slice]:
+    """Cut deletion records, in order, into delete requests of ≤ 100 distinct identities and ≤ 100 distinct guids."""
+    chunk: Slice = []
+    identities: set[str] = set()
+    guids: set[str] = set()
+    for work, index in items:
+        record = work.records[index]
+        more_identities = identities | set(record.get("identity") or ())
+        more_guids = guids | set(record.get("guid") or ())
+        if chunk and (len(more_identities) > MAX_DELETE_IDS or len(more_guids) > MAX_DELETE_IDS):
+            yield chunk
+            chunk = []
+            more_identities, more_guids = set(record.get("identity") or ()), set(record.get("guid") or ())
+        chunk.append((work, index))
+        identities, guids = more_identities, more_guids
+    if chunk:
+        yield chunk
+
+
+class Uploader:
+    """Sends a destination's records to CleverTap and reads the answers into per-record verdicts."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, clevertap: CleverTap, slots: AccountSlots, policy: RetryPolicy
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.clevertap = clevertap
+        self.slots = slots
+        self.policy = policy
+
+    def send(
+        self,
+        destination: Destination,
+        group: list[Work],
+        keepalive: Callable[[], object] | None,
+        deadline: float | None = None,
+    ) -> int:
+        """Upload the group's records; set every record's verdict. Returns the number of requests.
+
+        Raises :class:`~worker.core.errors.DrainStopped` before a request when ``keepalive`` answers ``False`` (the
+        lease is lost) or no slot comes by ``deadline`` (monotonic)."""
+        items = [(work, i) for work in group for i, verdict in enumerate(work.verdicts) if verdict is None]
+        paused = self.client.get(self.keys.paused(destination.write_key))
+        if paused is not None:
+            status = int(paused)
+            verdict = Verdict("auth", "auth", status, None, f"destination paused after HTTP {status}")
+            for work, index in items:
+                work.verdicts[index] = verdict
+            return 0
+        requests = 0
+        deletes = [item for item in items if item[0].records[item[1]].get("type") == "delete"]
+        if deletes:
+            items = [item for item in items if item[0].records[item[1]].get("type") != "delete"]
+        pending: list[tuple[Call, Slice]] = [(self.clevertap.upload, chunk) for chunk in chunks(items)]
+        pending += [(self.clevertap.delete, chunk) for chunk in delete_chunks(deletes)]
+        for number, (call, chunk) in enumerate(pending):
+            failure, sent = self._upload(destination, chunk, keepalive, call, deadline)
+            requests += sent
+            if failure is not None:  # the whole request failed: the rest would too; do not hammer
+                for _, rest in pending[number + 1 :]:
+                    for work, index in rest:
+                        work.verdicts[index] = failure
+                break
+        return requests
+
+    def _upload(
+        self,
+        destination: Destination,
+        chunk: Slice,
+        keepalive: Callable[[], object] | None,
+        call: Call | None = None,
+        deadline: float | None = None,
+    ) -> tuple[Verdict | None, int]:
+        """One request (halved recursively on a whole-batch 4xx). Returns (batch-wide failure or None, requests)."""
+        call = call if call is not None else self.clevertap.upload
+        records = [work.records[index] for work, index in chunk]
+        # a batch may take several requests (splits): keep the partition's lease, and send nothing once it is lost
+        if keepalive is not None and keepalive() is False:
+            raise DrainStopped("partition lease lost")
+        timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+        with self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s):
+            report = call(destination, records)
+        self.slots.record(destination.account_id, throttled=report.status == 429)
+        verdicts = classify(report)
+        self._observe(destination, report, verdicts, "delete" if call == self.clevertap.delete else "upload")
+        if verdicts is SPLIT:
+            middle = len(chunk) // 2
+            first, sent_first = self._upload(destination, chunk[:middle], keepalive, call, deadline)
+            if first is not None:
+                for work, index in chunk[middle:]:
+                    work.verdicts[index] = first
+                return first, 1 + sent_first
+            second, sent_second = self._upload(destination, chunk[middle:], keepalive, call, deadline)
+            return second, 1 + sent_first + sent_second
+        assert isinstance(verdicts, list)
+        for (work, index), verdict in zip(chunk, verdicts, strict=True):
+            work.verdicts[index] = verdict
+        first_verdict = verdicts[0] if verdicts else None
+        batch_wide = first_verdict is not None and (
+            first_verdict.kind == "auth"
+            or (first_verdict.kind == "transient" and first_verdict.reason != "record_error")
+        )
+        if first_verdict is not None and first_verdict.kind == "auth":
+            self.client.set(
+                self.keys.paused(destination.write_key),
+                first_verdict.status or 401,
+                px=int(self.policy.auth_pause_s * 1000),
+            )
+            log.error(
+                "destination_paused",
+                destination=destination.name,
+                status=first_verdict.status,
+                pause_s=self.policy.auth_pause_s,
+                hint="CleverTap refused the account id / passcode; fix the destination's credentials",
+            )
+        return (first_verdict if batch_wide else None), 1
+
+    def _observe(
+        self, destination: Destination, report: Report, verdicts: list[Verdict] | object, event: str = "upload"
+    ) -> None:
+        if verdicts is SPLIT:
+            outcome = "split"
+        else:
+            assert isinstance(verdicts, list)
+            kinds = {v.kind for v in verdicts}
+            outcome = kinds.pop() if len(kinds) == 1 else "partial"
+        metrics.uploads.labels(destination.name, report.label).inc()
+        metrics.upload_duration.labels(destination.name).observe(report.duration_s)
+        log.info(
+            event,
+            destination=destination.name,
+            account=destination.account_id,
+            records=report.count,
+            status=report.label,
+            outcome=outcome,
+            failed=len(report.failures),
+            duration_ms=round(report.duration_s * 1000, 1),
+            error=report.error or None,
+        )

@@ -1,0 +1,144 @@
+"""The cluster-wide, adaptive cap on concurrent uploads per CleverTap account, in Redis.
+
+Every worker process on every machine takes a *slot* before an upload and gives it back after.
+Slots are members of a sorted set scored by a deadline (Redis server time, ms): a slot held by a
+worker that died expires at its deadline, so a crash never leaks capacity. Acquiring is one Lua
+script (drop expired slots, compare the count with the cap, add), so two workers never both take
+the last slot.
+
+The cap starts at the configured maximum (15, CleverTap's documented limit). A 429 lowers it to
+¾ of its value (at most once per second, so one burst of 429s counts once; never below 1); each
+successful upload raises it by 1/cap (about +1 per cap successes), back up to the maximum.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from worker.core.errors import DrainStopped
+from worker.core.keys import Keys
+
+# KEYS: slots, cap. ARGV: token, ttl ms, max cap. Returns 1 when the slot was taken.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local cap = tonumber(redis.call('HGET', KEYS[2], 'cap') or ARGV[3])
+cap = math.max(1, math.min(cap, tonumber(ARGV[3])))
+if redis.call('ZCARD', KEYS[1]) < math.floor(cap) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+  return 1
+end
+return 0
+"""
+
+# KEYS: cap. ARGV: throttled (1/0), max cap. Returns the new cap as a string.
+_ADJUST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max = tonumber(ARGV[2])
+local cap = tonumber(redis.call('HGET', KEYS[1], 'cap') or max)
+cap = math.max(1, math.min(cap, max))
+if ARGV[1] == '1' then
+  local lowered = tonumber(redis.call('HGET', KEYS[1], 'lowered') or 0)
+  if now - lowered >= 1000 then
+    cap = math.max(1, math.floor(cap * 0.75))
+    redis.call('HSET', KEYS[1], 'lowered', now)
+  end
+elseif cap < max then
+  cap = math.min(max, cap + 1 / cap)
+else
+  return tostring(cap)
+end
+redis.call('HSET', KEYS[1], 'cap', tostring(cap))
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return tostring(cap)
+"""
+
+
+class AccountSlots:
+    """Upload slots per CleverTap account, shared by every worker through Redis."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, max_cap: int = 15, slot_ttl_s: float = 60.0) -> None:
+        self.client = client
+        self.keys = keys
+        self.max_cap = max_cap
+        self.slot_ttl_ms = int(slot_ttl_s * 1000)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._adjust = client.register_script(_ADJUST)
+
+    def try_acquire(self, account_id: str) -> str | None:
+        """Take a slot now if one is free; returns its token, or None."""
+        token = uuid.uuid4().hex
+        keys = [self.keys.slots(account_id), self.keys.cap(account_id)]
+        taken = self._acquire(keys=keys, args=[token, self.slot_ttl_ms, self.max_cap])
+        return token if int(taken) == 1 else None
+
+    def acquire(
+        self,
+        account_id: str,
+        *,
+        timeout_s: float | None = None,
+        keepalive: Callable[[], object] | None = None,
+        keepalive_every_s: float = 1.0,
+    ) -> str | None:
+        """Wait for a slot (polling, 5-50 ms with jitter); None if ``timeout_s`` passes first.
+
+        ``keepalive`` is called about every ``keepalive_every_s`` while waiting (the drain renews its lease);
+        when it answers ``False`` (the lease is lost) the wait ends at once: None.
+        """
+        started = last_keepalive = time.monotonic()
+        wait = 0.005
+        while True:
+            token = self.try_acquire(account_id)
+            if token is not None:
+                return token
+            now = time.monotonic()
+            if timeout_s is not None and now - started >= timeout_s:
+                return None
+            if keepalive is not None and now - last_keepalive >= keepalive_every_s:
+                if keepalive() is False:
+                    return None
+                last_keepalive = now
+            time.sleep(wait * (0.5 + random.random()))
+            wait = min(wait * 2, 0.05)
+
+    def release(self, account_id: str, token: str) -> None:
+        self.client.zrem(self.keys.slots(account_id), token)
+
+    @contextmanager
+    def slot(
+        self, account_id: str, *, keepalive: Callable[[], object] | None = None, timeout_s: float | None = None
+    ) -> Iterator[str]:
+        """Hold a slot for the duration of the block (waits up to ``timeout_s``, default as long as it takes).
+
+        Raises :class:`~worker.core.errors.DrainStopped` when no slot came in time or ``keepalive`` answered ``False``.
+        """
+        token = self.acquire(account_id, timeout_s=timeout_s, keepalive=keepalive)
+        if token is None:
+            raise DrainStopped(f"no upload slot for account {account_id} (waited up to {timeout_s} s, or lease lost)")
+        try:
+            yield token
+        finally:
+            self.release(account_id, token)
+
+    def record(self, account_id: str, *, throttled: bool) -> float:
+        """Adapt the cap after an upload: lower it on a 429, raise it slowly otherwise. Returns the new cap."""
+        cap = self._adjust(keys=[self.keys.cap(account_id)], args=["1" if throttled else "0", self.max_cap])
+        return float(cap)
+
+    def cap(self, account_id: str) -> float:
+        raw = self.client.hget(self.keys.cap(account_id), "cap")
+        return float(raw) if raw is not None else float(self.max_cap)
+
+    def in_flight(self, account_id: str) -> int:
+        """Slots held now (expired ones not counted)."""
+        now_ms = int(time.time() * 1000)
+        return int(self.client.zcount(self.keys.slots(account_id), now_ms, "+inf"))

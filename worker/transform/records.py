@@ -1,0 +1,226 @@
+"""The transform: one Segment message and its destination's settings in, CleverTap records out.
+
+Pure: no Redis, HTTP, Celery, clock, environment or logging; ``now`` is passed in and what was dropped or
+cut is counted on an optional :class:`TransformStats` (the caller turns it into metrics and debug logs).
+It never raises on a JSON object: expected outcomes are values.
+
+- ``list`` of records: the main record first, then a push-token record when there is one (§2.8);
+- :class:`Skip`: the message is acknowledged and sends nothing, token records included (``group`` is
+  ``unsupported_type``; ``alias`` is ``alias_disabled`` when the destination's ``alias`` is off, and
+  ``alias_needs_object_id`` when ``send_anonymous_id_as_object_id`` is off: there is no objectId to link;
+  **Decision:** a message whose ``integrations`` turn CleverTap off, as Segment reads them
+  (``"CleverTap": false``, or ``"All": false`` without ``"CleverTap"`` turned on), is
+  ``disabled_by_integrations``);
+- :class:`Invalid`: the message breaks the contract (no ``userId``/``anonymousId``, unknown ``type``,
+  a track without ``event``, ...); the worker dead-letters it as ``invalid_message``. Checked before any
+  setting is applied, so an invalid message is invalid whatever the destination's settings;
+- :class:`Delete`: a track whose ``event`` is the destination's ``delete_event_name`` ("Delete User") asks
+  for the user's CleverTap profile to be deleted: the worker makes CleverTap's delete call
+  (:mod:`worker.store.suppressions`) instead of uploading an event.
+
+Where the keys, values, special traits and timestamps are decided: :mod:`worker.transform.values`,
+:mod:`worker.transform.keycase`, :mod:`worker.transform.traits`, :mod:`worker.transform.timestamps`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+from worker.core.messages import CALL_TYPES, identifier
+from worker.transform.deletions import Delete, asks_deletion
+from worker.transform.integrations import turned_off
+from worker.transform.keycase import convert_key
+from worker.transform.timestamps import epoch_seconds
+from worker.transform.traits import profile_data
+from worker.transform.values import TransformStats, clean, truncate
+
+if TYPE_CHECKING:
+    from worker.core.destinations import Destination
+
+__all__ = ["Delete", "Invalid", "Skip", "TransformStats", "transform"]
+
+CHARGED_SOURCE = "Order Completed"
+_TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
+_PUSH_TYPES = {"android": "fcm", "ios": "apns", "ipados": "apns", "tvos": "apns", "watchos": "apns", "macos": "apns"}
+_NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+_IDS_REQUIRED = "userId or anonymousId: one of them must be a non-empty string"
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Send nothing, by rule; ``reason`` is the ``skipped`` metric's label."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """The message can never be sent; ``reason`` says which field is wrong."""
+
+    reason: str
+
+
+Record = dict[str, Any]
+
+
+def _timestamp(message: Mapping[str, Any], now: float) -> int:
+    for field in _TIME_FIELDS:
+        value = message.get(field)
+        if value is not None:
+            seconds = epoch_seconds(value)
+            if seconds is not None:
+                return seconds
+    return math.floor(now)
+
+
+def _is_object(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    """A JSON object (a dict, tested first: the ABC check is slow), or any other mapping."""
+    return value.__class__ is dict or isinstance(value, Mapping)
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    return value if _is_object(value) else {}
+
+
+def _amount(value: Any) -> int | float | None:
+    """A number, or a numeric string converted (``"12"`` → 12, ``"12.50"`` → 12.5); ``None`` otherwise."""
+    cls = value.__class__
+    if cls is int:
+        return int(value)
+    if cls is float:
+        return float(value) if math.isfinite(value) else None
+    if cls is str and _NUMBER.fullmatch(value):
+        text = value.strip()
+        if text.lstrip("+-").isdigit() and len(text) <= 20:
+            return int(text)
+        number = float(text)
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _charged(properties: Mapping[str, Any], stats: TransformStats | None) -> dict[str, Any]:
+    """Order Completed's event data: ``Charged ID``, ``Amount`` and ``Items`` beside the other properties."""
+    data = clean(properties, stats)
+    data.pop("products", None)
+    order_id = data.pop("order_id", None)
+    if order_id is not None:
+        data["Charged ID"] = order_id
+    for field in ("total", "revenue"):
+        amount = _amount(data.get(field))
+        if amount is not None:
+            data["Amount"] = amount
+            break
+    products: Any = None
+    for key, value in properties.items():
+        if convert_key(key) == "products":  # the last spelling of "products" wins
+            products = value
+    if isinstance(products, list):
+        data["Items"] = [clean(product, stats) for product in products if _is_object(product)]
+    return data
+
+
+def _push_token(message: Mapping[str, Any], anonymous_id: str | None) -> Record | None:
+    """The token record of a message with ``context.device.token`` and an anonymousId."""
+    context = message.get("context")
+    if anonymous_id is None or not _is_object(context):
+        return None
+    device = context.get("device")
+    if not _is_object(device):
+        return None
+    token = device.get("token")
+    if not isinstance(token, str) or not token:
+        return None
+    for platform in (_object(context.get("os")).get("name"), device.get("type")):
+        if isinstance(platform, str) and (kind := _PUSH_TYPES.get(platform.strip().lower())):
+            return {"type": "token", "objectId": anonymous_id, "tokenData": {"id": token, "type": kind}}
+    return None
+
+
+def _check(message: Mapping[str, Any], kind: str) -> Invalid | None:
+    """What each call type needs beyond an id, so that an invalid message is never sent."""
+    if kind == "track":
+        event = message.get("event")
+        if not isinstance(event, str) or not event:
+            return Invalid("event: required (a non-empty string)")
+    elif kind == "alias":
+        for field in ("userId", "previousId"):
+            if identifier(message.get(field)) is None:
+                return Invalid(f"{field}: required (a non-empty string)")
+    elif kind == "group" and identifier(message.get("groupId")) is None:
+        return Invalid("groupId: required (a non-empty string)")
+    return None
+
+
+def transform(
+    message: Mapping[str, Any], destination: Destination, now: float, stats: TransformStats | None = None
+) -> list[Record] | Skip | Invalid | Delete:
+    """The CleverTap records of one Segment ``message`` for ``destination``; see the module docstring.
+
+    ``now`` (epoch seconds) is the timestamp of a message without a usable one; ``stats``, when given,
+    counts the keys dropped and the values truncated.
+    """
+    if not _is_object(message):
+        return Invalid("message: must be a JSON object")
+    kind = message.get("type")
+    if kind not in CALL_TYPES:
+        return Invalid("type: required" if kind is None else f"type: must be one of {', '.join(CALL_TYPES)}")
+    user_id = identifier(message.get("userId"))
+    anonymous_id = identifier(message.get("anonymousId"))
+    if user_id is None and anonymous_id is None:
+        return Invalid(_IDS_REQUIRED)
+    problem = _check(message, kind)
+    if problem is not None:
+        return problem
+    if turned_off(message.get("integrations")):
+        return Skip("disabled_by_integrations")
+    if kind == "group":
+        return Skip("unsupported_type")
+
+    object_ids = destination.send_anonymous_id_as_object_id
+    if asks_deletion(message, destination):
+        return Delete.of(user_id, anonymous_id, object_ids=object_ids)
+    record: Record
+    if kind == "alias":
+        if not destination.alias:
+            return Skip("alias_disabled")
+        if not object_ids:
+            return Skip("alias_needs_object_id")
+        record = {"type": "profile", "identity": user_id, "objectId": identifier(message.get("previousId"))}
+    else:
+        record = {"type": "profile" if kind == "identify" else "event"}
+        if not object_ids:
+            record["identity"] = user_id or anonymous_id
+        else:
+            if user_id is not None:
+                record["identity"] = user_id
+            if anonymous_id is not None:
+                record["objectId"] = anonymous_id
+    record["ts"] = _timestamp(message, now)
+
+    if kind == "identify":
+        record["profileData"] = profile_data(clean(_object(message.get("traits")), stats, keep_arrays=True), stats)
+    elif kind == "alias":
+        record["profileData"] = {}
+    elif kind == "track":
+        event: str = message["event"]
+        properties = _object(message.get("properties"))
+        if event == CHARGED_SOURCE:
+            record["evtName"], record["evtData"] = "Charged", _charged(properties, stats)
+        else:
+            record["evtName"], record["evtData"] = truncate(event, stats), clean(properties, stats)
+    else:
+        data = clean(_object(message.get("properties")), stats)
+        if kind == "page":
+            record["evtName"] = destination.page_event_name
+            data.update(clean({"name": message.get("name"), "category": message.get("category")}, stats))
+        else:
+            record["evtName"] = destination.screen_event_name
+            data.update(clean({"name": message.get("name")}, stats))
+        record["evtData"] = data
+
+    token = _push_token(message, anonymous_id)
+    return [record] if token is None else [record, token]

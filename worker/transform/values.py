@@ -1,0 +1,110 @@
+"""Property maps to CleverTap data: converted keys, kept values, CleverTap's size limits.
+
+- keys: snake_cased (:mod:`worker.transform.keycase`); a key that becomes empty is dropped; a key longer than
+  120 characters after conversion is dropped and counted;
+- values: strings, numbers and booleans are kept; ``null``, nested objects, and numbers JSON cannot
+  carry (NaN, infinities) are dropped; arrays are dropped, except where the caller keeps them (profile
+  data: only when every element is a string or a number, the CleverTap multi-value properties);
+- every string longer than 512 bytes in UTF-8 is cut to 512 bytes on a character boundary, and counted;
+- two kept keys that convert to the same key: the later one in the message wins; a dropped value does
+  not compete.
+
+Counts go to an optional :class:`TransformStats` the caller owns (the worker turns them into metrics and
+debug logs); nothing here logs or reads a clock. This is the transform's hot path: the common value types
+are tested by exact class first, subclasses and the rest take the slow path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from worker.transform.keycase import MAX_CACHED_KEY, convert, snake_case
+
+MAX_KEY_LENGTH = 120
+MAX_VALUE_BYTES = 512
+_ALWAYS_SHORT = MAX_VALUE_BYTES // 4  # at most 4 bytes per character: a string this long always fits
+_DROP = object()
+
+
+@dataclass(slots=True)
+class TransformStats:
+    """What the transform dropped or cut, summed over the calls that were given this object."""
+
+    keys_dropped: int = 0
+    values_truncated: int = 0
+
+
+def truncate(value: str, stats: TransformStats | None = None) -> str:
+    """``value`` cut to at most 512 bytes of UTF-8, on a character boundary (counted when cut)."""
+    if len(value) <= _ALWAYS_SHORT:
+        return value
+    encoded = value.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_VALUE_BYTES:
+        return value
+    end = MAX_VALUE_BYTES
+    while encoded[end] & 0xC0 == 0x80:  # a continuation byte: the cut would split a character
+        end -= 1
+    if stats is not None:
+        stats.values_truncated += 1
+    return encoded[:end].decode("utf-8", "surrogatepass")
+
+
+def _finite(value: float) -> bool:
+    return value - value == 0  # False for NaN and both infinities
+
+
+def _scalar_array(values: list[Any], stats: TransformStats | None) -> list[Any] | None:
+    """A multi-value property: every element a string or a number (strings cut to size), else ``None``."""
+    kept: list[Any] = []
+    for element in values:
+        cls = element.__class__
+        if cls is str:
+            kept.append(truncate(element, stats))
+        elif cls is int or (cls is float and _finite(element)):
+            kept.append(element)
+        else:
+            return None
+    return kept
+
+
+def _unusual(value: Any, keep_arrays: bool, stats: TransformStats | None) -> Any:
+    """The slow path: ``null``, objects, and subclasses of the JSON types (normalized to the type itself)."""
+    if isinstance(value, str):
+        return truncate(str.__str__(value), stats)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if _finite(value) else _DROP
+    if keep_arrays and isinstance(value, list):
+        kept = _scalar_array(list(value), stats)
+        return _DROP if kept is None else kept
+    return _DROP  # null, objects, arrays where they are not kept, and anything JSON cannot hold
+
+
+def clean(data: Mapping[Any, Any], stats: TransformStats | None = None, *, keep_arrays: bool = False) -> dict[str, Any]:
+    """``data`` with converted keys and kept values (see the module docstring)."""
+    out: dict[str, Any] = {}
+    for key, item in data.items():
+        name = snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)
+        size = len(name)
+        if not 0 < size <= MAX_KEY_LENGTH:
+            if size and stats is not None:
+                stats.keys_dropped += 1
+            continue
+        cls = item.__class__
+        if cls is str:
+            value = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
+        elif cls is int or cls is bool or (cls is float and _finite(item)):
+            value = item
+        elif cls is list and keep_arrays:
+            value = _scalar_array(item, stats)
+            if value is None:
+                continue
+        else:
+            value = _unusual(item, keep_arrays, stats)
+            if value is _DROP:
+                continue
+        out[name] = value
+    return out
