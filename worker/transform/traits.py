@@ -1,4 +1,4 @@
-"""identify's special traits: Segment's reserved traits to CleverTap's profile system keys.
+"""identify's profile data: Segment's reserved traits and CleverTap's own profile fields to CleverTap's keys.
 
 A trait is special when its converted key is one of ``name``, ``email``, ``phone``,
 ``gender``, ``birthday``, ``avatar``; it becomes ``Name``, ``Email``, ``Phone``, ``Gender``, ``DOB``,
