@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -99,11 +100,17 @@ class Relay:
         env.update(extra)
         return env
 
-    def destinations(self, tables: Iterable[dict[str, str]]) -> None:
+    def destinations(self, tables: Iterable[dict[str, Any]]) -> None:
+        """Write the destinations file: string settings, and tables (``profile_keys``) given as dicts."""
         lines = []
         for table in tables:
             lines.append("[[destinations]]")
-            lines += [f'{key} = "{value}"' for key, value in table.items()]
+            for key, value in table.items():
+                if isinstance(value, dict):
+                    pairs = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items())
+                    lines.append(f"{key} = {{ {pairs} }}")
+                else:
+                    lines.append(f'{key} = "{value}"')
             lines.append(f'endpoint = "{self.sandbox_url}"')
         (self.tmp / "destinations.toml").write_text("\n".join(lines) + "\n")
 

@@ -141,6 +141,35 @@ def test_settings_file(tmp_path: Path) -> None:
     assert "destinations file not found" in missing.stderr
 
 
+def test_every_output_shape() -> None:
+    group = {"type": "group", "userId": "u1", "groupId": "g1"}
+    deletion = {**TRACK, "event": "Delete User"}
+    result = invoke(json.dumps([TRACK, group, {"type": "track", "userId": "u1"}, deletion]))
+    assert result.exit_code == 0, result.output
+    out = lines(result.stdout)
+    assert [list(outcome) for outcome in out] == [["records"], ["skipped"], ["invalid"], ["delete"]]
+    assert out[3] == {"delete": {"type": "delete", "identity": ["u1"], "guid": ["a1"]}}
+
+
+def test_settings_file_with_profile_keys(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text('account_id = "A"\n[profile_keys]\n"Loyalty Tier" = "Loyalty Tier"\nemail = "Work Email"\n')
+    identify = {
+        "type": "identify",
+        "userId": "u",
+        "traits": {"Loyalty Tier": "gold", "email": "a@b.co", "msgSms": False},
+    }
+    result = invoke(json.dumps(identify), "--settings", str(settings))
+    assert result.exit_code == 0, result.output
+    [out] = lines(result.stdout)
+    assert out["records"][0]["profileData"] == {"MSG-sms": False, "Loyalty Tier": "gold", "Work Email": "a@b.co"}
+
+    settings.write_text('account_id = "A"\n[profile_keys]\nemail = ""\n')
+    bad = invoke(json.dumps(identify), "--settings", str(settings))
+    assert bad.exit_code == 2
+    assert "profile_keys: Value error, 'email': the CleverTap key must not be empty" in bad.stderr
+
+
 def test_read_messages_shapes() -> None:
     assert read_messages(b"") == []
     assert read_messages(b'{"batch": "not a list"}') == [{"batch": "not a list"}]

@@ -43,6 +43,16 @@ def test_unknown_region_is_refused() -> None:
         normalize_region("mars1")
 
 
+PK = 'write_key = "wk1"\naccount_id = "A"\npasscode = "p"\n[destinations.profile_keys]\n'
+
+
+def test_profile_keys_are_read_verbatim(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[[destinations]]\n" + PK + '"Loyalty Points" = "loyalty-points"\nemail = "Work Email"\n')
+    destination = load_destinations(path, env={})["wk1"]
+    assert destination.profile_keys == {"Loyalty Points": "loyalty-points", "email": "Work Email"}
+    assert load_destinations(_write(tmp_path, "[[destinations]]\n" + PK), env={})["wk1"].profile_keys == {}
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "destinations.toml"
     path.write_text(text)
@@ -73,6 +83,11 @@ def test_file_with_passcode_env(tmp_path: Path) -> None:
         ('write_key = "wk1"\naccount_id = "A"\npasscode_env = "NOPE"', "NOPE"),
         ('write_key = ""\naccount_id = "A"\npasscode = "p"', "write_key: must not be empty"),
         ('write_key = "wk1"\naccount_id = "A"\npasscode = "p"\ncolour = "blue"', "colour"),
+        ('write_key = "wk1"\naccount_id = "A"\npasscode = "p"\nprofile_keys = "x"', r"'wk1'\): profile_keys: .*dict"),
+        (PK + "plan = 5", r"'wk1'\): profile_keys\.plan: .*valid string"),
+        (PK + 'plan = " "', r"'wk1'\): profile_keys: .*'plan': the CleverTap key must not be empty"),
+        (PK + '"" = "Plan"', r"'wk1'\): profile_keys: .*a trait key must not be empty"),
+        (PK + 'plan = "' + "x" * 121 + '"', r"profile_keys: .*'plan': the CleverTap key is longer than 120"),
     ],
 )
 def test_invalid_destination_names_the_field(tmp_path: Path, body: str, message: str) -> None:

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from worker.transform.keycase import CACHE_SIZE, convert
 from worker.transform.timestamps import clevertap_date, epoch_seconds
-from worker.transform.traits import phone_text, profile_data
+from worker.transform.traits import phone_text, profile, profile_data, rule_of
 
 
 @pytest.mark.parametrize(
@@ -116,3 +117,49 @@ def test_epoch_seconds(value: Any, seconds: int | None) -> None:
 )
 def test_clevertap_date(value: Any, date: str | None) -> None:
     assert clevertap_date(value) == date
+
+
+@pytest.mark.parametrize(
+    ("key", "field"),
+    [
+        *[(key, "MSG-email") for key in ("msgEmail", "msg_email", "MSG-email", "MSG email", "MSGEmail", "msg-EMAIL")],
+        *[(key, "MSG-dndPhone") for key in ("MSG-dndPhone", "msgDndPhone", "msg_dnd_phone", "MSG dndPhone")],
+        *[(key, "MSG-whatsapp") for key in ("msgWhatsApp", "MSG-whatsapp", "msg_whats_app")],
+        *[(key, "Customer Type") for key in ("customerType", "Customer Type", "customer_type", "CUSTOMER-TYPE")],
+        ("Education", "Education"),
+        ("is_married", None),
+        ("msg_emails", None),
+        ("email", "Email"),
+        ("e_mail", None),  # the six special traits match the converted key exactly
+        ("BirthDay", None),  # birth_day
+    ],
+)
+def test_which_keys_reach_a_clevertap_field(key: str, field: str | None) -> None:
+    rule = rule_of(convert(key))
+    assert (rule and rule[0]) == field
+
+
+@pytest.mark.parametrize(
+    ("value", "dob"),
+    [
+        (0, "$D_0"),
+        (86_399.9, "$D_0"),
+        (1e11, "$D_99999964800"),  # 10^11 itself is seconds (year 5138)
+        (100_000_000_001, "$D_99964800"),  # above: milliseconds
+        (-1_000, "$D_-86400"),
+        (-200_000_000_000, "$D_-200016000"),  # milliseconds before 1970
+        (float("nan"), None),
+        (False, None),
+    ],
+)
+def test_epoch_birthdays(value: Any, dob: str | None) -> None:
+    assert profile_data({"birthday": value}) == ({"DOB": dob} if dob else {"birthday": value})
+
+
+def test_profile_keys_that_name_nothing_sent_change_nothing() -> None:
+    traits = {"email": "a@example.com", "msgPush": "false"}
+    assert profile(traits, {"other": "Other"}) == profile(traits, {}) == {"Email": "a@example.com", "MSG-push": False}
+
+
+def test_the_rule_cache_is_bounded() -> None:
+    assert rule_of.cache_info().maxsize == CACHE_SIZE

@@ -18,6 +18,7 @@ from worker.core.errors import ConfigError
 DEFAULT_HOST = "api.clevertap.com"
 REGIONS = frozenset({"in1", "us1", "sg1", "aps3", "mec1", "sk1"})
 _LEGACY_REGIONS = {"in": "in1", "sg": "sg1"}
+MAX_PROFILE_KEY = 120  # CleverTap's limit on a profile key
 
 
 def normalize_region(value: str | None) -> str:
@@ -54,6 +55,7 @@ class Destination(BaseModel):
     token_dedup_window: int = Field(default=86_400, ge=0, description="seconds")
     delete_event_name: str = "Delete User"
     webhook_secret: SecretStr | None = None
+    profile_keys: dict[str, str] = Field(default_factory=dict, description="trait key as sent → CleverTap key")
 
     @field_validator("account_id")
     @classmethod
@@ -85,6 +87,19 @@ class Destination(BaseModel):
     def _event_name(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("profile_keys")
+    @classmethod
+    def _profile_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        """Both sides verbatim: a trait key as clients send it, a CleverTap key as CleverTap spells it."""
+        for trait, key in value.items():
+            if not trait:
+                raise ValueError("a trait key must not be empty")
+            if not key.strip():
+                raise ValueError(f"{trait!r}: the CleverTap key must not be empty")
+            if len(key) > MAX_PROFILE_KEY:
+                raise ValueError(f"{trait!r}: the CleverTap key is longer than {MAX_PROFILE_KEY} characters")
         return value
 
     @property

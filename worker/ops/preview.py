@@ -3,7 +3,8 @@
 Stdin holds one message, a Segment batch body (``{"batch": [...]}``), a JSON array of messages, or JSON
 lines (each line any of those). Each message is checked against the wire contract
 (:func:`worker.core.messages.parse`) and transformed (:func:`worker.transform.records.transform`); one JSON line per
-message is printed: ``{"records": [...]}``, ``{"skipped": "<reason>"}`` or ``{"invalid": "<reason>"}``.
+message is printed: ``{"records": [...]}``, ``{"skipped": "<reason>"}``, ``{"invalid": "<reason>"}``, or
+``{"delete": {"type": "delete", "identity": [...], "guid": [...]}}`` for a user deletion.
 Input that is not JSON is an error naming the line, exit status 2, and nothing is printed.
 """
 

@@ -14,7 +14,9 @@ records a second. What is checked, by record type:
 - profile: ``profileData`` (optional) an object, else 512; ``Gender`` M/F/O/U, 514; ``Email``
   ``local@domain.tld`` without spaces, 515; ``Phone`` ``+`` and 6-15 digits, 516; ``Employed``
   Y/N, 517; ``Education`` School/College/Graduate, 518; ``Married`` Y/N, 519; ``Age`` an integer
-  0-150, 520.
+  0-150, 520; the communication preferences ``MSG-email``, ``MSG-push``, ``MSG-sms``, ``MSG-whatsapp``,
+  ``MSG-dndPhone``, ``MSG-dndEmail`` booleans, and ``Customer Type`` a string, else 512 (CleverTap
+  documents the values, not a code of their own: the sandbox's choice).
 - token: ``objectId`` as above, 530; ``tokenData`` an object, 531; its ``id`` present, 532, and a
   non-empty string of at most 4096 characters, 535; its ``type`` present, 533, and one of
   fcm/apns/gcm/xps/wns/hps/bps, 534.
@@ -56,6 +58,7 @@ _PHONE = re.compile(r"\+\d{6,15}")
 _GENDERS = frozenset({"M", "F", "O", "U"})
 _YES_NO = frozenset({"Y", "N"})
 _EDUCATION = frozenset({"School", "College", "Graduate"})
+_PREFERENCES = frozenset({"MSG-email", "MSG-push", "MSG-sms", "MSG-whatsapp", "MSG-dndPhone", "MSG-dndEmail"})
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _ARRAY_ITEMS = _SCALARS | {dict}
 _SPACE = re.compile(r"\s")
@@ -137,6 +140,10 @@ def _check_profile(record: dict[str, Any], oversize: Oversize) -> int | None:
             return 519
         if "Age" in data and not (type(data["Age"]) is int and 0 <= data["Age"] <= 150):
             return 520
+        if any(type(data[key]) is not bool for key in _PREFERENCES & data.keys()):
+            return 512
+        if "Customer Type" in data and type(data["Customer Type"]) is not str:
+            return 512
         oversize.scan(data)
     return None
 

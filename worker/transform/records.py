@@ -35,7 +35,7 @@ from worker.transform.deletions import Delete, asks_deletion
 from worker.transform.integrations import turned_off
 from worker.transform.keycase import convert_key
 from worker.transform.timestamps import epoch_seconds
-from worker.transform.traits import profile_data
+from worker.transform.traits import profile
 from worker.transform.values import TransformStats, clean, truncate
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def transform(
     record["ts"] = _timestamp(message, now)
 
     if kind == "identify":
-        record["profileData"] = profile_data(clean(_object(message.get("traits")), stats, keep_arrays=True), stats)
+        record["profileData"] = profile(_object(message.get("traits")), destination.profile_keys, stats)
     elif kind == "alias":
         record["profileData"] = {}
     elif kind == "track":

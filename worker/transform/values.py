@@ -25,7 +25,8 @@ from worker.transform.keycase import MAX_CACHED_KEY, convert, snake_case
 MAX_KEY_LENGTH = 120
 MAX_VALUE_BYTES = 512
 _ALWAYS_SHORT = MAX_VALUE_BYTES // 4  # at most 4 bytes per character: a string this long always fits
-_DROP = object()
+DROP = object()
+"""What :func:`kept` returns for a value that is dropped."""
 
 
 @dataclass(slots=True)
@@ -76,11 +77,27 @@ def _unusual(value: Any, keep_arrays: bool, stats: TransformStats | None) -> Any
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return float(value) if _finite(value) else _DROP
+        return float(value) if _finite(value) else DROP
     if keep_arrays and isinstance(value, list):
-        kept = _scalar_array(list(value), stats)
-        return _DROP if kept is None else kept
-    return _DROP  # null, objects, arrays where they are not kept, and anything JSON cannot hold
+        array = _scalar_array(list(value), stats)
+        return DROP if array is None else array
+    return DROP  # null, objects, arrays where they are not kept, and anything JSON cannot hold
+
+
+def kept(value: Any, stats: TransformStats | None = None, *, keep_arrays: bool = False) -> Any:
+    """``value`` as :func:`clean` keeps it (strings cut to size), or :data:`DROP` when it is dropped.
+
+    For keys that are not converted (a destination's ``profile_keys``); :func:`clean` inlines the same tests.
+    """
+    cls = value.__class__
+    if cls is str:
+        return truncate(value, stats)
+    if cls is int or cls is bool or (cls is float and _finite(value)):
+        return value
+    if cls is list and keep_arrays:
+        array = _scalar_array(value, stats)
+        return DROP if array is None else array
+    return _unusual(value, keep_arrays, stats)
 
 
 def clean(data: Mapping[Any, Any], stats: TransformStats | None = None, *, keep_arrays: bool = False) -> dict[str, Any]:
@@ -104,7 +121,7 @@ def clean(data: Mapping[Any, Any], stats: TransformStats | None = None, *, keep_
                 continue
         else:
             value = _unusual(item, keep_arrays, stats)
-            if value is _DROP:
+            if value is DROP:
                 continue
         out[name] = value
     return out
