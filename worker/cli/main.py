@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import typer
 
-from worker.cli.context import group
+from worker.cli.context import group, handle_interrupts
 
 app = group("ctrelay", "Self-hosted Segment → CleverTap relay.")
+
+
+@app.callback()
+def _root() -> None:
+    """Self-hosted Segment → CleverTap relay."""
+    handle_interrupts()  # SIGINT and SIGTERM stop any command cleanly, even when SIGINT was ignored at start
 
 
 from worker.cli.sandbox import sandbox as _sandbox  # noqa: E402  (CleverTap sandbox; loads its server lazily)
