@@ -81,6 +81,11 @@ def _dev(
     raise typer.Exit(run_dev(**ports, write_key=write_key, redis_binary=redis_server))
 
 
+from worker.cli.check import check_command as _check  # noqa: E402  (settings, Redis and CleverTap credentials)
+
+app.command("check")(_check)
+
+
 @app.command("status")
 def _status(
     json_output: bool = typer.Option(False, "--json", help="one JSON object instead of tables"),
