@@ -96,4 +96,6 @@ def run_worker(argv: list[str]) -> None:
     # Workers coordinate through Redis keys, not through Celery: gossip and mingle (worker-to-worker
     # broadcasts) are not needed, and their channels are what fails to restart after a broker outage.
     quiet = [flag for flag in ("--without-gossip", "--without-mingle") if flag not in argv]
-    app.worker_main(["worker", f"--loglevel={level}", *quiet, *argv])
+    banner = [flag for flag in argv if flag in ("-q", "--quiet")][:1]  # Celery's global option: no start-up banner
+    argv = [arg for arg in argv if arg not in ("-q", "--quiet")]
+    app.worker_main([*banner, "worker", f"--loglevel={level}", *quiet, *argv])
