@@ -9,9 +9,10 @@ the end which one it used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,22 @@ def ingest_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     client = redis.Redis.from_url(redis_url)
     delete_keys(client, prefix)
     client.close()
+
+
+@pytest.fixture
+def progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Print one progress line of a long-running test on the terminal now, whatever pytest captures (``-q`` too)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    name = request.node.name
+
+    def say(text: str) -> None:
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.write_line(f"  {name}: {text}")
+
+    return say
 
 
 def pytest_report_header() -> str:
