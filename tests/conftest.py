@@ -1,15 +1,18 @@
 """Shared fixtures: the Redis the integration tests use, a per-test key prefix, and the processes of the
 end-to-end tests (a relay per test, an ingest per module).
 
-Redis: ``REDIS_URL`` when set and answering, else 127.0.0.1:6379 when it answers, else an embedded
-``redis-server`` or fakeredis (:mod:`worker.cli.embedded`). The session header says which.
+Redis: the one at ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) when it answers PING, else an embedded
+one started for the session (:func:`worker.cli.embedded.ensure_redis`): the ``redis-server`` binary when it is
+on the PATH, else an in-process fakeredis. The pytest header says which one the run uses, and the summary at
+the end which one it used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +20,22 @@ import redis
 from delivery_e2e import Relay
 from ingest_process import Ingest, running_ingest
 
-from worker.cli.embedded import RedisHandle, ensure_redis
+from worker.cli.embedded import RedisHandle, answers, ensure_redis
 from worker.core.keys import Keys
 
 _handle: RedisHandle | None = None
 
 
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def configured_redis_url() -> str:
+    return os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+
+
 @pytest.fixture(scope="session")
 def redis_handle() -> Iterator[RedisHandle]:
-    with ensure_redis(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")) as handle:
+    with ensure_redis(configured_redis_url()) as handle:
         global _handle
         _handle = handle
         yield handle
@@ -83,6 +93,34 @@ def ingest_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     client.close()
 
 
+@pytest.fixture
+def progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Print one progress line of a long-running test on the terminal now, whatever pytest captures (``-q`` too)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    name = request.node.name
+
+    def say(text: str) -> None:
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.write_line(f"  {name}: {text}")
+
+    return say
+
+
 def pytest_report_header() -> str:
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    return f"ctrelay: Redis for integration tests: {url} if it answers, else an embedded one"
+    """Which Redis this run's tests use: the configured one when it answers now, else the embedded kind."""
+    import shutil
+
+    url = configured_redis_url()
+    if answers(url):
+        return f"ctrelay: Redis for the tests: {url} (REDIS_URL{'' if 'REDIS_URL' in os.environ else ' default'})"
+    binary = shutil.which("redis-server")
+    kind = f"an embedded redis-server ({binary})" if binary else "an in-process fakeredis (no redis-server on PATH)"
+    return f"ctrelay: Redis for the tests: nothing answers at {url}; the tests start {kind}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _handle is not None:
+        terminalreporter.write_line(f"ctrelay: the tests used the Redis at {_handle.url} ({_handle.kind})")

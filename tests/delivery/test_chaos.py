@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,8 @@ from worker.store.deadletters import DeadLetterStore
 
 SEED = int(os.environ.get("CHAOS_SEED", "20261128"))
 DURATION_S = float(os.environ.get("CHAOS_DURATION_S", "60"))
+PROGRESS_S = 15.0
+"""How often the test prints a progress line (it runs for minutes)."""
 RATE = float(os.environ.get("CHAOS_RATE", "40"))
 GAP_S = tuple(float(x) for x in os.environ.get("CHAOS_GAP_S", "0.5,3").split(","))
 DRAIN_S = float(os.environ.get("CHAOS_DRAIN_S", "150"))
@@ -55,7 +58,9 @@ pytestmark = [
 ]
 
 
-def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(tmp_path: Path) -> None:
+def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(
+    tmp_path: Path, progress: Callable[[str], None]
+) -> None:
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis", FSYNC)
     server.start()
@@ -70,8 +75,15 @@ def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(tm
         for thread in (*senders, controller):
             thread.start()
         started = time.monotonic()
+        progress(f"faults under load for {DURATION_S:.0f} s, then the queue drains and every message is reconciled")
+        said = started
         while time.monotonic() - started < DURATION_S and controller.is_alive():
             time.sleep(0.5)
+            if time.monotonic() - said >= PROGRESS_S:
+                said = time.monotonic()
+                accepted_so_far = sum(len(s.accepted) for s in senders)
+                done = f"{said - started:.0f}/{DURATION_S:.0f} s"
+                progress(f"{done}: {accepted_so_far} accepted, {len(controller.events)} faults")
         controller.stop()
         controller.join(timeout=120)
         for sender in senders:
@@ -83,6 +95,7 @@ def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(tm
         client = redis.Redis.from_url(server.url)
         settle_started = time.monotonic()
         accepted = {mid: (s.write_key, kind, m) for s in senders for mid, (kind, m) in s.accepted.items()}
+        progress("faults stopped; draining the queue")
         while True:
             state = queue_state(client, relay)
             if state.empty or time.monotonic() - settle_started > DRAIN_S:

@@ -399,3 +399,21 @@ def test_every_golden_transform_record_is_accepted_as_is() -> None:
     answer = upload(client, records)
     assert answer.json() == {"status": "success", "processed": len(records), "unprocessed": []}
     assert [r["record"] for r in records_of(client)] == records
+
+
+def test_profile_lookup_answers_as_clevertap_does() -> None:
+    client = client_for({"ACC-1": "pass-1"})
+    assert client.post("/1/upload", headers=HEADERS, json={"d": [profile(Name="Ada"), event()]}).status_code == 200
+    found = client.get("/1/profile.json", headers=HEADERS, params={"identity": "u1"})
+    assert found.status_code == 200
+    assert found.json() == {
+        "status": "success",
+        "record": {"identity": "u1", "objectId": None, "profileData": {"Name": "Ada"}},
+    }
+    missing = client.get("/1/profile.json", headers=HEADERS, params={"identity": "nobody"})
+    assert missing.status_code == 200
+    assert missing.json()["status"] == "fail"
+    wrong = {**HEADERS, "X-CleverTap-Passcode": "wrong"}
+    assert client.get("/1/profile.json", headers=wrong, params={"identity": "u1"}).status_code == 401
+    assert client.get("/1/profile.json", headers=HEADERS).status_code == 400  # no id to look up
+    assert client.get("/_sandbox/stats").json()["lookups"] == 4

@@ -6,7 +6,7 @@ import pytest
 
 from worker.transform.keycase import CACHE_SIZE, MAX_CACHED_KEY, convert, convert_key, snake_case
 
-SPEC_EXAMPLES = [
+DOCUMENTED_EXAMPLES = [
     ("Industry Of Traits", "industry_of_traits"),
     ("firstName", "first_name"),
     ("userID", "user_i_d"),
@@ -23,7 +23,7 @@ SPEC_EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize(("key", "expected"), SPEC_EXAMPLES)
+@pytest.mark.parametrize(("key", "expected"), DOCUMENTED_EXAMPLES)
 def test_spec_examples(key: str, expected: str) -> None:
     assert convert(key) == expected
     assert snake_case(key) == expected

@@ -1,8 +1,18 @@
-"""What the operator commands (``ctrelay dlq``, ``ctrelay users``) share: the settings, a Redis client, and one way
-to fail: a one-line ``error: ...`` on stderr and an exit status (2: bad arguments, settings or Redis)."""
+"""What the operator commands (``ctrelay dlq``, ``ctrelay users``) share: the settings, a Redis client, one way
+to fail (a one-line ``error: ...`` on stderr and an exit status: 2 bad arguments, settings or Redis) and one way to
+be interrupted.
+
+**Signals.** Every ``ctrelay`` command handles SIGINT and SIGTERM itself (:func:`handle_interrupts`, installed
+before any command runs): either raises :class:`Interrupted` (a ``KeyboardInterrupt``) in the main thread, so a
+command stops where it is, cleans up and exits ``128 + signal`` (130 for SIGINT, 143 for SIGTERM). This holds
+even when the command was started with SIGINT ignored (a background job, ``nohup``, some CI wrappers), where
+Python on its own would never raise ``KeyboardInterrupt``. The long-running commands (``worker``, ``ingest``,
+``sandbox``, ``dev``) replace these handlers with their own graceful shutdown.
+"""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +29,33 @@ if TYPE_CHECKING:
 REDIS_TIMEOUT_S = 30.0
 """How long a command waits for one Redis answer before it gives up (a hung Redis is an error, not a hang)."""
 EXIT_BAD_INPUT = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``signum`` says which (exit status ``128 + signum``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def exit_code_of(interrupt: KeyboardInterrupt) -> int:
+    """The exit status for an interruption: ``128 + signum`` (a plain KeyboardInterrupt is a SIGINT: 130)."""
+    return interrupt.exit_code if isinstance(interrupt, Interrupted) else 128 + signal.SIGINT
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def handle_interrupts() -> None:
+    """Make SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, whatever was inherited (SIG_IGN too)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_interrupted)
 
 
 def group(name: str, help: str) -> typer.Typer:

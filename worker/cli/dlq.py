@@ -3,7 +3,8 @@
 
 Every command takes the filters ``--reason --code --event --type --destination --since --until --limit``
 (times: epoch seconds, ISO 8601, or an age such as ``15m``, ``2h``, ``7d``; they bound the last failure).
-Exit status: 0 done, 1 done with refused input (import), 2 bad arguments or settings, 130 interrupted.
+Exit status: 0 done, 1 done with refused input (import), 2 bad arguments or settings, 130 interrupted (SIGINT),
+143 stopped (SIGTERM).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from worker.cli.context import fail, group, session
+from worker.cli.context import exit_code_of, fail, group, session
 from worker.cli.filters import Filters, filtered
 
 if TYPE_CHECKING:
@@ -156,11 +157,11 @@ def replay(
                 result = ops.replay(
                     ctx.store, producer, destinations, where, rate=rate, dry_run=dry_run, progress=advance
                 )
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (worker.cli.context.handle_interrupts)
                 bar.stop()
                 left = ctx.store.count()
                 message = f"interrupted; nothing is lost. {left} letters in the store: run the replay again"
-                raise fail(message, 130) from None
+                raise fail(message, exit_code_of(interrupt)) from None
         if dry_run:
             for item in result.previews:
                 ctx.console.print(_json(item), markup=False, highlight=False, soft_wrap=True)

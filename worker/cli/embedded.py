@@ -1,8 +1,9 @@
 """A Redis to talk to: the configured one when it answers, else an embedded one.
 
 Used by ``ctrelay dev`` and by the test suite. The embedded Redis is the ``redis-server`` binary
-when it is on the PATH (started on a free loopback port, keeping nothing on disk), else an
-in-process fakeredis TCP server.
+when it is on the PATH (started on a free loopback port, keeping nothing on disk, in a session of its
+own so that the terminal's Ctrl-C reaches only the process that stops it), else an in-process fakeredis
+TCP server.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def redis_server(binary: str) -> Iterator[RedisHandle]:
     with tempfile.TemporaryDirectory(prefix="ctrelay-redis-") as workdir:
         args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", workdir, "--daemonize", "no", "--loglevel", "warning"]
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # its own session: Ctrl-C in the terminal must not reach it (it is stopped last, after what uses it)
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             url = f"redis://127.0.0.1:{port}/0"
             wait_until_answers(url)

@@ -6,11 +6,20 @@ Each subcommand is defined in the module that owns its work and registered here;
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from worker.cli.context import group
+from worker.cli.context import group, handle_interrupts
 
 app = group("ctrelay", "Self-hosted Segment → CleverTap relay.")
+
+
+@app.callback()
+def _root() -> None:
+    """Self-hosted Segment → CleverTap relay."""
+    handle_interrupts()  # SIGINT and SIGTERM stop any command cleanly, even when SIGINT was ignored at start
 
 
 from worker.cli.sandbox import sandbox as _sandbox  # noqa: E402  (CleverTap sandbox; loads its server lazily)
@@ -62,17 +71,28 @@ def _flower(ctx: typer.Context) -> None:
 
 @app.command("dev")
 def _dev(
-    port: int = typer.Option(8000, help="ingest port (when taken, or 0: any free port)"),
-    sandbox_port: int = typer.Option(8900, help="sandbox CleverTap port (when taken, or 0: any free port)"),
-    metrics_port: int = typer.Option(9108, help="worker metrics port (when taken, or 0: any free port)"),
+    port: int = typer.Option(8000, help="ingest port (0: any free port; taken: ctrelay dev says so and stops)"),
+    sandbox_port: int = typer.Option(8900, help="sandbox CleverTap port (0: any free port)"),
+    metrics_port: int = typer.Option(9108, help="worker metrics port (0: any free port)"),
     write_key: str = typer.Option("wk_dev", help="the development write key"),
     redis_server: bool = typer.Option(True, help="embed the redis-server binary when on the PATH (else fakeredis)"),
+    *,
+    destinations: Annotated[
+        Path | None,
+        typer.Option(help="deliver to these destinations (real CleverTap accounts) too; the sandbox stays at wk_dev"),
+    ] = None,
 ) -> None:
     """Run the whole relay locally (Redis, sandbox CleverTap, worker, ingest) until Ctrl-C."""
     from worker.cli.dev import main as run_dev
 
     ports = {"port": port, "sandbox_port": sandbox_port, "metrics_port": metrics_port}
-    raise typer.Exit(run_dev(**ports, write_key=write_key, redis_binary=redis_server))
+    code = run_dev(**ports, write_key=write_key, redis_binary=redis_server, destinations=destinations)
+    raise typer.Exit(code)
+
+
+from worker.cli.check import check_command as _check  # noqa: E402  (settings, Redis and CleverTap credentials)
+
+app.command("check")(_check)
 
 
 @app.command("status")

@@ -5,6 +5,7 @@ Only typer is imported at module level; the server and its dependencies load whe
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -40,6 +41,10 @@ def sandbox(  # noqa: PLR0917  (a typer command: one parameter per flag)
     port: Annotated[int, typer.Option(help="port to listen on")] = 8900,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     accounts: Annotated[str | None, typer.Option(help="ID:PASSCODE,... accepted (default: any non-empty pair)")] = None,
+    accounts_file: Annotated[
+        Path | None,
+        typer.Option(help="read ID:PASSCODE,... from this file (kept out of `ps`); adds to --accounts"),
+    ] = None,
     cap: Annotated[int, typer.Option(help="concurrent requests per account before 429")] = 15,
     latency_ms: Annotated[float, typer.Option(help="added to every accepted request")] = 0.0,
     jitter_ms: Annotated[float, typer.Option(help="uniform random extra latency, up to this")] = 0.0,
@@ -76,6 +81,15 @@ def sandbox(  # noqa: PLR0917  (a typer command: one parameter per flag)
     from worker.sandbox.state import Sandbox
 
     parsed_accounts = parse_accounts(accounts)
+    if accounts_file is not None:
+        try:
+            text = accounts_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise typer.BadParameter(f"{accounts_file}: {exc.strerror or exc}", param_hint="--accounts-file") from None
+        from_file = parse_accounts(",".join(text.split()))
+        if from_file is None:
+            raise typer.BadParameter(f"{accounts_file} holds no ID:PASSCODE", param_hint="--accounts-file")
+        parsed_accounts = {**(parsed_accounts or {}), **from_file}
     try:
         faults = Faults.model_validate(
             {

@@ -50,6 +50,7 @@ def run_worker(argv: list[str]) -> None:
 
     app, runtime = create_app(config)
     ticker: list[Ticker] = []
+    served_on: list[int] = []  # the metrics port: the asked one, or the next free one when it is taken
     # A drain allocates ~30 objects per message and keeps a batch alive: collect young objects less often
     # (the default 700 makes the collector a fifth of the transform's cost) and never rescan start-up objects.
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
@@ -68,14 +69,14 @@ def run_worker(argv: list[str]) -> None:
                 write_keys=list(config.destinations),
                 max_cap=settings.concurrency_cap,
             )
-            metrics.serve(settings.metrics_port, metrics.registry(multiproc_dir, [collector]))
+            served_on.append(metrics.serve(settings.metrics_port, metrics.registry(multiproc_dir, [collector])))
         ticker.append(Ticker(settings.tick_interval_s, main.tick))
         ticker[0].start()
         log.info(
             "worker_ready",
             partitions=settings.partitions,
             destinations=len(config.destinations),
-            metrics_port=settings.metrics_port,
+            metrics_port=served_on[0] if served_on else 0,
         )
 
     @signals.worker_shutdown.connect(weak=False)
@@ -95,4 +96,6 @@ def run_worker(argv: list[str]) -> None:
     # Workers coordinate through Redis keys, not through Celery: gossip and mingle (worker-to-worker
     # broadcasts) are not needed, and their channels are what fails to restart after a broker outage.
     quiet = [flag for flag in ("--without-gossip", "--without-mingle") if flag not in argv]
-    app.worker_main(["worker", f"--loglevel={level}", *quiet, *argv])
+    banner = [flag for flag in argv if flag in ("-q", "--quiet")][:1]  # Celery's global option: no start-up banner
+    argv = [arg for arg in argv if arg not in ("-q", "--quiet")]
+    app.worker_main([*banner, "worker", f"--loglevel={level}", *quiet, *argv])

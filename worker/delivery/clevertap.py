@@ -1,4 +1,5 @@
-"""The one HTTP seam to CleverTap: POST /1/upload (and /1/delete/profiles.json), answered as a per-record report.
+"""The one HTTP seam to CleverTap: POST /1/upload (and /1/delete/profiles.json), answered as a per-record report;
+and GET /1/profile.json, the read-only profile lookup ``ctrelay check`` makes to test a destination's credentials.
 
 :class:`CleverTap` wraps an ``httpx.Client`` (tests pass one with ``httpx.MockTransport``). It never
 raises for what CleverTap or the network answers: a timeout, a refused connection, a 5xx, a 200
@@ -27,6 +28,7 @@ from worker.core.destinations import Destination
 
 UPLOAD_PATH = "/1/upload"
 DELETE_PATH = "/1/delete/profiles.json"
+PROFILE_PATH = "/1/profile.json"
 MAX_RECORDS = 1000
 MAX_TOKENS = 100
 MAX_DELETE_IDS = 100
@@ -153,7 +155,26 @@ class CleverTap:
         payload = {name: list(values) for name, values in (("identity", identities), ("guid", guids)) if values}
         return self._post(destination, DELETE_PATH, orjson.dumps(payload), records)
 
+    def lookup_profile(self, destination: Destination, identity: str, base_url: str | None = None) -> Report:
+        """GET CleverTap's profile of ``identity`` (read-only, changes nothing): what the answer's status says
+        about the credentials (401/403: refused). ``base_url`` overrides the destination's (another region)."""
+        query = {"identity": identity}
+        return self._request(destination, "GET", PROFILE_PATH, None, (), params=query, base_url=base_url)
+
     def _post(self, destination: Destination, path: str, body: bytes, records: Sequence[Mapping[str, Any]]) -> Report:
+        return self._request(destination, "POST", path, body, records)
+
+    def _request(
+        self,
+        destination: Destination,
+        method: str,
+        path: str,
+        body: bytes | None,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        params: Mapping[str, str] | None = None,
+        base_url: str | None = None,
+    ) -> Report:
         passcode = destination.passcode.get_secret_value() if destination.passcode is not None else ""
         headers = {
             "X-CleverTap-Account-Id": destination.account_id,
@@ -162,9 +183,10 @@ class CleverTap:
         }
         started = time.monotonic()
         count = len(records)
+        url = (base_url or destination.base_url) + path
         try:
-            response = self.client.post(
-                destination.base_url + path, content=body, headers=headers, timeout=self.timeout
+            response = self.client.request(
+                method, url, content=body, params=params, headers=headers, timeout=self.timeout
             )
         except httpx.TimeoutException:
             return Report(count=count, status=None, error="timeout", duration_s=time.monotonic() - started)

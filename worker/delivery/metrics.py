@@ -10,6 +10,7 @@ one worker reports the same, true values.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from prometheus_client.registry import Collector
 
 from worker.core.keys import Keys
 from worker.store.streams import group_info
+
+log = structlog.get_logger("ctrelay.metrics")
 
 records_delivered = Counter(
     "ctrelay_records_delivered", "Records CleverTap accepted, by destination and record type", ["destination", "type"]
@@ -140,6 +143,26 @@ def registry(multiprocess_dir: Path | None, collectors: Iterable[Collector] = ()
     return target
 
 
-def serve(port: int, target: CollectorRegistry) -> None:
-    """Expose ``target`` on ``port`` (all interfaces) from a daemon thread."""
-    start_http_server(port, registry=target)
+METRICS_PORT_TRIES = 100
+"""How many ports from ``CTRELAY_METRICS_PORT`` on a worker tries before it gives up serving metrics."""
+
+
+def serve(port: int, target: CollectorRegistry) -> int:
+    """Expose ``target`` on ``port`` (all interfaces) from a daemon thread; return the port it serves on.
+
+    When ``port`` is taken (a second worker on the same host), the next free one of the following
+    ``METRICS_PORT_TRIES - 1`` ports is used, with a warning naming both, so that a second worker runs and
+    says where its metrics are. When every one is taken the worker runs without metrics (an error line):
+    delivering matters more than being scraped."""
+    for candidate in range(port, min(port + METRICS_PORT_TRIES, 65536)):
+        try:
+            start_http_server(candidate, registry=target)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        if candidate != port:
+            log.warning("metrics_port_taken", asked=port, port=candidate, url=f"http://127.0.0.1:{candidate}/metrics")
+        return candidate
+    log.error("metrics_not_served", asked=port, tried=METRICS_PORT_TRIES, reason="every port is taken")
+    return 0

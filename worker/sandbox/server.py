@@ -5,6 +5,10 @@ Part of the product: ``ctrelay dev`` and every end-to-end test deliver to it. Ro
 - ``POST /1/upload``: ``{"d": [record, ...]}`` → 200 with CleverTap's per-record body
   (``status`` success/partial/fail, ``processed``, ``unprocessed`` with code, error and the record).
 - ``POST /1/delete/profiles.json``: ``{"identity": [...]}`` and/or ``{"guid": [...]}`` (≤ 100 each).
+- ``GET /1/profile.json?identity=ID`` (or ``?objectId=ID``): CleverTap's read-only profile lookup,
+  200 ``{"status": "success", "record": {...}}`` for a user the sandbox has records of, else 200
+  ``{"status": "fail", "error": "User not found"}``; with wrong credentials 401 like every call (what
+  ``ctrelay check`` relies on).
 - ``GET /_sandbox/records`` (``?account_id=``, ``?since=``, ``?limit=``), ``DELETE /_sandbox/records``,
   ``GET /_sandbox/stats``, ``GET /_sandbox/deletions``, ``GET|POST|DELETE /_sandbox/faults``,
   ``GET|POST /_sandbox/accounts``, ``GET /_sandbox/health``.
@@ -25,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -192,6 +196,20 @@ class Handlers:
         status = "success" if not unprocessed else ("partial" if accepted else "fail")
         return json_response(200, {"status": status, "processed": len(accepted), "unprocessed": unprocessed}), commit
 
+    async def profile(self, request: Request) -> Response:
+        self.sandbox.stats.lookups += 1
+        query = request.query_params
+        return await self._serve(request, lambda account, _body: self._profile(account, query))
+
+    def _profile(self, account: str, query: Mapping[str, str]) -> Handled:
+        ids = [(key, query[key]) for key in ("identity", "objectId") if query.get(key)]
+        if len(ids) != 1:
+            return fail(400, "Give exactly one of identity or objectId"), None
+        found = self.sandbox.store.profile(account, *ids[0])
+        if found is None:
+            return json_response(200, {"status": "fail", "error": "User not found"}), None
+        return json_response(200, {"status": "success", "record": found}), None
+
     async def delete_profiles(self, request: Request) -> Response:
         self.sandbox.stats.deletes += 1
         return await self._serve(request, self._delete)
@@ -229,6 +247,7 @@ def create_app(sandbox: Sandbox) -> Starlette:
     routes = [
         Route("/1/upload", h.upload, methods=["POST"]),
         Route("/1/delete/profiles.json", h.delete_profiles, methods=["POST"]),
+        Route("/1/profile.json", h.profile, methods=["GET"]),
         Route("/_sandbox/records", admin.records, methods=["GET", "DELETE"]),
         Route("/_sandbox/stats", admin.stats, methods=["GET"]),
         Route("/_sandbox/deletions", admin.deletions, methods=["GET"]),

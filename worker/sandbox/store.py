@@ -27,6 +27,7 @@ class Stats:
         self.requests = 0
         self.uploads = 0
         self.deletes = 0
+        self.lookups = 0
         self.records = 0
         self.records_unprocessed = 0
         self.too_many_concurrent = 0
@@ -80,6 +81,7 @@ class Stats:
             "requests": self.requests,
             "uploads": self.uploads,
             "deletes": self.deletes,
+            "lookups": self.lookups,
             "records": self.records,
             "records_unprocessed": self.records_unprocessed,
             "records_stored": stored,
@@ -173,6 +175,22 @@ class RecordStore:
                 break
             shown.append({"account_id": owner, "record": record, "seq": seq})
         return orjson.dumps({"next": following, "total": self._size, "records": shown})
+
+    def profile(self, account: str, key: str, value: str) -> dict[str, Any] | None:
+        """The profile of the user whose records of ``account`` carry ``key`` (``identity`` or ``objectId``) =
+        ``value``: the ids and the ``profileData`` of its profile records merged, oldest first; None if none."""
+        found: dict[str, Any] | None = None
+        for _, _, record in self._walk(account, 0):
+            if type(record) is not dict or str(record.get(key)) != value:
+                continue
+            if found is None:
+                found = {"identity": None, "objectId": None, "profileData": {}}
+            for name in ("identity", "objectId"):
+                if record.get(name) is not None:
+                    found[name] = record[name]
+            if record.get("type") == "profile" and type(record.get("profileData")) is dict:
+                found["profileData"].update(record["profileData"])
+        return found
 
     def delete(self, account: str, identities: list[str], guids: list[str]) -> dict[str, Any]:
         """Record a deletion and hide that user's records of ``account`` accepted so far."""
