@@ -86,6 +86,16 @@ def _object(value: Any) -> Mapping[str, Any]:
     return value if _is_object(value) else {}
 
 
+def _identify_traits(message: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An identify's traits: its top-level ``traits``; when those are absent or empty, its ``context.traits``
+    (RudderStack's clients put identify traits only there). Never both merged: a client that sends both means
+    the top level, and ``context.traits`` is then a cache of older traits."""
+    traits = _object(message.get("traits"))
+    if traits:
+        return traits
+    return _object(_object(message.get("context")).get("traits"))
+
+
 def _amount(value: Any) -> int | float | None:
     """A number, or a numeric string converted (``"12"`` → 12, ``"12.50"`` → 12.5); ``None`` otherwise."""
     cls = value.__class__
@@ -202,7 +212,7 @@ def transform(
     record["ts"] = _timestamp(message, now)
 
     if kind == "identify":
-        record["profileData"] = profile_data(clean(_object(message.get("traits")), stats, keep_arrays=True), stats)
+        record["profileData"] = profile_data(clean(_identify_traits(message), stats, keep_arrays=True), stats)
     elif kind == "alias":
         record["profileData"] = {}
     elif kind == "track":
