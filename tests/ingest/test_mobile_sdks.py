@@ -10,7 +10,8 @@ answer must be ``200``, and the sandbox must receive exactly what the transform 
 - analytics-kotlin 1.24.1 (segmentio/analytics-kotlin @ a14649b3)
 - analytics-swift 1.9.4 (segmentio/analytics-swift @ c9a0d630)
 - analytics_flutter 1.1.10 (segmentio/analytics_flutter @ 4d685c71)
-- analytics-react-native (segmentio/analytics-react-native @ 74884be7, `useSegmentEndpoints: true`)
+- analytics-react-native 2.21.4 (segmentio/analytics-react-native @ 74884be7): `proxy`/`cdnProxy`,
+  `useSegmentEndpoints: true`
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ def test_analytics_react_native_proxy_with_segment_endpoints_and_a_retry(
     # cdnProxy "https://<relay>/v1" + useSegmentEndpoints: <cdnProxy>/projects/<writeKey>/settings
     # (analytics.ts:364-380)
     api_host(context_, url, f"/v1/projects/{WK}/settings", [("Accept", "*/*")])
-    sent = events("analytics-react-native", "2.21.0", "iOS", "js")
+    sent = events("analytics-react-native", "2.21.4", "iOS", "js")
     # proxy "https://<relay>/v1" + useSegmentEndpoints: <proxy>/b (SegmentDestination.ts:400-417); fetch POST, JSON
     # Content-Type, X-Retry-Count only on a retry, body JSON.stringify({batch, sentAt: toISOString(), writeKey})
     # (api.ts:14-32)
