@@ -202,3 +202,27 @@ def test_settings_document(tmp_path: Path) -> None:
 def test_public_url_must_be_a_base_url(url: str) -> None:
     with pytest.raises(ValueError, match="CTRELAY_PUBLIC_URL"):
         Settings(public_url=url)
+
+
+def test_refused_traffic_is_logged_at_debug_with_method_and_path(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    with client(tmp_path, cors_origins=SHOP) as http, capture_logs() as logs:
+        http.get("/v1/nowhere")
+        http.get("/v1/t")
+        http.post("/v1/t", content=b"{}", headers={"Origin": "https://evil.example"})
+    seen = [(entry["log_level"], entry.get("method"), entry.get("path")) for entry in logs]
+    assert ("debug", "GET", "/v1/nowhere") in seen
+    assert ("debug", "GET", "/v1/t") in seen
+    assert ("debug", "POST", "/v1/t") in seen
+
+
+def test_tls_flags_go_together_and_are_checked_before_start(tmp_path: Path) -> None:
+    from ingest.app import _tls
+
+    assert _tls(None, None) is None
+    with pytest.raises(SystemExit, match="go together"):
+        _tls(tmp_path / "cert.pem", None)
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    with pytest.raises(SystemExit, match="cannot load the certificate"):
+        _tls(tmp_path / "cert.pem", tmp_path / "cert.pem")
