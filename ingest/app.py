@@ -11,6 +11,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -26,6 +27,7 @@ from starlette.responses import Response
 
 from ingest import metrics
 from ingest.admin.mount import mount as mount_admin
+from ingest.cors import CORS, parse_origins, route_template
 from ingest.responses import error_response
 from ingest.tracking import openapi
 from ingest.tracking.routes import Ingest, Kind
@@ -126,23 +128,42 @@ def create_app(config: Config) -> FastAPI:
         endpoint = _post(ingest, kind, implied, path)
         spec = openapi.operation(body, doc, extra.pop("parameters", None))
         name = path.strip("/").replace("/", "_")
-        app.add_api_route(path, endpoint, methods=["POST"], responses=answers, openapi_extra=spec, name=name)
-        app.add_api_route(path + "/", endpoint, methods=["POST"], include_in_schema=False, name=name + "_slash")
+        methods = extra.pop("methods", ["POST"])
+        shown = extra.pop("include_in_schema", True)
+        app.add_api_route(
+            path, endpoint, methods=methods, responses=answers, openapi_extra=spec, name=name, include_in_schema=shown
+        )
+        app.add_api_route(path + "/", endpoint, methods=methods, include_in_schema=False, name=name + "_slash")
 
     for call in CALL_TYPES:
         add(f"/v1/{call}", "single", call, _TITLES[call] + "Call", f"One {call} call; `type` is implied by the path.")
+        # analytics.js's short paths (/v1/i, /v1/t, ...): the same call, not repeated in the OpenAPI document
+        add(f"/v1/{call[0]}", "single", call, _TITLES[call] + "Call", f"= /v1/{call}", include_in_schema=False)
     batch_doc = "Up to {n} messages, each with its `type`; invalid items are dropped and counted, the rest accepted."
     for path in ("/v1/batch", "/v1/import"):
         add(path, "batch", None, "Batch", batch_doc.format(n=settings.max_batch_messages))
+    add(
+        "/v1/b", "batch", None, "Batch", "= /v1/batch (analytics.js batching, the mobile SDKs)", include_in_schema=False
+    )
     add(
         "/v1/webhook",
         "webhook",
         None,
         openapi.WEBHOOK_BODY,
         "What Segment's Webhooks destination sends: one message or an array. Write key by `?writeKey=` or Basic; "
-        "`X-Signature` (hex HMAC-SHA1 of the body) is required when the destination has a `webhook_secret`.",
+        "`X-Signature` (hex HMAC-SHA1 of the body) is required when the destination has a `webhook_secret`. "
+        "PUT and PATCH (Webhooks (Actions)) are served like POST.",
         parameters=openapi.WEBHOOK_PARAMETERS,
+        methods=["POST", "PUT", "PATCH"],
     )
+
+    settings_route = "/v1/projects/{write_key}/settings"
+
+    @app.get(settings_route, tags=["sources"], responses=openapi.SETTINGS_ANSWERS, response_class=Response)
+    async def project_settings(request: Request) -> Response:
+        """The settings document analytics.js (`cdnURL`) and the mobile SDKs (`cdnHost`) load at start-up: it
+        names this relay as their apiHost. 404 for a write key no destination has."""
+        return ingest.project_settings(request, settings_route)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -168,10 +189,17 @@ def create_app(config: Config) -> FastAPI:
     mount_admin(app, config)  # the admin API, only when CTRELAY_ADMIN_TOKEN is set
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         codes = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, "http_error")
-        return error_response(RequestError(exc.status_code, code, str(exc.detail)), settings.retry_after)
+        response = error_response(RequestError(exc.status_code, code, str(exc.detail)), settings.retry_after)
+        if exc.headers:  # a 405's Allow
+            response.headers.update(exc.headers)
+        if exc.status_code in (404, 405):  # a misconfigured client seen from the server: counted by template
+            template = route_template(app.routes, request.scope) if exc.status_code == 405 else "unmatched"
+            metrics.requests.labels(template, str(exc.status_code)).inc()
+            log.debug("request not served", method=request.method, path=request.url.path, status=exc.status_code)
+        return response
 
     @app.exception_handler(Exception)
     async def crash(_: Request, exc: Exception) -> Response:
@@ -187,6 +215,7 @@ def create_app(config: Config) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = document  # type: ignore[method-assign]
+    app.add_middleware(CORS, origins=parse_origins(settings.cors_origins), routes=app.routes)
     return app
 
 
@@ -204,12 +233,15 @@ def factory() -> FastAPI:
     return app
 
 
-def serve(host: str, port: int, workers: int) -> None:
+def serve(
+    host: str, port: int, workers: int, *, ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None
+) -> None:
     """Run ingest on uvicorn (uvloop, httptools), ``workers`` processes sharing the port.
 
     Settings and destinations are checked here first, so that a bad file stops the command at once.
     With several workers, metrics go to a shared directory (a temporary one unless
-    ``PROMETHEUS_MULTIPROC_DIR`` is set), which the worker processes inherit.
+    ``PROMETHEUS_MULTIPROC_DIR`` is set), which the worker processes inherit. With a certificate and its key
+    (PEM files) uvicorn serves HTTPS itself (TLS 1.2+); both are needed, and both are checked before it starts.
     """
     import os
     import shutil
@@ -222,11 +254,19 @@ def serve(host: str, port: int, workers: int) -> None:
     except ConfigError as exc:
         raise SystemExit(f"ctrelay ingest: {exc}") from None
     logs.configure(config.settings.log_level, config.settings.log_format)
+    tls = _tls(ssl_certfile, ssl_keyfile)
     scratch = None
     if workers > 1 and config.settings.prometheus_multiproc_dir is None:
         scratch = tempfile.mkdtemp(prefix="ctrelay-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = scratch
-    log.info("ingest starting", host=host, port=port, workers=workers, destinations=len(config.destinations))
+    log.info(
+        "ingest starting",
+        host=host,
+        port=port,
+        workers=workers,
+        destinations=len(config.destinations),
+        scheme="https" if tls else "http",
+    )
     try:
         uvicorn.run(
             "ingest.app:factory",
@@ -240,7 +280,24 @@ def serve(host: str, port: int, workers: int) -> None:
             log_level="warning",
             proxy_headers=False,
             server_header=False,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
         )
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _tls(certfile: Path | None, keyfile: Path | None) -> tuple[str, str] | None:
+    """uvicorn's TLS arguments, after checking the pair loads (a wrong file stops the command with a clear line)."""
+    import ssl
+
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise SystemExit("ctrelay ingest: --ssl-certfile and --ssl-keyfile go together")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"ctrelay ingest: cannot load the certificate {certfile} and key {keyfile}: {exc}") from None
+    return str(certfile), str(keyfile)

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import redis
 
 from worker.cli.embedded import free_port
-from worker.core.keys import GROUP, Keys
+from worker.core.destinations import load_destinations
+from worker.core.keys import GROUP, Envelope, Keys
 from worker.store.deadletters import DeadLetterStore
 from worker.store.producer import Producer
+from worker.transform.records import Skip, transform
 
 CLI = "from worker.cli import app; app(prog_name='ctrelay')"
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,11 +138,12 @@ class Relay:
         wait_for(lambda: http_ok(f"{self.sandbox_url}/_sandbox/health"), 20, "the sandbox to answer", proc)
         return proc
 
-    def start_ingest(self, **env: str) -> tuple[Proc, str]:
-        """``ctrelay ingest`` on a free port, once it answers /healthz: the process and its base URL."""
+    def start_ingest(self, *flags: str, **env: str) -> tuple[Proc, str]:
+        """``ctrelay ingest`` on a free port, once it answers /healthz: the process and its base URL (``https://``
+        with ``--ssl-certfile``/``--ssl-keyfile`` among ``flags``)."""
         port = free_port()
-        proc = self.start("ingest", ["ingest", "--port", str(port)], **env)
-        url = f"http://127.0.0.1:{port}"
+        proc = self.start("ingest", ["ingest", "--port", str(port), *flags], **env)
+        url = f"{'https' if '--ssl-certfile' in flags else 'http'}://127.0.0.1:{port}"
         wait_for(lambda: http_ok(f"{url}/healthz"), 30, "ingest to answer", proc)
         return proc, url
 
@@ -172,9 +176,9 @@ class Relay:
 
 
 def http_ok(url: str) -> bool:
-    """Whether ``url`` answers a GET with 200 (within a second)."""
+    """Whether ``url`` answers a GET with 200 (within a second; a self-signed certificate is not checked here)."""
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return httpx.get(url, timeout=1, verify=False).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -269,3 +273,37 @@ def settle(
         detail = f"missing={len(state.missing)} schedule={state.schedule} pending={state.pending}" if state else ""
         raise AssertionError(f"{exc}\n{detail}") from None
     return result[0]
+
+
+def queued(client: redis.Redis, relay: Relay) -> list[Envelope]:
+    """Every envelope in the relay's partition streams (what ingest accepted and no worker has taken yet)."""
+    return [
+        Envelope.decode(fields) for p in range(relay.partitions) for _, fields in client.xrange(relay.keys.stream(p))
+    ]
+
+
+def transformed_then_delivered(
+    client: redis.Redis, relay: Relay, write_key: str, *, timeout_s: float = 60
+) -> tuple[list[Envelope], list[dict[str, Any]], list[dict[str, Any]]]:
+    """What ingest queued, what today's transform makes of it (with the relay's destination), and what the sandbox
+    received once a worker (started here) delivered that many records. Call it with ingest running and no worker."""
+    envelopes = [e for e in queued(client, relay) if e.write_key == write_key]
+    destination = load_destinations(relay.tmp / "destinations.toml", env={})[write_key]
+    expected: list[dict[str, Any]] = []
+    for envelope in envelopes:
+        result = transform(envelope.message, destination, time.time())
+        assert isinstance(result, list | Skip), (envelope.message, result)  # a skip by rule (group) sends nothing
+        expected += result if isinstance(result, list) else []
+    worker = relay.start_worker()
+    wait_for(
+        lambda: len(relay.records()) >= len(expected), timeout_s, f"{len(expected)} records at the sandbox", worker
+    )
+    delivered = [item["record"] for item in relay.records() if item["account_id"] == destination.account_id]
+    return envelopes, expected, delivered
+
+
+def same_records(left: list[dict[str, Any]], right: list[dict[str, Any]]) -> bool:
+    """The same records, whatever the order in which users' batches were uploaded."""
+    return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in left) == sorted(
+        orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in right
+    )

@@ -67,6 +67,11 @@ ANSWERS: dict[int | str, dict[str, Any]] = {
     503: _answer("Redis unreachable or the backlog above its cap; retry after Retry-After", "Error", True),
 }
 
+SETTINGS_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the settings document (cacheable for 60 s)", "content": {"application/json": {}}},
+    404: _answer("no destination has this write key", "Error"),
+}
+
 
 def operation(
     body: str | dict[str, Any], description: str, parameters: list[dict[str, Any]] | None = None
@@ -98,7 +103,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
         "writeKey": {"type": "http", "scheme": "basic", "description": "username = write key, empty password"}
     }
     for path, methods in document.get("paths", {}).items():
-        if path.startswith("/v1/"):
+        if path.startswith("/v1/") and not path.startswith("/v1/projects/"):  # the settings document needs no key
             for spec in methods.values():
                 spec["security"] = [{"writeKey": []}, {}]
     return document

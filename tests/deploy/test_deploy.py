@@ -425,6 +425,23 @@ def test_ingest_probes_hit_real_routes_and_it_shuts_down_gracefully() -> None:
     assert named("Service", "ctrelay-ingest")["spec"]["ports"][0]["targetPort"] == "http"
 
 
+def test_ingress_serves_the_tracking_api_over_tls_at_the_public_url() -> None:
+    ingress = named("Ingress", "ctrelay-ingest")
+    service = named("Service", "ctrelay-ingest")
+    [rule] = ingress["spec"]["rules"]
+    [tls] = ingress["spec"]["tls"]
+    assert rule["host"] in tls["hosts"]
+    assert tls["secretName"]
+    [path] = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v1", "Prefix")  # the Tracking API only: no /admin, no /metrics
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {port["name"] for port in service["spec"]["ports"]}
+    public = named("ConfigMap", "ctrelay-config")["data"]["CTRELAY_PUBLIC_URL"]
+    assert Settings(public_url=public).public_url == f"https://{rule['host']}"
+    assert "cert-manager.io/cluster-issuer" in (K8S / "ingress.yaml").read_text()  # shown, as a comment
+
+
 def test_ingest_autoscales_on_cpu() -> None:
     hpa = named("HorizontalPodAutoscaler", "ctrelay-ingest")
     assert hpa["apiVersion"] == "autoscaling/v2"

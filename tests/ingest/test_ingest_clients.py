@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import orjson
 import pytest
 import redis
 from ingest_process import ROOT, Ingest, queued
+
+from worker.core.destinations import Destination
+from worker.transform.records import transform
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -110,6 +114,10 @@ def check(store: redis.Redis, ingest_server: Ingest, write_key: str, tag: str, l
     identify = by_id[f"{tag}-identify"].message
     traits = identify.get("traits") or identify["context"]["traits"]  # Rudder sends them in context.traits
     assert traits == {"email": "a@example.com", "plan": "pro"}
+    # What the worker uploads for it: the profile carries the traits, wherever the library put them.
+    records = transform(identify, Destination(account_id="ACC"), time.time())
+    assert isinstance(records, list)
+    assert records[0]["profileData"] == {"plan": "pro", "Email": "a@example.com"}
 
 
 def test_segment_analytics_python_24(ingest_server: Ingest, redis_client: redis.Redis) -> None:
@@ -124,7 +132,9 @@ def test_segment_analytics_python_23_body_key_only(ingest_server: Ingest, redis_
     check(redis_client, ingest_server, "wk_two", tag, "analytics-python")
 
 
-def test_rudder_sdk_python_gzip_basic_only(ingest_server: Ingest, redis_client: redis.Redis) -> None:
+def test_rudder_sdk_python_gzip_basic_only_identify_traits_in_context(
+    ingest_server: Ingest, redis_client: redis.Redis
+) -> None:
     tag = uuid.uuid4().hex[:8]
     send("rudder", ingest_server, "wk_one", tag)
     check(redis_client, ingest_server, "wk_one", tag, "analytics-python")

@@ -32,11 +32,15 @@ def _ingest(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes sharing the port"),
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="serve HTTPS: the certificate (PEM, chain included)")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="serve HTTPS: the certificate's private key (PEM)")] = None,
 ) -> None:
     """Serve Segment's HTTP Tracking API: validate, deduplicate, enqueue into the Redis streams."""
     from ingest.app import serve
 
-    serve(host, port, workers)
+    serve(host, port, workers, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
 
 from worker.cli.transform import transform_command as _transform  # noqa: E402  (transform preview; imports lazily)

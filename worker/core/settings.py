@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.core.destinations import Destinations, load_destinations
@@ -62,11 +63,30 @@ class Settings(BaseSettings):
     backlog_interval: float = Field(default=1.0, gt=0, description="seconds between two backlog measures")
     retry_after: int = Field(default=5, ge=1, description="Retry-After seconds on a 503")
     redis_timeout: float = Field(default=1.0, gt=0, description="connect and read timeout of ingest's Redis calls")
+    cors_origins: str = Field(
+        default="*", description="origins (comma-separated) whose web pages may send to /v1/ paths; * = any"
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="the relay's public base URL (https://ingest.example.com) named by the settings document",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "CTRELAY_PROMETHEUS_MULTIPROC_DIR"),
         description="set by `ctrelay ingest --workers N` so that /metrics sums every worker process",
     )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                f"CTRELAY_PUBLIC_URL must be an http(s) base URL such as https://ingest.example.com: {value!r}"
+            )
+        return value.strip().rstrip("/")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Pure: no Redis, HTTP, Celery, clock, environment or logging; ``now`` is passed i
 cut is counted on an optional :class:`TransformStats` (the caller turns it into metrics and debug logs).
 It never raises on a JSON object: expected outcomes are values.
 
-- ``list`` of records: the main record first, then a push-token record when there is one (§2.8);
+- ``list`` of records: the main record first, then a push-token record when there is one;
 - :class:`Skip`: the message is acknowledged and sends nothing, token records included (``group`` is
   ``unsupported_type``; ``alias`` is ``alias_disabled`` when the destination's ``alias`` is off, and
   ``alias_needs_object_id`` when ``send_anonymous_id_as_object_id`` is off: there is no objectId to link;
@@ -84,6 +84,16 @@ def _is_object(value: Any) -> TypeGuard[Mapping[str, Any]]:
 
 def _object(value: Any) -> Mapping[str, Any]:
     return value if _is_object(value) else {}
+
+
+def _identify_traits(message: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An identify's traits: its top-level ``traits``; when those are absent or empty, its ``context.traits``
+    (RudderStack's clients put identify traits only there). Never both merged: a client that sends both means
+    the top level, and ``context.traits`` is then a cache of older traits."""
+    traits = _object(message.get("traits"))
+    if traits:
+        return traits
+    return _object(_object(message.get("context")).get("traits"))
 
 
 def _amount(value: Any) -> int | float | None:
@@ -202,7 +212,7 @@ def transform(
     record["ts"] = _timestamp(message, now)
 
     if kind == "identify":
-        record["profileData"] = profile(_object(message.get("traits")), destination.profile_keys, stats)
+        record["profileData"] = profile(_identify_traits(message), destination.profile_keys, stats)
     elif kind == "alias":
         record["profileData"] = {}
     elif kind == "track":
