@@ -1,4 +1,4 @@
-"""Special traits and timestamps (§2.2) at the edges the golden files do not reach."""
+"""Special traits and timestamps at the edges the golden files do not reach."""
 
 from __future__ import annotations
 
