@@ -27,7 +27,7 @@ from worker.transform.deletions import Delete
 from worker.transform.records import transform
 
 WK = "wk1"
-DEST = Destination(write_key=WK, account_id="ACC-1", passcode="secret")
+DEST = Destination(write_key=WK, account_id="ACC-1", passcode="secret", allow_delete_events=True)
 NOW = 1_800_000_000.0
 
 

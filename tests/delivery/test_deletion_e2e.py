@@ -46,7 +46,7 @@ def send(url: str, messages: list[dict[str, Any]], per_request: int = 15) -> Non
 
 def test_deleting_users_with_events_in_flight(relay: Relay, redis_url: str) -> None:
     relay.start_sandbox("--latency-ms", "300")
-    relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "secret"}])
+    relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "secret", "allow_delete_events": "true"}])
     _, url = relay.start_ingest()
     metrics_port = free_port()
     worker = relay.start_worker(CTRELAY_METRICS_PORT=str(metrics_port))
