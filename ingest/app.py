@@ -30,7 +30,7 @@ from ingest.responses import error_response
 from ingest.tracking import openapi
 from ingest.tracking.routes import Ingest, Kind
 from worker.core import logs
-from worker.core.errors import ConfigError, RequestError
+from worker.core.errors import RequestError
 from worker.core.keys import Keys
 from worker.core.messages import CALL_TYPES
 from worker.core.settings import Config, load
@@ -217,10 +217,7 @@ def serve(host: str, port: int, workers: int) -> None:
 
     import uvicorn
 
-    try:
-        config = load()
-    except ConfigError as exc:
-        raise SystemExit(f"ctrelay ingest: {exc}") from None
+    config = load()  # a ConfigError ends the command with one line and exit status 2 (worker.cli.main)
     logs.configure(config.settings.log_level, config.settings.log_format)
     scratch = None
     if workers > 1 and config.settings.prometheus_multiproc_dir is None:
