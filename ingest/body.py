@@ -78,6 +78,18 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, "invalid_json", f"request body is not valid JSON: {exc.msg}") from None
 
 
+async def read_json(
+    chunks: AsyncIterator[bytes], content_length: str | None, encoding: str | None, limit: int, depth: int
+) -> Any:
+    """A whole JSON body through the same bounds as ingest's: at most ``limit`` bytes (decompressed), ``depth``
+    levels. What the admin routes read, after their token check."""
+    data = decompress(await read(chunks, content_length, limit), encoding, limit)
+    document = parse_json(data)
+    if not shallow(data, depth) and too_deep(document, depth):
+        raise deep_error(depth, "body")
+    return document
+
+
 def shallow(body: bytes, limit: int) -> bool:
     """Whether no value of ``body`` can be nested deeper than ``limit``: it has at most ``limit`` brackets.
 
