@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingest import metrics
+from ingest import connections, metrics
 from ingest.admin.mount import mount as mount_admin
 from ingest.responses import error_response
 from ingest.tracking import openapi
@@ -198,6 +198,7 @@ def factory() -> FastAPI:
     """
     config = load()
     logs.configure(config.settings.log_level, config.settings.log_format)
+    connections.configure(config.settings)  # before uvicorn accepts: header timeout, connection caps
     app = create_app(config)
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
@@ -232,7 +233,8 @@ def serve(host: str, port: int, workers: int) -> None:
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http=connections.GuardedHttpTools,  # httptools, with a header timeout and connection caps
+            timeout_keep_alive=config.settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
             access_log=False,
             log_level="warning",
             proxy_headers=False,

@@ -1,0 +1,103 @@
+"""Connection limits of ingest's HTTP server: what uvicorn does not bound by itself.
+
+uvicorn (httptools) closes an idle keep-alive connection after ``timeout_keep_alive``, but it has no
+timeout for a request head: a fresh connection that sends nothing, or a head sent one byte at a time
+(slowloris), is held forever, and so is its file descriptor, until the process can accept no more.
+:class:`GuardedHttpTools` is uvicorn's own protocol with three additions, all settings:
+
+- **header timeout** (``CTRELAY_HEADER_TIMEOUT_S``): the request head (request line and headers) must
+  be complete this long after the connection opened, or after the previous response on a keep-alive
+  connection, else the connection is closed. Idle keep-alive connections are still closed by the
+  keep-alive timeout (``CTRELAY_KEEP_ALIVE_TIMEOUT_S``) when it is the shorter.
+- **maximum connections** (``CTRELAY_MAX_CONNECTIONS``) per process: a connection past it is closed as
+  soon as it is accepted, so that the process always has descriptors left (``/healthz`` included once
+  the excess is gone). The soft descriptor limit is raised to fit, up to the hard limit.
+- **requests in progress** (``CTRELAY_LIMIT_CONCURRENCY``) per process: a request that arrives while
+  that many are being handled gets uvicorn's ``503 Service Unavailable`` (clients retry it). Unlike
+  uvicorn's own ``limit_concurrency``, open but idle connections do not count.
+
+The limits are class attributes, set by :func:`configure` in each worker process (from the settings
+that process read) before uvicorn creates any connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from typing import ClassVar
+
+import structlog
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from worker.core.settings import Settings
+
+log = structlog.get_logger("ctrelay.ingest")
+
+_SPARE_DESCRIPTORS = 256
+"""Descriptors beyond the connections: Redis, the metrics files, logs, the listening socket."""
+
+
+class GuardedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header timeout, a connection cap and a cap on requests in progress."""
+
+    header_timeout_s: ClassVar[float] = 10.0
+    max_connections: ClassVar[int] = 4096
+    max_requests: ClassVar[int] = 256
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.close()  # accepted only to be closed: the descriptor is free again at once
+            return
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        # uvicorn answers 503 when len(connections) >= limit_concurrency or len(tasks) >= it: a limit of 0 when
+        # the requests in progress are at the cap (and none otherwise) makes it count requests only.
+        self.limit_concurrency = 0 if len(self.tasks) >= self.max_requests else None
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # kept alive, waiting for the next request's head
+            self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def configure(settings: Settings) -> None:
+    """Set this process's limits from its settings, and make room for its connections' descriptors."""
+    GuardedHttpTools.header_timeout_s = settings.header_timeout_s
+    GuardedHttpTools.max_connections = settings.max_connections
+    GuardedHttpTools.max_requests = settings.limit_concurrency
+    needed = settings.max_connections + _SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            log.warning(
+                "descriptor limit below max_connections",
+                hard_limit=hard,
+                max_connections=settings.max_connections,
+                hint="raise the hard limit (ulimit -Hn) or lower CTRELAY_MAX_CONNECTIONS",
+            )
