@@ -274,7 +274,7 @@ def test_cluster_gauges_are_read_from_redis(redis_client: redis.Redis, keys: Key
         ClusterCollector(redis_client, keys, partitions=2, accounts=["ACC"], destinations={"wk": "ACC"}, max_cap=15)
     )
     text = generate_latest(registry).decode()
-    assert 'ctrelay_destination_paused{destination="wk"} 1.0' in text
+    assert 'ctrelay_destination_paused{destination="ACC"} 1.0' in text
     assert "ctrelay_retry_schedule_size 2.0" in text
     assert 'ctrelay_stream_lag{partition="0"} 1.0' in text
     assert 'ctrelay_stream_lag{partition="1"} 0.0' in text
