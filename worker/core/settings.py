@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(default=4096, ge=1, description="open connections per ingest process")
     limit_concurrency: int = Field(
-        default=2048, ge=1, description="requests in progress per process; above it new ones get 503"
+        default=256, ge=1, description="requests in progress per process; above it new ones get 503"
     )
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
