@@ -9,6 +9,9 @@ timeout for a request head: a fresh connection that sends nothing, or a head sen
   be complete this long after the connection opened, or after the previous response on a keep-alive
   connection, else the connection is closed. Idle keep-alive connections are still closed by the
   keep-alive timeout (``CTRELAY_KEEP_ALIVE_TIMEOUT_S``) when it is the shorter.
+- **body timeout** (``CTRELAY_BODY_TIMEOUT_S``): the whole body must have arrived this long after the
+  head, else the connection is closed (the request sees a disconnect): a body trickled in, or announced
+  and never sent, cannot hold a request slot for ever.
 - **maximum connections** (``CTRELAY_MAX_CONNECTIONS``) per process: a connection past it is closed as
   soon as it is accepted, so that the process always has descriptors left (``/healthz`` included once
   the excess is gone). The soft descriptor limit is raised to fit, up to the hard limit.
@@ -38,48 +41,56 @@ _SPARE_DESCRIPTORS = 256
 
 
 class GuardedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header timeout, a connection cap and a cap on requests in progress."""
+    """uvicorn's httptools protocol with header and body timeouts, a connection cap and a cap on requests in
+    progress. One timer per connection: the head's, then the body's, then the next head's."""
 
     header_timeout_s: ClassVar[float] = 10.0
+    body_timeout_s: ClassVar[float] = 30.0
     max_connections: ClassVar[int] = 4096
     max_requests: ClassVar[int] = 256
 
-    _head_timer: asyncio.TimerHandle | None = None
+    _timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             transport.close()  # accepted only to be closed: the descriptor is free again at once
             return
-        self._arm()
+        self._arm(self.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._arm(self.body_timeout_s)
         # uvicorn answers 503 when len(connections) >= limit_concurrency or len(tasks) >= it: a limit of 0 when
         # the requests in progress are at the cap (and none otherwise) makes it count requests only.
         self.limit_concurrency = 0 if len(self.tasks) >= self.max_requests else None
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+        if self.cycle.response_complete and self.timeout_keep_alive_task is not None:
+            self._arm(self.header_timeout_s)  # answered before its body was in (a 401): now waiting for a head
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.timeout_keep_alive_task is not None:  # kept alive, waiting for the next request's head
-            self._arm()
+            self._arm(self.header_timeout_s)
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float) -> None:
         self._disarm()
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+        self._timer = self.loop.call_later(seconds, self._timed_out)
 
     def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def _timed_out(self) -> None:
+        self._timer = None
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -87,6 +98,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 def configure(settings: Settings) -> None:
     """Set this process's limits from its settings, and make room for its connections' descriptors."""
     GuardedHttpTools.header_timeout_s = settings.header_timeout_s
+    GuardedHttpTools.body_timeout_s = settings.body_timeout_s
     GuardedHttpTools.max_connections = settings.max_connections
     GuardedHttpTools.max_requests = settings.limit_concurrency
     needed = settings.max_connections + _SPARE_DESCRIPTORS

@@ -142,3 +142,35 @@ def test_connections_past_the_maximum_are_closed_at_once(redis_url: str, prefix:
         time.sleep(0.5)
         assert httpx.get(ingest.url + "/healthz", timeout=5).status_code == 200  # room again once they are gone
     assert closed == 20
+
+
+def test_a_body_never_sent_is_cut_and_requests_past_the_cap_get_503(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    env = {"CTRELAY_BODY_TIMEOUT_S": "2", "CTRELAY_LIMIT_CONCURRENCY": "2", "CTRELAY_HEADER_TIMEOUT_S": "30"}
+    head = b"POST /v1/track HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    with running_ingest(redis_url, prefix, tmp_path, env=env) as ingest:
+        port = int(ingest.url.rsplit(":", 1)[1])
+
+        async def run() -> tuple[list[float], int, int]:
+            held = []
+            for _ in range(2):  # two requests in progress, waiting for bodies that never come: the cap
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head + b'{"userId":')
+                await writer.drain()
+                held.append((reader, writer, time.monotonic()))
+            await asyncio.sleep(0.5)
+            async with httpx.AsyncClient(base_url=ingest.url, timeout=10) as http:
+                refused = (await http.get("/healthz")).status_code
+                cut = [await _closed_after(reader, opened) for reader, _, opened in held]
+                served = (await http.get("/healthz")).status_code  # the slots are free again
+            for _, writer, _ in held:
+                writer.close()
+            return cut, refused, served
+
+        cut, refused, served = asyncio.run(run())
+    print(f"bodies never sent: cut after {min(cut):.2f}-{max(cut):.2f} s")
+    assert refused == 503
+    assert served == 200
+    assert all(1.5 <= took < 2 + SLACK_S for took in cut)
+    assert "Traceback" not in (tmp_path / "ingest.log").read_text()

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(
         default=10.0, gt=0, description="a connection whose request head is not complete this long is closed"
     )
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body not complete this long is cut")
     max_connections: int = Field(default=4096, ge=1, description="open connections per ingest process")
     limit_concurrency: int = Field(
         default=256, ge=1, description="requests in progress per process; above it new ones get 503"
