@@ -8,6 +8,7 @@ import socket
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 from ingest_process import running_ingest
 
@@ -67,4 +68,29 @@ def test_a_200_mb_admin_body_is_refused_without_memory(redis_url: str, prefix: s
     print(f"peak RSS grew {grown_mib:.1f} MiB over {len(outcomes)} bodies of 200 MB; (status, bytes sent): {outcomes}")
     statuses = [status for status, _ in outcomes]
     assert statuses == [401, 401, 400] * 3
+    assert grown_mib < 20
+
+
+def test_a_huge_request_head_is_refused_without_memory(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    """httptools would keep a request line or header of any size: ingest refuses one past CTRELAY_MAX_HEADER_BYTES."""
+    with running_ingest(redis_url, prefix, tmp_path) as ingest:
+        port = int(ingest.url.rsplit(":", 1)[1])
+        pid = ingest.process.pid
+        before = peak_kib(pid)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: ingest\r\nX-Big: " + b"a" * 200_000)
+            answer = conn.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert b'"code":"headers_too_large"' in answer
+        for start in (b"GET /healthz?", b"GET /healthz HTTP/1.1\r\nX-Big: "):  # 100 MB of URL, then of header
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                try:
+                    conn.sendall(start)
+                    for _ in range(100):
+                        conn.sendall(CHUNK)
+                except OSError:
+                    pass  # refused and closed long before the end
+        grown_mib = (peak_kib(pid) - before) / 1024
+        assert httpx.get(ingest.url + "/healthz", timeout=5).status_code == 200
+    print(f"peak RSS grew {grown_mib:.1f} MiB over two 100 MB request heads")
     assert grown_mib < 20

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(
         default=10.0, gt=0, description="a connection whose request head is not complete this long is closed"
     )
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="request line and headers of one request")
     body_timeout_s: float = Field(default=30.0, gt=0, description="a request body not complete this long is cut")
     max_connections: int = Field(default=4096, ge=1, description="open connections per ingest process")
     limit_concurrency: int = Field(
