@@ -6,40 +6,11 @@ Each subcommand is defined in the module that owns its work and registered here;
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
-from worker.cli.context import EXIT_BAD_INPUT
-from worker.core.errors import ConfigError
+from worker.cli.context import group
 
-
-class _Command(typer.Typer):
-    """The top-level command: bad settings or a bad destinations file, in any subcommand (``worker``,
-    ``ingest``, ``status``, ``dlq``, ``users``, ...), end it with one line ``error: ...`` and exit status 2,
-    never a traceback."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from pydantic import ValidationError
-
-        try:
-            return super().__call__(*args, **kwargs)
-        except ConfigError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise SystemExit(EXIT_BAD_INPUT) from None
-        except ValidationError as exc:  # the settings (environment) themselves
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            typer.echo(f"error: settings: {problems}", err=True)
-            raise SystemExit(EXIT_BAD_INPUT) from None
-
-
-app = _Command(
-    name="ctrelay",
-    help="Self-hosted Segment → CleverTap relay.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = group("ctrelay", "Self-hosted Segment → CleverTap relay.")
 
 
 from worker.cli.sandbox import sandbox as _sandbox  # noqa: E402  (CleverTap sandbox; loads its server lazily)

@@ -53,13 +53,13 @@ class Destination(BaseModel):
     screen_event_name: str = "App Screen Viewed"
     token_dedup_window: int = Field(default=86_400, ge=0, description="seconds")
     delete_event_name: str = "Delete User"
-    webhook_secret: SecretStr | None = None
     allow_delete_events: bool = False
     """Whether a client's ``delete_event_name`` track deletes the user (write keys of browsers and apps are public:
     off by default, such a track is then an ordinary event). The operator's deletions work either way."""
     name: str = ""
     """How logs, metrics and the CLI name this destination (never by its write key): default its ``account_id``,
     made unique by :class:`Destinations` (``ACC``, ``ACC-2``, ...)."""
+    webhook_secret: SecretStr | None = None
 
     @field_validator("account_id")
     @classmethod

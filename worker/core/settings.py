@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     backlog_cap: int = Field(default=5_000_000, ge=0, description="backlog above which ingest answers 503 (0: off)")
     backlog_interval: float = Field(default=1.0, gt=0, description="seconds between two backlog measures")
     retry_after: int = Field(default=5, ge=1, description="Retry-After seconds on a 503")
-    redis_timeout: float = Field(default=1.0, gt=0, description="connect and read timeout of ingest's Redis calls")
+    # Bodies (ingest's bounded reader, for the tracking and the admin routes).
     max_depth: int = Field(default=64, ge=2, le=250, description="nesting levels of one message (objects, arrays)")
     max_admin_body_bytes: int = Field(default=1024 * 1024, ge=1, description="one admin JSON body (not import)")
     # Ingest's HTTP server (uvicorn; deploy/runbook.md "Connections" says how to size them).
@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     limit_concurrency: int = Field(
         default=256, ge=1, description="requests in progress per process; above it new ones get 503"
     )
+    # Ingest's Redis calls (the admin API's too).
+    redis_timeout: float = Field(default=1.0, gt=0, description="connect and read timeout of ingest's Redis calls")
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "CTRELAY_PROMETHEUS_MULTIPROC_DIR"),
