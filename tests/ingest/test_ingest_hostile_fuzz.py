@@ -26,11 +26,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(600)
 EXAMPLES = 2000
 TOKEN = "fuzz-admin-token"
 CALLS = ["identify", "track", "page", "screen", "group", "alias"]
-POSTS = [f"/v1/{c}" for c in CALLS] + ["/v1/batch", "/v1/import", "/v1/webhook", "/v1/track/", "/v1/nope"]
+SHORT = ["/v1/i", "/v1/t", "/v1/p", "/v1/s", "/v1/g", "/v1/a", "/v1/b"]  # analytics.js and the mobile SDKs
+POSTS = [f"/v1/{c}" for c in CALLS] + SHORT + ["/v1/batch", "/v1/import", "/v1/webhook", "/v1/track/", "/v1/nope"]
 ADMIN = ["/admin/deadletters/replay", "/admin/deadletters/purge", "/admin/deadletters/import"]
 ADMIN += ["/admin/users/delete", "/admin/users/unsuppress"]
 GETS = ["/healthz", "/readyz", "/metrics", "/admin/deadletters", "/admin/deadletters/stats", "/admin/users/suppressed"]
-GETS += ["/admin/deadletters/export", "/admin/deadletters/x", "/v1/batch"]
+GETS += ["/admin/deadletters/export", "/admin/deadletters/x", "/v1/batch", "/v1/projects/wk_one/settings"]
 
 
 def deep(depth: int, array: bool) -> bytes:
@@ -82,7 +83,7 @@ def bodies(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def requests(draw: st.DrawFn) -> dict[str, Any]:
-    method = draw(st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE"]))
+    method = draw(st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]))
     path = draw(st.sampled_from(GETS if method == "GET" else POSTS + ADMIN))
     content = draw(bodies())
     headers: dict[str, Any] = {}
@@ -108,6 +109,8 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
         headers["X-Signature"] = draw(
             st.text(st.characters(min_codepoint=128, exclude_categories=("Cs",)), min_size=1, max_size=40)
         ).encode()
+    if draw(st.booleans()):
+        headers["Origin"] = draw(st.sampled_from(["https://shop.example.com", "null", "http://evil.test"]))
     if draw(st.booleans()):
         headers["Content-Encoding"] = draw(st.sampled_from(["gzip", "deflate", "br", "identity", "gzip, gzip"]))
         if headers["Content-Encoding"] == "gzip" and draw(st.booleans()):
