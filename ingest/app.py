@@ -218,7 +218,7 @@ def serve(host: str, port: int, workers: int) -> None:
 
     import uvicorn
 
-    config = load()  # a ConfigError ends the command with one line and exit status 2 (worker.cli.main)
+    config = load()  # a ConfigError ends the command with one line and exit status 2 (worker.cli.context)
     logs.configure(config.settings.log_level, config.settings.log_format)
     scratch = None
     if workers > 1 and config.settings.prometheus_multiproc_dir is None:
