@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from ingest import body as bodies
-from ingest.admin.auth import json_body
+from ingest.admin.auth import documented_body, json_body
 from ingest.responses import error_response
 from worker.core.destinations import Destination
 from worker.core.errors import RequestError
@@ -50,11 +50,6 @@ class ReplayRequest(Selection):
 
 Where = Annotated[Filter, Query()]
 """A route parameter: the filter of the query string."""
-
-
-def _body_of(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that reads its body itself (after the token check)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def build_router(
@@ -111,7 +106,7 @@ def build_router(
             raise HTTPException(404, f"no dead letter {letter_id!r}")
         return {"deleted": 1}
 
-    @router.post("/replay", openapi_extra=_body_of(ReplayRequest))
+    @router.post("/replay", openapi_extra=documented_body(ReplayRequest))
     async def replay(request: Request) -> dict[str, Any]:
         """Put letters back into the delivery queue, at ``rate`` messages/s; ``dry_run`` says what would be sent."""
         body = await json_body(request, ReplayRequest, body_limit, depth)
@@ -121,7 +116,7 @@ def build_router(
         )
         return result.to_dict()
 
-    @router.post("/purge", openapi_extra=_body_of(Selection))
+    @router.post("/purge", openapi_extra=documented_body(Selection))
     async def purge(request: Request) -> dict[str, int]:
         """Delete the selected letters for good."""
         body = await json_body(request, Selection, body_limit, depth)

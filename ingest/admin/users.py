@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from ingest.admin.auth import json_body
+from ingest.admin.auth import documented_body, json_body
 from worker.core.destinations import Destination
 from worker.core.errors import OperatorError
 from worker.core.keys import Keys
@@ -59,8 +59,7 @@ def build_router(
 
     router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(authorize)])
 
-    body_schema = {"application/json": {"schema": UserRequest.model_json_schema()}}
-    documented = {"requestBody": {"required": True, "content": body_schema}}
+    documented = documented_body(UserRequest)
 
     @router.post("/delete", status_code=202, openapi_extra=documented)
     async def delete(request: Request) -> dict[str, Any]:
