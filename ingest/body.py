@@ -5,10 +5,11 @@ passed (a gzip bomb costs at most ``limit`` bytes of memory). JSON is parsed wha
 Content-Type says (browsers send ``text/plain``).
 
 Nesting is bounded too (``CTRELAY_MAX_DEPTH``, 64 by default): a value nested deeper than that
-(objects and arrays, the message itself being level 1) is refused as ``too_deep`` right after
-parsing, so that nothing downstream (the batch context merge, re-encoding with orjson, whose own
-limit is 254 levels) can recurse past it. A body orjson cannot parse at all (past its own 1,024
-levels, invalid UTF-8, ...) is ``invalid_json``.
+(objects and arrays, the message itself being level 1) is ``too_deep``, checked before anything
+recurses into it: right after parsing for an admin body and a batch's ``context``, on each message
+as it is encoded for a tracking call (:mod:`ingest.tracking.routes`), so that neither the batch
+context merge nor re-encoding with orjson (whose own limit is 254 levels) can recurse past it. A
+body orjson cannot parse at all (past its own 1,024 levels, invalid UTF-8, ...) is ``invalid_json``.
 """
 
 from __future__ import annotations
