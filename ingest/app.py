@@ -25,14 +25,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingest import metrics
+from ingest import connections, metrics
 from ingest.admin.mount import mount as mount_admin
 from ingest.cors import CORS, parse_origins, route_template
 from ingest.responses import error_response
 from ingest.tracking import openapi
 from ingest.tracking.routes import Ingest, Kind
 from worker.core import logs
-from worker.core.errors import ConfigError, RequestError
+from worker.core.errors import RequestError
 from worker.core.keys import Keys
 from worker.core.messages import CALL_TYPES
 from worker.core.settings import Config, load
@@ -227,6 +227,7 @@ def factory() -> FastAPI:
     """
     config = load()
     logs.configure(config.settings.log_level, config.settings.log_format)
+    connections.configure(config.settings)  # before uvicorn accepts: header timeout, connection caps
     app = create_app(config)
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
@@ -249,10 +250,7 @@ def serve(
 
     import uvicorn
 
-    try:
-        config = load()
-    except ConfigError as exc:
-        raise SystemExit(f"ctrelay ingest: {exc}") from None
+    config = load()  # a ConfigError ends the command with one line and exit status 2 (worker.cli.context)
     logs.configure(config.settings.log_level, config.settings.log_format)
     tls = _tls(ssl_certfile, ssl_keyfile)
     scratch = None
@@ -275,7 +273,8 @@ def serve(
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http=connections.GuardedHttpTools,  # httptools, with a header timeout and connection caps
+            timeout_keep_alive=config.settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
             access_log=False,
             log_level="warning",
             proxy_headers=False,

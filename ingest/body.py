@@ -3,6 +3,13 @@
 Every limit applies to the decompressed bytes, and decompression stops as soon as the limit is
 passed (a gzip bomb costs at most ``limit`` bytes of memory). JSON is parsed whatever the
 Content-Type says (browsers send ``text/plain``).
+
+Nesting is bounded too (``CTRELAY_MAX_DEPTH``, 64 by default): a value nested deeper than that
+(objects and arrays, the message itself being level 1) is ``too_deep``, checked before anything
+recurses into it: right after parsing for an admin body and a batch's ``context``, on each message
+as it is encoded for a tracking call (:mod:`ingest.tracking.routes`), so that neither the batch
+context merge nor re-encoding with orjson (whose own limit is 254 levels) can recurse past it. A
+body orjson cannot parse at all (past its own 1,024 levels, invalid UTF-8, ...) is ``invalid_json``.
 """
 
 from __future__ import annotations
@@ -70,3 +77,43 @@ def parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise RequestError(400, "invalid_json", f"request body is not valid JSON: {exc.msg}") from None
+
+
+async def read_json(
+    chunks: AsyncIterator[bytes], content_length: str | None, encoding: str | None, limit: int, depth: int
+) -> Any:
+    """A whole JSON body through the same bounds as ingest's: at most ``limit`` bytes (decompressed), ``depth``
+    levels. What the admin routes read, after their token check."""
+    data = decompress(await read(chunks, content_length, limit), encoding, limit)
+    document = parse_json(data)
+    if not shallow(data, depth) and too_deep(document, depth):
+        raise deep_error(depth, "body")
+    return document
+
+
+def shallow(body: bytes, limit: int) -> bool:
+    """Whether no value of ``body`` can be nested deeper than ``limit``: it has at most ``limit`` brackets.
+
+    A C-speed upper bound that spares :func:`too_deep`'s walk for almost every real request."""
+    return body.count(b"{") + body.count(b"[") <= limit
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays more than ``limit`` levels (``value`` itself is level 1).
+
+    Iterative (no recursion, whatever the input) and stops at the first container past the limit."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, level = stack.pop()
+        if level > limit:
+            return True
+        children = container.values() if isinstance(container, dict) else container
+        below = level + 1
+        stack.extend((child, below) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def deep_error(limit: int, what: str = "message") -> RequestError:
+    return RequestError(400, "too_deep", f"{what} nested more than {limit} levels deep")

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from ingest import body as bodies
+from ingest.admin.auth import documented_body, json_body
 from ingest.responses import error_response
 from worker.core.destinations import Destination
 from worker.core.errors import RequestError
@@ -58,8 +59,11 @@ def build_router(
     authorize: Callable[..., None],
     *,
     import_limit: int = 64 * 1024 * 1024,
+    body_limit: int = 1024 * 1024,
+    depth: int = 64,
 ) -> APIRouter:
-    """The dead-letter routes over ``store``; every route runs ``authorize`` (the token check) first.
+    """The dead-letter routes over ``store``; every route runs ``authorize`` (the token check) first, and only
+    then reads a body (:func:`ingest.admin.auth.json_body`: ``body_limit`` bytes, ``depth`` levels).
 
     An import body larger than ``import_limit`` bytes is refused (400 ``body_too_large``), unread past it."""
 
@@ -102,16 +106,21 @@ def build_router(
             raise HTTPException(404, f"no dead letter {letter_id!r}")
         return {"deleted": 1}
 
-    @router.post("/replay")
-    def replay(body: ReplayRequest) -> dict[str, Any]:
+    @router.post("/replay", openapi_extra=documented_body(ReplayRequest))
+    async def replay(request: Request) -> dict[str, Any]:
         """Put letters back into the delivery queue, at ``rate`` messages/s; ``dry_run`` says what would be sent."""
+        body = await json_body(request, ReplayRequest, body_limit, depth)
         where = body.checked()
-        return dlq.replay(store, producer, destinations, where, rate=body.rate, dry_run=body.dry_run).to_dict()
+        result = await run_in_threadpool(
+            dlq.replay, store, producer, destinations, where, rate=body.rate, dry_run=body.dry_run
+        )
+        return result.to_dict()
 
-    @router.post("/purge")
-    def purge(body: Selection) -> dict[str, int]:
+    @router.post("/purge", openapi_extra=documented_body(Selection))
+    async def purge(request: Request) -> dict[str, int]:
         """Delete the selected letters for good."""
-        return {"deleted": dlq.purge(store, body.checked())}
+        body = await json_body(request, Selection, body_limit, depth)
+        return {"deleted": await run_in_threadpool(dlq.purge, store, body.checked())}
 
     @router.post("/import", response_model=None)
     async def import_letters(request: Request) -> dict[str, Any] | Response:

@@ -7,6 +7,8 @@ import redis
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from starlette.responses import Response
 
 from ingest.admin import deadletters, users
@@ -37,7 +39,10 @@ def mount(app: FastAPI, config: Config) -> bool:
     if not token:
         return False
     keys = Keys(settings.redis_prefix)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    timeout = settings.redis_timeout  # ingest's: a frozen Redis is a 503 in about two timeouts, not a hang
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1)
+    )
     app.state.admin_redis = client  # closed with the app (ingest's lifespan)
 
     async def unavailable(_: Request, exc: Exception) -> Response:
@@ -51,16 +56,25 @@ def mount(app: FastAPI, config: Config) -> bool:
         message = _explain(exc) if isinstance(exc, RequestValidationError) else str(exc)
         return error_response(RequestError(400, "invalid_request", message), settings.retry_after)
 
+    async def refused(_: Request, exc: Exception) -> Response:
+        """A body the bounded reader refuses (too large, not JSON, too deep): its own 400."""
+        assert isinstance(exc, RequestError)
+        return error_response(exc, settings.retry_after)
+
     app.add_exception_handler(redis.RedisError, unavailable)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(RequestError, refused)
+    limits = {"body_limit": settings.max_admin_body_bytes, "depth": settings.max_depth}
     authorize = token_check(token)
     store = DeadLetterStore(client, keys, settings.deadletter_retention)
     producer = replay_producer(keys, settings.partitions)
     app.include_router(
         deadletters.build_router(
-            store, producer, config.destinations, authorize, import_limit=settings.max_import_bytes
+            store, producer, config.destinations, authorize, import_limit=settings.max_import_bytes, **limits
         )
     )
     window = settings.suppression_window_s
-    app.include_router(users.build_router(client, keys, producer, config.destinations, authorize, window_s=window))
+    app.include_router(
+        users.build_router(client, keys, producer, config.destinations, authorize, window_s=window, **limits)
+    )
     return True

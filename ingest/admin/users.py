@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
+from ingest.admin.auth import documented_body, json_body
 from worker.core.destinations import Destination
 from worker.core.errors import OperatorError
 from worker.core.keys import Keys
@@ -43,8 +45,11 @@ def build_router(
     authorize: Callable[..., None],
     *,
     window_s: float,
+    body_limit: int = 1024 * 1024,
+    depth: int = 64,
 ) -> APIRouter:
-    """The user routes; every route runs ``authorize`` (the token check) first."""
+    """The user routes; every route runs ``authorize`` (the token check) first, and only then reads a body
+    (:func:`ingest.admin.auth.json_body`)."""
 
     def destination_of(write_key: str) -> Destination:
         try:
@@ -54,9 +59,15 @@ def build_router(
 
     router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(authorize)])
 
-    @router.post("/delete", status_code=202)
-    def delete(body: UserRequest) -> dict[str, Any]:
+    documented = documented_body(UserRequest)
+
+    @router.post("/delete", status_code=202, openapi_extra=documented)
+    async def delete(request: Request) -> dict[str, Any]:
         """Delete the user's CleverTap profile (queued, retried, dead-lettered like an upload); suppress the user."""
+        body = await json_body(request, UserRequest, body_limit, depth)
+        return await run_in_threadpool(_delete, body)
+
+    def _delete(body: UserRequest) -> dict[str, Any]:
         destination = destination_of(body.destination)
         try:
             deletion = users.delete_user(
@@ -67,9 +78,13 @@ def build_router(
             raise HTTPException(400, str(exc)) from None
         return deletion.to_dict()
 
-    @router.post("/unsuppress")
-    def unsuppress(body: UserRequest) -> dict[str, int]:
+    @router.post("/unsuppress", openapi_extra=documented)
+    async def unsuppress(request: Request) -> dict[str, int]:
         """Lift the user's suppression: their new messages are delivered again."""
+        body = await json_body(request, UserRequest, body_limit, depth)
+        return await run_in_threadpool(_unsuppress, body)
+
+    def _unsuppress(body: UserRequest) -> dict[str, int]:
         destination = destination_of(body.destination)
         try:
             removed = users.unsuppress(client, keys, destination, user_id=body.user_id, anonymous_id=body.anonymous_id)

@@ -70,11 +70,15 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def check_signature(destination: Destination, body: bytes, signature: str | None) -> None:
-    """With a ``webhook_secret`` configured, ``X-Signature`` is required and must match (401 otherwise)."""
+    """With a ``webhook_secret`` configured, ``X-Signature`` is required and must match (401 otherwise).
+
+    Compared as bytes in constant time: any header that is not the right hex digest (other length, non-hex,
+    non-ASCII) is a 401, never an error."""
     if destination.webhook_secret is None:
         return
     if not signature:
         raise RequestError(401, "missing_signature", "X-Signature header required for this write key")
-    expected = sign(destination.webhook_secret.get_secret_value(), body)
-    if not hmac.compare_digest(expected, signature.strip().lower()):
+    expected = sign(destination.webhook_secret.get_secret_value(), body).encode("ascii")
+    given = signature.strip().lower().encode("utf-8", "replace")  # bytes: compare_digest refuses non-ASCII str
+    if not hmac.compare_digest(expected, given):
         raise RequestError(401, "invalid_signature", "X-Signature does not match the body")

@@ -2,7 +2,10 @@
 
 - ``messageId`` when missing (a given one is kept);
 - ``receivedAt``: when ingest received the request;
-- a batch's top-level ``context`` and ``integrations`` deep-merged into each item (the item wins);
+- a batch's top-level ``context`` and ``integrations`` deep-merged into each item (the item wins;
+  both are bounded in depth before, see :mod:`ingest.body`, so the merge's recursion is too);
+- ``context.ctrelay`` dropped: only the relay writes it (the mark of an operator's deletion,
+  :mod:`worker.transform.deletions`), so a client cannot forge it;
 - clock-skew correction for client-library traffic:
   ``timestamp = receivedAt - (sentAt - originalTimestamp)``, the client's own value kept as
   ``originalTimestamp``; not for webhooks (Segment already corrected those). A malformed or
@@ -16,6 +19,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from worker.transform.deletions import MARK
 
 
 def format_time(moment: datetime) -> str:
@@ -91,6 +96,9 @@ def enrich(message: dict[str, Any], request: Request, received_text: str) -> dic
     if request.context is not None:
         own = message.get("context")
         message["context"] = merge(request.context, own) if isinstance(own, dict) else request.context
+    context = message.get("context")
+    if isinstance(context, dict) and MARK in context:  # a copy: the batch's context may be shared by its items
+        message["context"] = {key: value for key, value in context.items() if key != MARK}
     if request.integrations is not None:
         own = message.get("integrations")
         message["integrations"] = merge(request.integrations, own) if isinstance(own, dict) else request.integrations

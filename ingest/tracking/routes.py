@@ -1,14 +1,20 @@
 """The Tracking API's request handling: one request in, its accepted messages in Redis, one answer out.
 
 A request is refused as a whole (nothing enqueued) when it is malformed, oversize, unauthenticated,
-or when the queue cannot take it (503). Otherwise each message is validated, enriched and encoded;
-in a batch (or a webhook array) an invalid item is dropped and counted, the rest accepted. The
-answer is 200 only after Redis has written every accepted message (one round trip).
+or when the queue cannot take it (503). Otherwise each message is validated, bounded (nesting depth:
+``too_deep``), enriched and encoded; in a batch (or a webhook array) an invalid item is dropped and
+counted, the rest accepted; a single call's invalid message is its 400. No client input reaches a
+500: what cannot be re-encoded is that message's refusal. The answer is 200 only after Redis has
+written every accepted message (one round trip).
+
+Webhook messages without a ``messageId`` get one derived from the body and the item's place in it
+(``webhook-<sha256 of the body>-<index>``), so that a replayed body is dropped as a duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
@@ -32,7 +38,7 @@ from worker.core.messages import parse
 from worker.core.settings import Settings
 from worker.store.producer import Entry, Producer
 from worker.store.suppressions import VERSION_FIELD, Suppression, fields_of
-from worker.transform.deletions import deletion_of
+from worker.transform.deletions import asks_deletion, deletion_of
 
 log = structlog.get_logger("ctrelay.ingest")
 
@@ -166,16 +172,19 @@ class Ingest:
         if kind == "single" and len(data) > settings.max_message_bytes:
             raise RequestError(400, "message_too_large", f"message larger than {settings.max_message_bytes} bytes")
         document = body.parse_json(data)
+        depth = settings.max_depth
         items, top = _items(kind, document, settings.max_batch_messages)
+        if top is not None and not body.shallow(data, depth):
+            for name in ("context", "integrations"):  # merged into every item, one level down
+                if body.too_deep(top.get(name), depth - 1):
+                    raise body.deep_error(depth - 1, f"the batch's {name}")
 
         given: set[str] = set()
         header_key = auth.basic_write_key(headers.get("authorization"))
         if header_key:
             given.add(header_key)
         if kind == "webhook":
-            query_key = request.query_params.get("writeKey")
-            if query_key:
-                given.add(query_key)
+            given.update(key for key in request.query_params.getlist("writeKey") if key)
         else:
             given |= auth.body_write_keys(top, items)
         destination = auth.resolve(self.destinations, given)
@@ -186,7 +195,8 @@ class Ingest:
         if cap and self.queue.backlog > cap:
             raise Unavailable("backlog_full", f"the queue holds more than {cap} undelivered messages; retry later")
 
-        outcome = self._prepare(items, top, kind, implied_type, destination.write_key)
+        digest = hashlib.sha256(data).hexdigest()[:40] if kind == "webhook" else None
+        outcome = self._prepare(items, top, kind, implied_type, destination, digest=digest)
         alone = kind == "single" or (kind == "webhook" and not isinstance(document, list))
         if alone and outcome.error is not None:
             raise outcome.error
@@ -210,8 +220,21 @@ class Ingest:
         return 200
 
     def _prepare(
-        self, items: list[Any], top: dict[str, Any] | None, kind: Kind, implied_type: str | None, write_key: str
+        self,
+        items: list[Any],
+        top: dict[str, Any] | None,
+        kind: Kind,
+        implied_type: str | None,
+        destination: Destination,
+        *,
+        digest: str | None,
     ) -> Outcome:
+        """Validate, enrich, encode and bound each item (``digest``: a webhook body's, for the messageIds it lacks).
+
+        The nesting bound is checked on the encoded message (its brackets, then a walk only when there are more
+        than the bound); nothing before recurses past it: orjson parses at most 1,024 levels, validation does
+        not recurse, the merge recurses no deeper than the batch's (bounded) context, and an encoding refused
+        for its depth (past orjson's 254 levels) is ``too_deep`` too."""
         received = datetime.now(UTC)
         enrichment = Enrichment(
             received=received,
@@ -224,8 +247,9 @@ class Ingest:
         limit = self.settings.max_message_bytes
         outcome = Outcome()
         entry = self.producer.entry
-        delete_event = self.destinations[write_key].delete_event_name
-        for raw in items:
+        write_key = destination.write_key
+        depth = self.settings.max_depth
+        for index, raw in enumerate(items):
             try:
                 message = parse(raw, implied_type)
             except MessageError as exc:
@@ -234,15 +258,29 @@ class Ingest:
                 continue
             if kind == "webhook":
                 message.pop("writeKey", None)
+                if not message.get("messageId"):
+                    message["messageId"] = f"webhook-{digest}-{index}"
             enrich(message, enrichment, received_text)
-            encoded = orjson.dumps(message)
+            try:
+                encoded = orjson.dumps(message)
+                deep = not body.shallow(encoded, depth) and body.too_deep(message, depth)
+            except orjson.JSONEncodeError as exc:  # past orjson's depth, or anything else it cannot encode
+                deep = "ecursion" in str(exc)
+                if not deep:
+                    outcome.rejected["invalid_message"] += 1
+                    outcome.error = RequestError(400, "invalid_message", f"message cannot be encoded: {exc}")
+                    continue
+            if deep:
+                outcome.rejected["too_deep"] += 1
+                outcome.error = body.deep_error(depth)
+                continue
             if len(encoded) > limit:
                 outcome.rejected["message_too_large"] += 1
                 outcome.error = RequestError(400, "message_too_large", f"message larger than {limit} bytes")
                 continue
             outcome.entries.append(entry(write_key, message, encoded))
             outcome.types.append(message["type"])
-            if message["type"] == "track" and message.get("event") == delete_event:
+            if asks_deletion(message, destination):
                 outcome.deletions[len(outcome.entries) - 1] = message
         return outcome
 

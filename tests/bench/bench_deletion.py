@@ -38,7 +38,7 @@ from worker.core.keys import Keys  # noqa: E402
 from worker.store.suppressions import suppression_fields  # noqa: E402
 
 WK = "wk-bench"
-DEST = Destination(write_key=WK, account_id="ACC-BENCH", passcode="secret")
+DEST = Destination(write_key=WK, account_id="ACC-BENCH", passcode="secret", allow_delete_events=True)
 
 
 def messages(count: int) -> list[dict[str, Any]]:

@@ -133,3 +133,33 @@ def test_single_destination_does_not_need_the_passcode_env(tmp_path: Path) -> No
     not_a_name = _write(tmp_path, 'account_id = "A"\npasscode_env = 3\n')
     with pytest.raises(ConfigError, match="passcode_env"):
         load_single_destination(not_a_name, env={})
+
+
+def test_names_default_to_the_account_id_made_unique_and_never_a_write_key(tmp_path: Path) -> None:
+    def load(tables: str) -> list[str]:
+        path = tmp_path / "names.toml"
+        path.write_text(tables)
+        return [d.name for d in load_destinations(path, env={}).values()]
+
+    entry = '[[destinations]]\nwrite_key = "{wk}"\naccount_id = "{acc}"\npasscode = "p"\n{extra}\n'
+    three = "".join(entry.format(wk=f"wk{i}", acc="ACC", extra="") for i in range(3))
+    assert load(three) == ["ACC", "ACC-2", "ACC-3"]
+    named = entry.format(wk="wk1", acc="ACC", extra='name = "web"') + entry.format(wk="wk2", acc="ACC", extra="")
+    assert load(named) == ["web", "ACC"]
+    assert Destination(write_key="wk", account_id="ACC-9").name == "ACC-9"
+    twice = entry.format(wk="wk1", acc="A", extra='name = "web"') + entry.format(
+        wk="wk2", acc="B", extra='name = "web"'
+    )
+    with pytest.raises(ConfigError, match="'web' is given twice"):
+        load(twice)
+    with pytest.raises(ConfigError, match="is also a write key"):
+        load(entry.format(wk="wk1", acc="A", extra='name = "wk2"') + entry.format(wk="wk2", acc="B", extra=""))
+
+
+def test_delete_events_are_off_unless_allowed(tmp_path: Path) -> None:
+    assert Destination(write_key="wk", account_id="A").allow_delete_events is False
+    path = tmp_path / "d.toml"
+    path.write_text(
+        '[[destinations]]\nwrite_key = "wk"\naccount_id = "A"\npasscode = "p"\nallow_delete_events = true\n'
+    )
+    assert load_destinations(path, env={})["wk"].allow_delete_events is True

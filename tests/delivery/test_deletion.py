@@ -23,11 +23,11 @@ from worker.ops import deadletters as dlq
 from worker.ops.users import delete_user, suppressed, unsuppress
 from worker.store.deadletters import DeadLetterStore
 from worker.store.letters import make_filter
-from worker.transform.deletions import Delete
+from worker.transform.deletions import Delete, deletion_of
 from worker.transform.records import transform
 
 WK = "wk1"
-DEST = Destination(write_key=WK, account_id="ACC-1", passcode="secret")
+DEST = Destination(write_key=WK, account_id="ACC-1", passcode="secret", allow_delete_events=True)
 NOW = 1_800_000_000.0
 
 
@@ -46,6 +46,21 @@ def test_transform_returns_a_deletion_for_the_delete_event() -> None:
     normal = transform(both, custom, NOW)  # "Delete User" is an ordinary event for that destination
     assert isinstance(normal, list)
     assert normal[0]["evtName"] == "Delete User"
+
+
+def test_delete_user_deletes_only_where_allowed_or_when_an_operator_queued_it() -> None:
+    public = DEST.model_copy(update={"allow_delete_events": False})
+    both = {"type": "track", "event": "Delete User", "userId": "u1", "anonymousId": "a1"}
+    ordinary = transform(both, public, NOW)
+    assert isinstance(ordinary, list)
+    assert ordinary[0]["evtName"] == "Delete User"  # public write keys: an ordinary event
+    assert deletion_of(both, public) is None
+    for via in ("cli", "admin"):
+        marked = {**both, "context": {"ctrelay": {"deletion": via}}}
+        assert transform(marked, public, NOW) == Delete("u1", "a1")  # the operator's ways in, whatever the setting
+        assert deletion_of(marked, public) == Delete("u1", "a1")
+    assert transform({**both, "context": {"ctrelay": {"deletion": ""}}}, public, NOW) != Delete("u1", "a1")
+    assert transform(both, DEST, NOW) == Delete("u1", "a1")
 
 
 def test_delete_call_body_headers_and_chunks() -> None:

@@ -46,7 +46,7 @@ def send(url: str, messages: list[dict[str, Any]], per_request: int = 15) -> Non
 
 def test_deleting_users_with_events_in_flight(relay: Relay, redis_url: str) -> None:
     relay.start_sandbox("--latency-ms", "300")
-    relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "secret"}])
+    relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "secret", "allow_delete_events": "true"}])
     _, url = relay.start_ingest()
     metrics_port = free_port()
     worker = relay.start_worker(CTRELAY_METRICS_PORT=str(metrics_port))
@@ -94,13 +94,13 @@ def test_deleting_users_with_events_in_flight(relay: Relay, redis_url: str) -> N
     assert got == [m["messageId"] for m in u2]
     assert letters == []
     # reconciled: each deleted user's 50 events were delivered (then removed by the deletion) or dropped
-    skipped = metric(metrics_port, "ctrelay_messages_skipped_total", destination=WK, reason="deleted_user")
+    skipped = metric(metrics_port, "ctrelay_messages_skipped_total", destination=ACC, reason="deleted_user")
     removed = sum(d["removed"] for d in deletions.values())
     assert removed + skipped == 2 * 50, (removed, skipped)
     assert skipped >= 2 * 20  # at least every event sent after the deletions were accepted
-    delivered = metric(metrics_port, "ctrelay_records_delivered_total", destination=WK, type="event")
+    delivered = metric(metrics_port, "ctrelay_records_delivered_total", destination=ACC, type="event")
     assert delivered == len(u2) + removed
-    assert metric(metrics_port, "ctrelay_records_delivered_total", destination=WK, type="delete") == 2
+    assert metric(metrics_port, "ctrelay_records_delivered_total", destination=ACC, type="delete") == 2
 
 
 def metric(port: int, name: str, **labels: str) -> float:

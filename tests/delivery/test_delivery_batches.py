@@ -271,10 +271,10 @@ def test_cluster_gauges_are_read_from_redis(redis_client: redis.Redis, keys: Key
     AccountSlots(redis_client, keys, 15).try_acquire("ACC")
     registry = CollectorRegistry()
     registry.register(
-        ClusterCollector(redis_client, keys, partitions=2, accounts=["ACC"], write_keys=["wk"], max_cap=15)
+        ClusterCollector(redis_client, keys, partitions=2, accounts=["ACC"], destinations={"wk": "ACC"}, max_cap=15)
     )
     text = generate_latest(registry).decode()
-    assert 'ctrelay_destination_paused{destination="wk"} 1.0' in text
+    assert 'ctrelay_destination_paused{destination="ACC"} 1.0' in text
     assert "ctrelay_retry_schedule_size 2.0" in text
     assert 'ctrelay_stream_lag{partition="0"} 1.0' in text
     assert 'ctrelay_stream_lag{partition="1"} 0.0' in text
@@ -292,7 +292,7 @@ def test_cluster_gauges_missing_while_redis_does_not_answer() -> None:
     dead = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
     registry = CollectorRegistry()
     Counter("own_work", "this process's counter", registry=registry).inc()
-    registry.register(ClusterCollector(dead, Keys("gone"), partitions=2, accounts=["ACC"], write_keys=[], max_cap=15))
+    registry.register(ClusterCollector(dead, Keys("gone"), partitions=2, accounts=["ACC"], destinations={}, max_cap=15))
     text = generate_latest(registry).decode()
     assert "own_work_total 1.0" in text
     assert "ctrelay_stream_lag" not in text

@@ -154,13 +154,13 @@ def test_prefork_pool_delivers_and_metrics_sum_over_its_children(relay: Relay, r
     for family in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    assert samples[("ctrelay_records_delivered_total", (("destination", WK), ("type", "event")))] == 300
-    labels = (("code", "512"), ("destination", WK), ("reason", "rejected"))
+    assert samples[("ctrelay_records_delivered_total", (("destination", ACC), ("type", "event")))] == 300
+    labels = (("code", "512"), ("destination", ACC), ("reason", "rejected"))
     assert samples[("ctrelay_deadletters_written_total", labels)] == 5
     assert samples[("ctrelay_deadletters", (("reason", "rejected"),))] == 5
     assert samples[("ctrelay_concurrency_cap", (("account", ACC),))] == 15
     assert samples[("ctrelay_uploads_in_flight", (("account", ACC),))] == 0
     assert samples[("ctrelay_retry_schedule_size", ())] == 0
-    assert samples[("ctrelay_destination_paused", (("destination", WK),))] == 0
+    assert samples[("ctrelay_destination_paused", (("destination", ACC),))] == 0
     assert sum(v for (name, _), v in samples.items() if name == "ctrelay_stream_lag") == 0
     assert sum(v for (name, _), v in samples.items() if name == "ctrelay_uploads_total") >= 1

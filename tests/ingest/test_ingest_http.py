@@ -85,7 +85,7 @@ def test_duplicates_are_dropped_per_write_key(http: httpx.Client, store: redis.R
     assert http.post("/v1/batch", content=orjson.dumps(twice), auth=ONE).status_code == 200
     found = [e.write_key for e in queued(store, ingest_server.prefix) if e.message["messageId"] == message["messageId"]]
     assert sorted(found) == ["wk_one", "wk_two"]
-    assert 'ctrelay_ingest_duplicates_total{destination="wk_one"} 3.0' in http.get("/metrics").text
+    assert 'ctrelay_ingest_duplicates_total{destination="ACC-ONE"} 3.0' in http.get("/metrics").text
 
 
 def test_a_full_batch_of_2500_is_accepted(http: httpx.Client, store: redis.Redis, ingest_server: Ingest) -> None:
@@ -253,5 +253,5 @@ def test_metrics_sum_over_worker_processes(
                     "/v1/batch", json={"batch": [{"type": "track", **track()} for _ in range(4)]}
                 ).is_success
         text = http.get("/metrics").text
-    assert 'ctrelay_ingest_messages_accepted_total{destination="wk_one",type="track"} 12.0' in text
+    assert 'ctrelay_ingest_messages_accepted_total{destination="ACC-ONE",type="track"} 12.0' in text
     assert len(queued(redis_client, prefix)) == 12

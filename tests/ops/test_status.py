@@ -153,8 +153,16 @@ def test_status_command_prints_json(redis_url: str, redis_client: redis.Redis, k
 def test_status_command_says_when_redis_does_not_answer(tmp_path: Path) -> None:
     from worker.cli.embedded import free_port
 
-    env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "CTRELAY_DESTINATIONS": str(tmp_path / "missing.toml")}
+    destinations = tmp_path / "destinations.toml"
+    destinations.write_text('[[destinations]]\nwrite_key = "wk"\naccount_id = "ACC"\npasscode = "p"\n')
+    env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "CTRELAY_DESTINATIONS": str(destinations)}
     result = CliRunner().invoke(app, ["status"], env=env)
     assert result.exit_code == 1
     assert "does not answer" in result.output
-    assert "destinations not loaded" in result.output
+
+
+def test_status_command_refuses_a_bad_destinations_file(tmp_path: Path) -> None:
+    env = {"CTRELAY_DESTINATIONS": str(tmp_path / "missing.toml")}
+    result = CliRunner().invoke(app, ["status"], env=env)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {tmp_path / 'missing.toml'}: destinations file not found"

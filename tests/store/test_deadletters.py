@@ -143,7 +143,9 @@ def test_gauges_served_by_the_worker_follow_the_store(store: DeadLetterStore, re
     from worker.delivery.metrics import ClusterCollector
 
     registry = CollectorRegistry()
-    registry.register(ClusterCollector(redis_client, store.keys, partitions=1, accounts=[], write_keys=[], max_cap=15))
+    registry.register(
+        ClusterCollector(redis_client, store.keys, partitions=1, accounts=[], destinations={}, max_cap=15)
+    )
     assert registry.get_sample_value("ctrelay_deadletters_oldest_age_seconds") == 0
     now = time.time()
     store.put([make(f"m{i}", at=now - 100 + i) for i in range(3)] + [make("a", "auth_failed", at=now)])

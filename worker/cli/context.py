@@ -16,7 +16,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -61,7 +61,7 @@ def handle_interrupts() -> None:
 def group(name: str, help: str) -> typer.Typer:
     """A ``ctrelay`` command group (or the top-level command), configured alike: help without arguments, no shell
     completion, plain tracebacks."""
-    return typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    return _Command(name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -106,3 +106,24 @@ def session() -> Iterator[Session]:
         raise fail(f"{exc.filename or 'output'}: {exc.strerror or exc}") from None
     finally:
         client.close()
+
+
+class _Command(typer.Typer):
+    """A command group whose run (``ctrelay ...`` itself) ends on bad settings or a bad destinations file, in any
+    subcommand (``worker``, ``ingest``, ``status``, ``dlq``, ``users``, ...), with one line ``error: ...`` and exit
+    status 2, never a traceback."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        from worker.core.errors import ConfigError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise SystemExit(EXIT_BAD_INPUT) from None
+        except ValidationError as exc:  # the settings (environment) themselves
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            typer.echo(f"error: settings: {problems}", err=True)
+            raise SystemExit(EXIT_BAD_INPUT) from None

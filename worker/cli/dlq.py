@@ -55,6 +55,15 @@ def _context() -> Iterator[Context]:
         yield Context(ctx.settings, store, Console(), Console(stderr=True))
 
 
+def _names(settings: Settings) -> dict[str, str]:
+    """Write key -> destination name, for the tables (a bad destinations file is the command's error, exit 2)."""
+    from worker.core.destinations import load_destinations
+    from worker.core.settings import environment
+
+    destinations = load_destinations(settings.destinations, env=environment(), require_passcode=False)
+    return {key: destination.name for key, destination in destinations.items()}
+
+
 def _json(data: Any) -> str:
     import orjson
 
@@ -74,7 +83,7 @@ def stats(*, filters: Filters, as_json: Json = False) -> None:
         if as_json:
             ctx.console.print(_json(result.to_dict()), markup=False, highlight=False, soft_wrap=True)
             return
-        ctx.console.print(stats_table(result))
+        ctx.console.print(stats_table(result, _names(ctx.settings)))
         ctx.console.print(f"oldest {when(result.oldest)} UTC, newest {when(result.newest)} UTC", highlight=False)
 
 
@@ -91,7 +100,7 @@ def list_(*, filters: Filters, as_json: Json = False) -> None:
             for letter in letters:
                 ctx.console.print(_json(letter.to_dict()), markup=False, highlight=False, soft_wrap=True)
             return
-        ctx.console.print(letters_table(letters, filters.limit))
+        ctx.console.print(letters_table(letters, filters.limit, _names(ctx.settings)))
 
 
 @dlq.command()

@@ -64,7 +64,7 @@ def render(status: Status, *, show_all: bool = False) -> list[Any]:
     parts.append(accounts)
 
     destinations = Table(title="Destinations", title_justify="left")
-    for name in ("write key", "account", "state", "suppressed ids"):
+    for name in ("destination", "account", "state", "suppressed ids"):
         destinations.add_column(name, justify="right" if name == "suppressed ids" else "left")
     for d in status.destinations:
         state = (
@@ -72,7 +72,7 @@ def render(status: Status, *, show_all: bool = False) -> list[Any]:
             if d.paused_for_s is None
             else Text(f"paused (401/403), retry in {d.paused_for_s:.0f}s", "red")
         )
-        destinations.add_row(d.write_key, d.account_id, state, str(d.suppressed))
+        destinations.add_row(d.name or d.account_id, d.account_id, state, str(d.suppressed))
     if any(d.suppressed for d in status.destinations):
         destinations.caption = "suppressed ids: deleted users' identities and guids; details: ctrelay users list"
     parts.append(destinations)
@@ -96,7 +96,7 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
     import orjson
     from rich.console import Console, Group
 
-    from worker.core.destinations import Destinations
+    from worker.cli.context import fail
     from worker.core.errors import ConfigError
     from worker.core.settings import Settings, load
 
@@ -104,9 +104,8 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
     console = Console()
     try:
         destinations: Mapping[str, Destination] = load(settings).destinations
-    except ConfigError as exc:
-        console.print(f"[yellow]destinations not loaded ({exc}); accounts and destinations are not shown[/]")
-        destinations = Destinations([])
+    except ConfigError as exc:  # a bad file is an error here as in every command (not a partial status)
+        raise fail(str(exc)) from None
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     keys = Keys(settings.redis_prefix)
     try:

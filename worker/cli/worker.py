@@ -66,7 +66,7 @@ def run_worker(argv: list[str]) -> None:
                 main.keys,
                 partitions=settings.partitions,
                 accounts=[d.account_id for d in config.destinations.values()],
-                write_keys=list(config.destinations),
+                destinations={key: d.name for key, d in config.destinations.items()},
                 max_cap=settings.concurrency_cap,
             )
             served_on.append(metrics.serve(settings.metrics_port, metrics.registry(multiproc_dir, [collector])))

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from worker.core.errors import ConfigError
 
@@ -54,6 +54,12 @@ class Destination(BaseModel):
     screen_event_name: str = "App Screen Viewed"
     token_dedup_window: int = Field(default=86_400, ge=0, description="seconds")
     delete_event_name: str = "Delete User"
+    allow_delete_events: bool = False
+    """Whether a client's ``delete_event_name`` track deletes the user (write keys of browsers and apps are public:
+    off by default, such a track is then an ordinary event). The operator's deletions work either way."""
+    name: str = ""
+    """How logs, metrics and the CLI name this destination (never by its write key): default its ``account_id``,
+    made unique by :class:`Destinations` (``ACC``, ``ACC-2``, ...)."""
     webhook_secret: SecretStr | None = None
     profile_keys: dict[str, str] = Field(default_factory=dict, description="trait key as sent → CleverTap key")
 
@@ -81,6 +87,12 @@ class Destination(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be a full http(s) URL, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _default_name(self) -> Destination:
+        if not self.name.strip():
+            object.__setattr__(self, "name", self.account_id)  # frozen: set once, while validating
+        return self
 
     @field_validator("page_event_name", "screen_event_name", "delete_event_name")
     @classmethod
@@ -110,17 +122,32 @@ class Destination(BaseModel):
         host = f"{self.region}.{DEFAULT_HOST}" if self.region else DEFAULT_HOST
         return f"https://{host}"
 
-    @property
-    def name(self) -> str:
-        """How logs, metrics and the CLI name this destination: its write key, else its account id."""
-        return self.write_key or self.account_id
-
 
 class Destinations(Mapping[str, Destination]):
-    """The configured destinations, by write key."""
+    """The configured destinations, by write key; every :attr:`Destination.name` unique and no write key.
+
+    A name left to its default (the account id) that another destination already has becomes ``<account_id>-2``,
+    ``-3``, ... in file order; a name given twice, or equal to a write key, is a :class:`ConfigError`."""
 
     def __init__(self, destinations: list[Destination]) -> None:
-        self._by_key = {d.write_key: d for d in destinations}
+        write_keys = {d.write_key for d in destinations if d.write_key}
+        taken: set[str] = set()
+        named: list[Destination] = []
+        for given in destinations:
+            destination, name = given, given.name
+            if name in write_keys:
+                raise ConfigError(f"destination name {name!r} is also a write key: give it another name")
+            if name in taken:
+                if name != destination.account_id:
+                    raise ConfigError(f"destination name {name!r} is given twice")
+                number = 2
+                while f"{name}-{number}" in taken or f"{name}-{number}" in write_keys:
+                    number += 1
+                name = f"{name}-{number}"
+                destination = destination.model_copy(update={"name": name})
+            taken.add(name)
+            named.append(destination)
+        self._by_key = {d.write_key: d for d in named}
 
     def __getitem__(self, write_key: str) -> Destination:
         return self._by_key[write_key]
@@ -187,7 +214,10 @@ def parse_destinations(
             raise ConfigError(f"{where}: write_key: {destination.write_key!r} is configured twice")
         seen.add(destination.write_key)
         result.append(destination)
-    return Destinations(result)
+    try:
+        return Destinations(result)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     backlog_cap: int = Field(default=5_000_000, ge=0, description="backlog above which ingest answers 503 (0: off)")
     backlog_interval: float = Field(default=1.0, gt=0, description="seconds between two backlog measures")
     retry_after: int = Field(default=5, ge=1, description="Retry-After seconds on a 503")
+    # Bodies (ingest's bounded reader, for the tracking and the admin routes).
+    max_depth: int = Field(default=64, ge=2, le=250, description="nesting levels of one message (objects, arrays)")
+    max_admin_body_bytes: int = Field(default=1024 * 1024, ge=1, description="one admin JSON body (not import)")
+    # Ingest's HTTP server (uvicorn; deploy/runbook.md "Connections" says how to size them).
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a connection whose request head is not complete this long is closed"
+    )
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="request line and headers of one request")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body not complete this long is cut")
+    max_connections: int = Field(default=4096, ge=1, description="open connections per ingest process")
+    limit_concurrency: int = Field(
+        default=256, ge=1, description="requests in progress per process; above it new ones get 503"
+    )
+    # Ingest's Redis calls (the admin API's too).
     redis_timeout: float = Field(default=1.0, gt=0, description="connect and read timeout of ingest's Redis calls")
     cors_origins: str = Field(
         default="*", description="origins (comma-separated) whose web pages may send to /v1/ paths; * = any"

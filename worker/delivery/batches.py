@@ -100,7 +100,7 @@ class Deliverer:
             destination = self.destinations.get(write_key)
             if destination is None:  # a retry item whose destination was removed from the configuration
                 error = f"unknown write key {write_key!r}"
-                self.outcomes.dead_letter(schedule, group, "invalid_message", error, tally)
+                self.outcomes.dead_letter(schedule, group, "invalid_message", error, tally, name=self._name(write_key))
                 continue
             tally.uploads += self.uploader.send(destination, group, keepalive, deadline)
             if keepalive is not None and keepalive() is False:  # another holder now has these entries
@@ -173,8 +173,10 @@ class Deliverer:
         return works
 
     def _name(self, write_key: str) -> str:
+        """A destination's name for metrics and logs; ``unknown`` for a write key no longer configured (a write
+        key is never a label: /metrics is unauthenticated)."""
         destination = self.destinations.get(write_key)
-        return destination.name if destination is not None else write_key
+        return destination.name if destination is not None else "unknown"
 
     def _drop_sent_tokens(self, works: list[Work]) -> None:
         """Mark token records already delivered for their objectId within the window (or earlier in this batch)."""

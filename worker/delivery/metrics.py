@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +61,15 @@ class ClusterCollector(Collector):
         *,
         partitions: int,
         accounts: Sequence[str],
-        write_keys: Sequence[str],
+        destinations: Mapping[str, str],
         max_cap: int,
     ) -> None:
         self.client = client
         self.keys = keys
         self.partitions = partitions
         self.accounts = list(dict.fromkeys(accounts))
-        self.write_keys = list(write_keys)
+        self.names = dict(destinations)
+        """write key -> destination name: the paused gauge is labelled by name (never by write key)."""
         self.max_cap = max_cap
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -88,7 +89,7 @@ class ClusterCollector(Collector):
         for account in self.accounts:
             pipe.zcount(self.keys.slots(account), now_ms, "+inf")
             pipe.hget(self.keys.cap(account), "cap")
-        for write_key in self.write_keys:
+        for write_key in self.names:
             pipe.exists(self.keys.paused(write_key))
         pipe.hgetall(self.keys.deadletter_counts())
         pipe.zrange(self.keys.deadletter_times(), 0, 0, withscores=True)
@@ -114,9 +115,9 @@ class ClusterCollector(Collector):
         paused = GaugeMetricFamily(
             "ctrelay_destination_paused", "1 while a destination is paused (401/403)", labels=["destination"]
         )
-        for index, write_key in enumerate(self.write_keys):
-            paused.add_metric([write_key], 1 if results[offset + index] == 1 else 0)
-        offset += len(self.write_keys)
+        for index, name in enumerate(self.names.values()):
+            paused.add_metric([name], 1 if results[offset + index] == 1 else 0)
+        offset += len(self.names)
         counts, oldest = results[offset], results[offset + 1]
         letters = GaugeMetricFamily("ctrelay_deadletters", "Dead letters kept, by reason", labels=["reason"])
         for reason, count in counts.items() if isinstance(counts, dict) else []:

@@ -110,8 +110,11 @@ class OutcomeWriter:
         for letter in letters:
             metrics.deadletters_written.labels(destination.name, letter.reason, str(letter.code or "")).inc()
 
-    def dead_letter(self, schedule: RetrySchedule, group: list[Work], reason: str, error: str, tally: Tally) -> None:
-        """Dead-letter every message of ``group`` with ``reason`` (and remove their retry items), in one MULTI."""
+    def dead_letter(
+        self, schedule: RetrySchedule, group: list[Work], reason: str, error: str, tally: Tally, *, name: str
+    ) -> None:
+        """Dead-letter every message of ``group`` with ``reason`` (and remove their retry items), in one MULTI;
+        ``name`` is the destination's name in the metrics (never its write key)."""
         now = self.clock()
         with self.client.pipeline(transaction=True) as pipe:
             for work in group:
@@ -121,7 +124,7 @@ class OutcomeWriter:
                     work.write_key, work.message, reason, now=now, error=error, attempts=attempts, first_failure=first
                 )
                 self.deadletters.add(pipe, letter)
-                metrics.deadletters_written.labels(work.write_key, reason, "").inc()
+                metrics.deadletters_written.labels(name, reason, "").inc()
             schedule.remove(pipe, [work.retry.id for work in group if work.retry is not None])
             pipe.execute()
         tally.deadlettered += len(group)

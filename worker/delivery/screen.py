@@ -26,6 +26,7 @@ from worker.delivery.work import Tally, Work
 from worker.store.retries import RetrySchedule
 from worker.store.streams import ack_and_delete
 from worker.store.suppressions import Suppressions, fields_of
+from worker.transform.deletions import operator_mark
 
 log = structlog.get_logger("ctrelay.deletion")
 SKIP_REASON = "deleted_user"
@@ -114,7 +115,4 @@ def _hit(work: Work, entries: dict[str, float], fresh: set[str] | None, now: flo
 
 def _via(message: Mapping[str, Any]) -> str:
     """How a deletion came in: ``cli`` / ``admin`` (queued by :mod:`worker.ops.users`), else ``track``."""
-    context = message.get("context")
-    ctrelay = context.get("ctrelay") if isinstance(context, dict) else None
-    via = ctrelay.get("deletion") if isinstance(ctrelay, dict) else None
-    return via if isinstance(via, str) and via else "track"
+    return operator_mark(message) or "track"

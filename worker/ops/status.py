@@ -55,6 +55,7 @@ class DestinationStatus:
     account_id: str
     paused_for_s: float | None  # seconds left of a 401/403 pause; None when not paused
     suppressed: int = 0  # ids of deleted users held in the destination's suppression hash
+    name: str = ""  # how the tables name the destination (its name, not its write key)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,9 @@ def read_status(
         ttl_ms, held, versioned = next(found), next(found), next(found)
         paused = ttl_ms / 1000 if isinstance(ttl_ms, int) and ttl_ms >= 0 else None
         suppressed = max(0, held - int(versioned is True)) if isinstance(held, int) else 0
-        destination_rows.append(DestinationStatus(write_key, destination.account_id, paused, suppressed))
+        destination_rows.append(
+            DestinationStatus(write_key, destination.account_id, paused, suppressed, destination.name)
+        )
     counts, oldest = next(found), next(found)
     letters = (
         {k.decode() if isinstance(k, bytes) else str(k): int(v) for k, v in counts.items()}

@@ -23,7 +23,7 @@ from worker.core.errors import OperatorError
 from worker.core.keys import Keys
 from worker.store.producer import Producer
 from worker.store.suppressions import Suppressions, fields_of
-from worker.transform.deletions import Delete
+from worker.transform.deletions import MARK, Delete
 from worker.transform.records import transform
 
 
@@ -66,7 +66,7 @@ def deletion_message(destination: Destination, ids: dict[str, str], via: str, no
         "timestamp": moment,
         "receivedAt": moment,
         "properties": {},
-        "context": {"ctrelay": {"deletion": via}},
+        "context": {MARK: {"deletion": via}},  # the operator's mark: a deletion whatever allow_delete_events
     }
 
 
