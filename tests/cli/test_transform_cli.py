@@ -141,14 +141,20 @@ def test_settings_file(tmp_path: Path) -> None:
     assert "destinations file not found" in missing.stderr
 
 
-def test_every_output_shape() -> None:
+def test_every_output_shape(tmp_path: Path) -> None:
     group = {"type": "group", "userId": "u1", "groupId": "g1"}
     deletion = {**TRACK, "event": "Delete User"}
-    result = invoke(json.dumps([TRACK, group, {"type": "track", "userId": "u1"}, deletion]))
+    settings = tmp_path / "settings.toml"
+    settings.write_text('account_id = "A"\nallow_delete_events = true\n')
+    messages = json.dumps([TRACK, group, {"type": "track", "userId": "u1"}, deletion])
+    result = invoke(messages, "--settings", str(settings))
     assert result.exit_code == 0, result.output
     out = lines(result.stdout)
     assert [list(outcome) for outcome in out] == [["records"], ["skipped"], ["invalid"], ["delete"]]
     assert out[3] == {"delete": {"type": "delete", "identity": ["u1"], "guid": ["a1"]}}
+    # without allow_delete_events (the default), a Delete User track is an ordinary event
+    [ordinary] = lines(invoke(json.dumps(deletion)).stdout)
+    assert ordinary["records"][0]["evtName"] == "Delete User"
 
 
 def test_settings_file_with_profile_keys(tmp_path: Path) -> None:
