@@ -3,11 +3,11 @@
 Run: ``.venv/bin/python tests/bench/bench_deletion.py [--messages 20000] [--rounds 3]``
 
 Every batch a worker delivers is screened against the destination's suppressed users (one ``HMGET``
-per destination and batch, :meth:`worker.store.suppressions.Suppressions.screen`). This drains the same
+per destination and batch, :meth:`worker.delivery.screen.Screen.screen`). This drains the same
 ``--messages`` tracks (1000 per batch, 5,000 users, an instant in-process CleverTap, the real Redis at
 ``REDIS_URL``) three ways, rounds interleaved, best round shown:
 
-- no screen: :meth:`Suppressions.screen` replaced by a pass-through (the relay before user deletion);
+- no screen: :meth:`Screen.screen` replaced by a pass-through (the relay before user deletion);
 - screen, none suppressed: the steady state of a relay without deletions;
 - screen, 10,000 suppressed (1% of the messages dropped): a destination with many deleted users.
 
@@ -35,7 +35,8 @@ from delivery_fakes import FakeCleverTap, build, enqueue  # noqa: E402
 
 from worker.core.destinations import Destination  # noqa: E402
 from worker.core.keys import Keys  # noqa: E402
-from worker.store.suppressions import suppression_fields  # noqa: E402
+from worker.store.suppressions import Suppression, fields_of  # noqa: E402
+from worker.transform.deletions import deletion_of  # noqa: E402
 
 WK = "wk-bench"
 DEST = Destination(write_key=WK, account_id="ACC-BENCH", passcode="secret", allow_delete_events=True)
@@ -49,28 +50,36 @@ def messages(count: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def deletion_record(message: dict[str, Any]) -> dict[str, Any]:
+    deletion = deletion_of(message, DEST)
+    assert deletion is not None
+    return deletion.record()
+
+
 def run(client: redis.Redis, mode: str, count: int) -> tuple[float, float, int, float, float]:
     keys = Keys(f"bench-del-{uuid.uuid4().hex[:8]}")
     fake = FakeCleverTap()
     drainer = build(client, keys, {WK: DEST}, fake)
     drainer.budget_s = 3600.0
-    suppressions = drainer.deliverer.suppressions
-    screen, spent = suppressions.screen, [0.0, 0.0]
+    screener = drainer.deliverer.screen
+    screen, spent = screener.screen, [0.0, 0.0]
 
-    def timed(partition: int, works: Any, tally: Any) -> Any:
+    def timed(partition: int, works: Any, tally: Any, schedule: Any) -> Any:
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
-            return works if mode == "off" else screen(partition, works, tally)
+            return works if mode == "off" else screen(partition, works, tally, schedule)
         finally:
             spent[0] += time.perf_counter() - wall
             spent[1] += time.thread_time() - cpu
 
-    suppressions.screen = timed  # type: ignore[method-assign]
+    screener.screen = timed  # type: ignore[method-assign]
     if mode == "many":
         now = time.time()
         deleted = [{"type": "track", "event": "Delete User", "userId": f"gone-{n}"} for n in range(9950)]
         deleted += [{"type": "track", "event": "Delete User", "userId": f"user-{n}"} for n in range(50)]
-        client.hset(keys.suppressed(WK), mapping=suppression_fields(DEST, deleted, now, 3600))  # type: ignore[arg-type]
+        value = Suppression("", now + 3600, now, "track").encode()
+        fields = {field: value for message in deleted for field in fields_of(deletion_record(message))}
+        client.hset(keys.suppressed(WK), mapping=fields)  # type: ignore[arg-type]
     enqueue(client, keys, WK, messages(count))
     cpu, wall = time.process_time(), time.perf_counter()
     result = drainer.drain(0)
