@@ -38,6 +38,8 @@ class Bench:
 
 BENCHES = [
     Bench("transform", "Transform, one core", ("bench_transform.py",), ("bench_transform.py", "--rounds", "2")),
+    Bench("messages", "Message validation: plain checks vs the pydantic models", ("bench_messages.py",),
+          ("bench_messages.py", "--messages", "5000", "--rounds", "2")),
     Bench("ingest", "Ingest vs raw XADD", ("bench_ingest.py",),
           ("bench_ingest.py", "--messages", "10000", "--singles", "1000", "--rounds", "1")),
     Bench("delivery", "End to end vs the naive Celery baseline and the CleverTap ceiling", ("bench_delivery.py",),
@@ -59,6 +61,8 @@ BENCHES = [
 HEADLINES = [  # (figure, benchmark, pattern, template over the groups)
     ("transform, key cache warm (per CPU second)", "transform", r"^\s*cached\s+([\d,]+) msg/s", "{0} msgs/s"),
     ("transform, uncached (per CPU second)", "transform", r"^\s*uncached\s+([\d,]+) msg/s", "{0} msgs/s"),
+    ("message validation, ~300 B track: models → plain checks", "messages",
+     r"track ~300 B.*?\(before\)\s+([\d.]+) us.*?\(now\)\s+([\d.]+) us", "{0} → {1} µs/message"),
     ("raw pipelined XADD (the ingest ceiling)", "ingest", r"raw XADD, pipelines of 100\s+([\d,]+) msg/s", "{0} msgs/s"),
     ("ingest /v1/batch x100", "ingest", r"/v1/batch x100\s+([\d,]+) msg/s\s+([\d.]+) of ceiling",
      "{0} msgs/s = {1} of raw XADD"),
