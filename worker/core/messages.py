@@ -163,7 +163,8 @@ def parse(raw: object, implied_type: str | None = None) -> dict[str, Any]:
 
     ``implied_type`` is the call type a single-call path implies (``/v1/track`` → ``track``); it wins
     over a ``type`` in the body, as Segment's API does. The reason names the first field (in the models'
-    order) that breaks a rule.
+    order) that breaks a rule. ``raw`` is decoded JSON: strings are ``str`` and objects ``dict`` (the
+    models, in Python mode, would also take ``bytes`` for a string, which JSON cannot carry).
     """
     if not isinstance(raw, dict):
         raise MessageError("message: must be a JSON object")
