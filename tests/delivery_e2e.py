@@ -70,6 +70,8 @@ class Relay:
     procs: list[Proc] = field(default_factory=list)
     sandbox_port: int = 0
     env_extra: dict[str, str] = field(default_factory=dict)
+    root: Path = ROOT
+    """The checkout whose code the processes run (another commit's worktree in a benchmark against it)."""
 
     @property
     def keys(self) -> Keys:
@@ -123,7 +125,7 @@ class Relay:
             process = subprocess.Popen(
                 [sys.executable, "-c", CLI, *args],
                 env=self.env(**env),
-                cwd=ROOT,
+                cwd=self.root,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -79,11 +79,13 @@ def ceiling(url: str, keys: Keys, messages: list[dict[str, Any]], chunk: int) ->
     return len(messages) / elapsed
 
 
-async def _send(port: int, path: str, bodies: list[bytes], connections: int) -> list[int]:
+async def _send(
+    port: int, path: str, bodies: list[bytes], connections: int, content_type: str = "application/json"
+) -> list[int]:
     """A lean HTTP/1.1 keep-alive client (asyncio streams), so that the load side is not the bottleneck."""
     statuses: list[int] = []
     pending = list(reversed(bodies))
-    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {AUTH}\r\nContent-Type: application/json\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {AUTH}\r\nContent-Type: {content_type}\r\n"
 
     async def lane() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -1,17 +1,18 @@
 """Segment's six call types shared by ingest (validation) and worker.
 
-The models document and check the wire contract; what travels through the queue is the message
-dict itself, as the client sent it (unknown keys kept), with the normalizations of :func:`parse`
-applied: ``null`` means absent, numeric ids become strings, ``type`` is set.
+The models document the wire contract (the OpenAPI schema) and :func:`parse` checks it by hand; what
+travels through the queue is the message dict itself, as the client sent it (unknown keys kept), with
+the normalizations of :func:`parse` applied: ``null`` means absent, numeric ids become strings,
+``type`` is set.
 
-Pure: pydantic only.
+Pure: pydantic only (for the schema; :func:`parse` checks the same rules by hand).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from worker.core.errors import MessageError
 
@@ -101,26 +102,69 @@ class Alias(Message):
 
 
 AnyMessage = Annotated[Identify | Track | Page | Screen | Group | Alias, Field(discriminator="type")]
-_adapter: TypeAdapter[Identify | Track | Page | Screen | Group | Alias] = TypeAdapter(AnyMessage)
+"""The wire contract as a schema (served in the OpenAPI document). :func:`parse` checks the same rules by hand."""
+
+# -- the same rules as plain checks ----------------------------------------------------------------------
+#
+# Building a model per message was the top function of ingest's profile; the checks below state the models'
+# rules once more, field by field in the models' field order (so that the first failing field, the one the
+# reason names, is the same), with pydantic's wording for each failure. tests/core/test_messages_oracle.py
+# runs them side by side with the models over the golden inputs, the tests' inputs and generated messages.
+
+_STR, _OBJECT, _MESSAGE_ID, _EVENT, _REQUIRED_ID = range(5)
+_COMMON = (
+    ("userId", _STR),
+    ("anonymousId", _STR),
+    ("messageId", _MESSAGE_ID),
+    ("context", _OBJECT),
+    ("integrations", _OBJECT),
+    ("writeKey", _STR),
+)
+_RULES: dict[str, tuple[tuple[str, int], ...]] = {
+    "identify": (*_COMMON, ("traits", _OBJECT)),
+    "track": (*_COMMON, ("event", _EVENT), ("properties", _OBJECT)),
+    "page": (*_COMMON, ("name", _STR), ("category", _STR), ("properties", _OBJECT)),
+    "screen": (*_COMMON, ("name", _STR), ("category", _STR), ("properties", _OBJECT)),
+    "group": (*_COMMON, ("groupId", _REQUIRED_ID), ("traits", _OBJECT)),
+    "alias": (
+        ("userId", _REQUIRED_ID),
+        *((name, rule) for name, rule in _COMMON if name != "userId"),
+        ("previousId", _REQUIRED_ID),
+    ),
+}
+_NOT_STRING = "Input should be a valid string"
 
 
-def _describe(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    field = ".".join(str(p) for p in error["loc"][1:]) or "type"
-    if error["type"] == "union_tag_not_found":
-        return "type: required"
-    if error["type"] == "union_tag_invalid":
-        return f"type: must be one of {', '.join(CALL_TYPES)}"
-    if error["type"] == "missing":
-        return f"{field}: required"
-    return f"{field}: {error['msg']}"
+def _violation(rule: int, value: object) -> str | None:
+    """What is wrong with one field's value (``None``: absent), as pydantic words it; ``None`` if nothing."""
+    if rule == _STR:
+        return None if value is None or isinstance(value, str) else _NOT_STRING
+    if rule == _OBJECT:
+        return None if value is None or isinstance(value, dict) else "Input should be a valid dictionary"
+    if value is None:
+        return None if rule == _MESSAGE_ID else "required"
+    if rule == _MESSAGE_ID:
+        value = coerce_id(value)
+    if not isinstance(value, str):
+        return _NOT_STRING
+    if rule == _MESSAGE_ID:
+        if len(value) > MAX_MESSAGE_ID:
+            return f"Value should have at most {MAX_MESSAGE_ID} items after validation, not {len(value)}"
+        return None
+    if value:
+        return None
+    if rule == _EVENT:
+        return "String should have at least 1 character"
+    return "Value should have at least 1 item after validation, not 0"
 
 
 def parse(raw: object, implied_type: str | None = None) -> dict[str, Any]:
     """Check one message against the contract and return it normalized; raise MessageError.
 
     ``implied_type`` is the call type a single-call path implies (``/v1/track`` → ``track``); it wins
-    over a ``type`` in the body, as Segment's API does.
+    over a ``type`` in the body, as Segment's API does. The reason names the first field (in the models'
+    order) that breaks a rule. ``raw`` is decoded JSON: strings are ``str`` and objects ``dict`` (the
+    models, in Python mode, would also take ``bytes`` for a string, which JSON cannot carry).
     """
     if not isinstance(raw, dict):
         raise MessageError("message: must be a JSON object")
@@ -130,10 +174,22 @@ def parse(raw: object, implied_type: str | None = None) -> dict[str, Any]:
     for field in ID_FIELDS:
         if field in message:
             message[field] = coerce_id(message[field])
-    try:
-        _adapter.validate_python(message)
-    except ValidationError as exc:
-        raise MessageError(_describe(exc)) from None
-    if not (message.get("userId") or message.get("anonymousId")):
+    kind = message.get("type")
+    if kind is None:
+        raise MessageError("type: required")
+    rules = _RULES.get(kind) if isinstance(kind, str) else None
+    if rules is None:
+        raise MessageError(f"type: must be one of {', '.join(CALL_TYPES)}")
+    get = message.get
+    for field, rule in rules:
+        value = get(field)
+        if value is not None and (
+            (rule == _STR and value.__class__ is str) or (rule == _OBJECT and value.__class__ is dict)
+        ):
+            continue  # the common case, without a call
+        problem = _violation(rule, value)
+        if problem is not None:
+            raise MessageError(f"{field}: {problem}")
+    if not (get("userId") or get("anonymousId")):
         raise MessageError("userId or anonymousId: one of them must be a non-empty string")
     return message
