@@ -77,23 +77,23 @@ def test_an_answer_that_does_not_judge_the_credentials_is_a_failure(status: int 
 @pytest.mark.e2e
 def test_check_against_the_sandbox_passes_with_the_right_passcode_and_names_a_wrong_one(relay: Relay) -> None:
     relay.start_sandbox("--accounts", "ACC-1:right,ACC-2:other")
-    relay.destinations([{"write_key": "wk_good", "account_id": "ACC-1", "passcode": "right"}])
+    relay.destinations([{"write_key": "wk_good", "account_id": "ACC-1", "passcode": "right", "name": "good"}])
     good = relay.ctrelay("check")
     assert good.returncode == 0, good.stdout + good.stderr
     assert "ok    redis" in good.stdout
-    assert "destination wk_good" in good.stdout
+    assert "destination good" in good.stdout  # by its name: write keys are not printed
     assert "credentials accepted" in good.stdout
 
     relay.destinations(
         [
-            {"write_key": "wk_good", "account_id": "ACC-1", "passcode": "right"},
-            {"write_key": "wk_bad", "account_id": "ACC-2", "passcode": "wrong"},
+            {"write_key": "wk_good", "account_id": "ACC-1", "passcode": "right", "name": "good"},
+            {"write_key": "wk_bad", "account_id": "ACC-2", "passcode": "wrong", "name": "bad"},
         ]
     )
     bad = relay.ctrelay("check")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     (failure,) = [line for line in bad.stdout.splitlines() if line.startswith("FAIL")]
-    assert "destination wk_bad" in failure
+    assert "destination bad" in failure
     assert "credentials refused" in failure
     assert "wrong" not in bad.stdout.replace("wk_bad", "")  # the passcode is never printed
     assert relay.ctrelay("check", "--destination", "wk_good").returncode == 0
