@@ -150,13 +150,12 @@ class Ingest:
         started = time.perf_counter()
         write_key = str(request.path_params.get("write_key", ""))
         if write_key in self.destinations:
-            base = (
-                self.settings.public_url or f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
-            )
+            public = self.settings.public_url
+            base = public or f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
             document = orjson.dumps(settings_document(write_key, base))
-            response = Response(
-                document, media_type="application/json", headers={"Cache-Control": "public, max-age=60"}
-            )
+            # derived from the client's Host: a shared cache must not hand it to others (cache poisoning)
+            cache = "public, max-age=60" if public else "private, max-age=60"
+            response = Response(document, media_type="application/json", headers={"Cache-Control": cache})
         else:
             response = error_response(RequestError(404, "unknown_write_key", "no destination has this write key"), 0)
             log.debug("settings of an unknown write key", path=route)

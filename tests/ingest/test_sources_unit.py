@@ -181,7 +181,7 @@ def test_settings_document(tmp_path: Path) -> None:
     with client(tmp_path) as http:
         answer = http.get("/v1/projects/wk_web/settings", headers={"Host": "ingest.local:8000"})
         assert answer.status_code == 200
-        assert answer.headers["cache-control"] == "public, max-age=60"
+        assert answer.headers["cache-control"] == "private, max-age=60"  # apiHost from the client's Host
         assert answer.json() == {
             "integrations": {"Segment.io": {"apiKey": "wk_web", "apiHost": "ingest.local:8000/v1", "protocol": "http"}},
             "plan": {"track": {"__default": {"enabled": True}}, "identify": {"__default": {"enabled": True}}},

@@ -3,7 +3,7 @@ to fail (a one-line ``error: ...`` on stderr and an exit status: 2 bad arguments
 be interrupted.
 
 **Signals.** Every ``ctrelay`` command handles SIGINT and SIGTERM itself (:func:`handle_interrupts`, installed
-before any command runs): either raises :class:`Interrupted` (a ``KeyboardInterrupt``) in the main thread, so a
+before any command runs): either signal raises :class:`Interrupted` (a ``KeyboardInterrupt``) in the main thread, so a
 command stops where it is, cleans up and exits ``128 + signal`` (130 for SIGINT, 143 for SIGTERM). This holds
 even when the command was started with SIGINT ignored (a background job, ``nohup``, some CI wrappers), where
 Python on its own would never raise ``KeyboardInterrupt``. The long-running commands (``worker``, ``ingest``,

@@ -1,8 +1,9 @@
 """``ctrelay dlq``: the operator's commands on the dead letters. Parsing and printing only; the work is in
 :mod:`worker.ops.deadletters`.
 
-Every command takes the filters ``--reason --code --event --type --destination --since --until --limit``
-(times: epoch seconds, ISO 8601, or an age such as ``15m``, ``2h``, ``7d``; they bound the last failure).
+``stats``, ``list``, ``replay``, ``purge`` and ``export`` take the filters ``--reason --code --event --type
+--destination --since --until --limit`` (times: epoch seconds, ISO 8601, or an age such as ``15m``, ``2h``,
+``7d``; they bound the last failure).
 Exit status: 0 done, 1 done with refused input (import), 2 bad arguments or settings, 130 interrupted (SIGINT),
 143 stopped (SIGTERM).
 """

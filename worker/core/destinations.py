@@ -45,7 +45,7 @@ class Destination(BaseModel):
     write_key: str = ""
     account_id: str
     passcode: SecretStr | None = None
-    account_token: str | None = None  # the seed's "Account Token": mobile only, accepted and ignored
+    account_token: str | None = None  # CleverTap's Account Token: used by the mobile SDKs only; accepted and ignored
     region: str = ""
     endpoint: str | None = None
     send_anonymous_id_as_object_id: bool = True

@@ -9,9 +9,7 @@ Part of the product: ``ctrelay dev`` and every end-to-end test deliver to it. Ro
   200 ``{"status": "success", "record": {...}}`` for a user the sandbox has records of, else 200
   ``{"status": "fail", "error": "User not found"}``; with wrong credentials 401 like every call (what
   ``ctrelay check`` relies on).
-- ``GET /_sandbox/records`` (``?account_id=``, ``?since=``, ``?limit=``), ``DELETE /_sandbox/records``,
-  ``GET /_sandbox/stats``, ``GET /_sandbox/deletions``, ``GET|POST|DELETE /_sandbox/faults``,
-  ``GET|POST /_sandbox/accounts``, ``GET /_sandbox/health``.
+- ``/_sandbox/*``: the sandbox's own API (:mod:`worker.sandbox.admin`).
 
 A CleverTap call meets, in order: the outage fault; the credentials (401); the per-account cap on
 concurrent requests (429 "Too many concurrent requests"); the timeout fault; injected HTTP errors;

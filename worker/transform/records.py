@@ -1,24 +1,19 @@
-"""The transform: one Segment message and its destination's settings in, CleverTap records out.
-
-Pure: no Redis, HTTP, Celery, clock, environment or logging; ``now`` is passed in and what was dropped or
+"""The records of one message: :func:`transform` maps one Segment message, for one destination, to its CleverTap
+records, or to an outcome value. It never raises on a JSON object; ``now`` is passed in, and what was dropped or
 cut is counted on an optional :class:`TransformStats` (the caller turns it into metrics and debug logs).
-It never raises on a JSON object: expected outcomes are values.
 
 - ``list`` of records: the main record first, then a push-token record when there is one;
 - :class:`Skip`: the message is acknowledged and sends nothing, token records included (``group`` is
   ``unsupported_type``; ``alias`` is ``alias_disabled`` when the destination's ``alias`` is off, and
   ``alias_needs_object_id`` when ``send_anonymous_id_as_object_id`` is off: there is no objectId to link;
-  **Decision:** a message whose ``integrations`` turn CleverTap off, as Segment reads them
-  (``"CleverTap": false``, or ``"All": false`` without ``"CleverTap"`` turned on), is
-  ``disabled_by_integrations``);
+  ``disabled_by_integrations``: see :mod:`worker.transform.integrations`);
 - :class:`Invalid`: the message breaks the contract (no ``userId``/``anonymousId``, unknown ``type``,
   a track without ``event``, ...); the worker dead-letters it as ``invalid_message``. Checked before any
   setting is applied, so an invalid message is invalid whatever the destination's settings;
-- :class:`Delete`: a track whose ``event`` is the destination's ``delete_event_name`` ("Delete User") asks
-  for the user's CleverTap profile to be deleted: the worker makes CleverTap's delete call
-  (:mod:`worker.store.suppressions`) instead of uploading an event.
+- :class:`~worker.transform.deletions.Delete`: the user's CleverTap profile is to be deleted
+  (:mod:`worker.transform.deletions` says when).
 
-Where the keys, values, special traits and timestamps are decided: :mod:`worker.transform.values`,
+Where the keys, values, profile fields and timestamps are decided: :mod:`worker.transform.values`,
 :mod:`worker.transform.keycase`, :mod:`worker.transform.traits`, :mod:`worker.transform.timestamps`.
 """
 
