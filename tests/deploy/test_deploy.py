@@ -3,7 +3,7 @@
 Compose file, Dockerfile, Kubernetes manifests, Redis config, Grafana dashboard, Prometheus alerts and
 the runbook: required keys, commands that the ``ctrelay`` CLI really has (with options it accepts),
 probes on routes the ingest app and the sandbox really serve, Redis stream names and consumer group
-from :mod:`worker.queue`, environment variables that :class:`worker.settings.Settings` really reads, and
+from :mod:`worker.core.keys`, environment variables that :class:`worker.core.settings.Settings` really reads, and
 metric names that the source really defines.
 """
 

@@ -1,4 +1,4 @@
-"""The transform, driven by the golden Segment → CleverTap pairs under ``tests/golden/``.
+"""The transform, driven by the golden Segment → CleverTap pairs under ``tests/transform/golden/``.
 
 Each golden file holds one rule: ``rule`` (the rule it proves), ``message``, optional
 ``settings`` (destination keys), ``now``, ``expected`` (``{"records": [...]}``, ``{"skipped": ...}`` or

@@ -120,14 +120,13 @@ def check_command(
     import redis
     from pydantic import ValidationError
 
-    from worker.core.destinations import load_destinations
     from worker.core.errors import ConfigError
-    from worker.core.settings import Settings, environment
+    from worker.core.settings import Settings, load
     from worker.delivery.clevertap import CleverTap
 
     try:
         settings = Settings()
-        destinations = load_destinations(settings.destinations, env=environment())
+        destinations = load(settings).destinations
     except (ValidationError, ConfigError) as exc:
         typer.echo(f"FAIL  settings: {exc}")
         raise typer.Exit(1) from None

@@ -58,10 +58,9 @@ def _context() -> Iterator[Context]:
 
 def _names(settings: Settings) -> dict[str, str]:
     """Write key -> destination name, for the tables (a bad destinations file is the command's error, exit 2)."""
-    from worker.core.destinations import load_destinations
-    from worker.core.settings import environment
+    from worker.core.settings import load
 
-    destinations = load_destinations(settings.destinations, env=environment(), require_passcode=False)
+    destinations = load(settings, require_passcode=False).destinations
     return {key: destination.name for key, destination in destinations.items()}
 
 
@@ -107,9 +106,8 @@ def list_(*, filters: Filters, as_json: Json = False) -> None:
 @dlq.command()
 def show(letter_id: Annotated[str, typer.Argument(help="the letter's id")], *, as_json: Json = False) -> None:
     """Show one letter whole, and what today's transform makes of its message."""
-    from worker.core.destinations import load_destinations
     from worker.core.errors import ConfigError
-    from worker.core.settings import environment
+    from worker.core.settings import load
     from worker.ops import deadletters as ops
 
     with _context() as ctx:
@@ -117,7 +115,7 @@ def show(letter_id: Annotated[str, typer.Argument(help="the letter's id")], *, a
         if letter is None:
             raise fail(f"no dead letter {letter_id!r}", 1)
         try:
-            destinations = load_destinations(ctx.settings.destinations, env=environment())
+            destinations = load(ctx.settings).destinations
             today: dict[str, Any] = ops.preview(letter, destinations, time.time())
         except ConfigError as exc:
             today = {"outcome": "unavailable", "reason": str(exc)}
@@ -143,9 +141,8 @@ def replay(
     """Put letters back into the delivery queue (re-transformed with today's code and settings when delivered)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from worker.core.destinations import load_destinations
     from worker.core.keys import Keys
-    from worker.core.settings import environment
+    from worker.core.settings import load
     from worker.ops import deadletters as ops
 
     if not ids and not all_:
@@ -154,7 +151,7 @@ def replay(
         raise fail("--rate: must be 0 (no cap) or more")
     with _context() as ctx:
         where = filters.where(ids)
-        destinations = load_destinations(ctx.settings.destinations, env=environment())
+        destinations = load(ctx.settings).destinations
         producer = ops.replay_producer(Keys(ctx.settings.redis_prefix), ctx.settings.partitions)
         columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=ctx.errors, transient=dry_run) as bar:

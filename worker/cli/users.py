@@ -46,12 +46,11 @@ class Context:
 
 @contextmanager
 def _context(write_key: str) -> Iterator[Context]:
-    from worker.core.destinations import load_destinations
-    from worker.core.settings import environment
+    from worker.core.settings import load
     from worker.ops.users import find_destination
 
     with session() as ctx:
-        destinations = load_destinations(ctx.settings.destinations, env=environment(), require_passcode=False)
+        destinations = load(ctx.settings, require_passcode=False).destinations
         destination = find_destination(destinations, write_key)
         yield Context(ctx.settings, ctx.client, ctx.keys, destination)
 

@@ -112,10 +112,14 @@ class Config:
     destinations: Destinations
 
 
-def load(settings: Settings | None = None) -> Config:
-    """Read the environment and the destinations file once; raise ConfigError when either is invalid."""
+def load(settings: Settings | None = None, *, require_passcode: bool = True) -> Config:
+    """Read the environment and the destinations file once; raise ConfigError when either is invalid.
+
+    Without ``require_passcode`` (operator commands that never upload), a ``passcode_env`` that is not set
+    leaves that passcode unset instead of being an error."""
     settings = settings if settings is not None else Settings()
-    return Config(settings=settings, destinations=load_destinations(settings.destinations, env=os.environ))
+    destinations = load_destinations(settings.destinations, env=os.environ, require_passcode=require_passcode)
+    return Config(settings=settings, destinations=destinations)
 
 
 def environment() -> dict[str, str]:
