@@ -1,8 +1,11 @@
 """Process settings, read once from the environment at an entry point and passed down.
 
 Precedence (pydantic-settings): explicit arguments > environment variables > defaults. Every
-variable is prefixed ``CTRELAY_`` except ``REDIS_URL``. This is the only module that reads the
-environment; :func:`load` returns the settings and the validated destinations together.
+variable is prefixed ``CTRELAY_`` except ``REDIS_URL`` (and ``PROMETHEUS_MULTIPROC_DIR``; ``REDIS_URL`` and it
+may also be spelt ``CTRELAY_REDIS_URL`` and ``CTRELAY_PROMETHEUS_MULTIPROC_DIR``). This is the only module that
+reads the environment; :func:`load` returns the settings and the validated destinations together. The one
+variable the relay writes is ``PROMETHEUS_MULTIPROC_DIR``, for prometheus-client in its child processes
+(``ctrelay ingest --workers N``, ``ctrelay worker --pool prefork``).
 """
 
 from __future__ import annotations
