@@ -16,6 +16,7 @@ from worker.core.errors import RequestError
 from worker.core.keys import Keys
 from worker.core.settings import Config
 from worker.ops.deadletters import replay_producer
+from worker.store.connections import connect
 from worker.store.deadletters import DeadLetterStore
 
 log = structlog.get_logger("ctrelay.admin")
@@ -37,7 +38,7 @@ def mount(app: FastAPI, config: Config) -> bool:
     if not token:
         return False
     keys = Keys(settings.redis_prefix)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    client = connect(settings, timeout_s=30, connect_timeout_s=5)
     app.state.admin_redis = client  # closed with the app (ingest's lifespan)
 
     async def unavailable(_: Request, exc: Exception) -> Response:
