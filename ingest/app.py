@@ -14,13 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import hiredis
 import redis.asyncio
 import structlog
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,6 +33,7 @@ from worker.core.errors import RequestError
 from worker.core.keys import Keys
 from worker.core.messages import CALL_TYPES
 from worker.core.settings import Config, load
+from worker.store.connections import aclose, close, connect_async
 from worker.store.producer import Producer
 
 log = structlog.get_logger("ctrelay.ingest")
@@ -48,29 +46,6 @@ _TITLES = {
     "group": "Group",
     "alias": "Alias",
 }
-
-
-class _HiredisPacking(redis.asyncio.Connection):
-    """redis.asyncio packs commands in Python (~1 ms for one EVALSHA of a 100-message batch); hiredis
-    packs in C, as the synchronous client already does (same splitting of ``"SCRIPT LOAD"``-style names)."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        name = args[0]
-        if isinstance(name, str) and " " in name:
-            args = (*name.split(), *args[1:])
-        return [hiredis.pack_command(args)]
-
-
-def redis_client(url: str, timeout: float) -> redis.asyncio.Redis:
-    """A client that fails fast: short connect/read timeouts and a single reconnect attempt."""
-    pool = redis.asyncio.ConnectionPool.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
-        connection_class=_HiredisPacking if url.startswith("redis://") else redis.asyncio.Connection,
-    )
-    return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
 
 async def _measure_backlog(ingest: Ingest, interval: float) -> None:
@@ -95,8 +70,16 @@ def _post(ingest: Ingest, kind: Kind, implied_type: str | None, route: str) -> C
 def create_app(config: Config) -> FastAPI:
     """The ingest application for one process (its Redis client opens lazily, closes on shutdown)."""
     settings = config.settings
-    client = redis_client(settings.redis_url, settings.redis_timeout)
-    producer = Producer(Keys(settings.redis_prefix), settings.partitions, settings.dedup_window)
+    # a WAIT for replicas holds the answer up to min_replicas_timeout_s: the socket must outwait it
+    waits = settings.min_replicas_timeout_s if settings.min_replicas else 0.0
+    client = connect_async(settings, timeout_s=settings.redis_timeout + waits)
+    producer = Producer(
+        Keys(settings.redis_prefix),
+        settings.partitions,
+        settings.dedup_window,
+        replicas=settings.min_replicas,
+        replicas_timeout_s=settings.min_replicas_timeout_s,
+    )
     ingest = Ingest(settings, config.destinations, client, producer)
 
     @contextlib.asynccontextmanager
@@ -109,10 +92,10 @@ def create_app(config: Config) -> FastAPI:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await client.aclose()
+            await aclose(client)
             admin_redis = getattr(app.state, "admin_redis", None)  # the admin API's synchronous client
             if admin_redis is not None:
-                admin_redis.close()
+                close(admin_redis)
 
     app = FastAPI(
         title="ctrelay ingest",

@@ -7,8 +7,6 @@ import redis
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from starlette.responses import Response
 
 from ingest.admin import deadletters, users
@@ -18,6 +16,7 @@ from worker.core.errors import RequestError
 from worker.core.keys import Keys
 from worker.core.settings import Config
 from worker.ops.deadletters import replay_producer
+from worker.store.connections import connect
 from worker.store.deadletters import DeadLetterStore
 
 log = structlog.get_logger("ctrelay.admin")
@@ -40,9 +39,7 @@ def mount(app: FastAPI, config: Config) -> bool:
         return False
     keys = Keys(settings.redis_prefix)
     timeout = settings.redis_timeout  # ingest's: a frozen Redis is a 503 in about two timeouts, not a hang
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1)
-    )
+    client = connect(settings, timeout_s=timeout, retry_once=True)
     app.state.admin_redis = client  # closed with the app (ingest's lifespan)
 
     async def unavailable(_: Request, exc: Exception) -> Response:

@@ -33,7 +33,7 @@ from ingest.tracking import auth
 from ingest.tracking.enrich import Request as Enrichment
 from ingest.tracking.enrich import enrich
 from worker.core.destinations import Destination, Destinations
-from worker.core.errors import MessageError, RequestError, Unavailable
+from worker.core.errors import MessageError, NotReplicated, RequestError, Unavailable
 from worker.core.messages import parse
 from worker.core.settings import Settings
 from worker.store.producer import Entry, Producer
@@ -306,11 +306,14 @@ class Ingest:
     async def _write(
         self, entries: list[Entry], suppress: tuple[str, str, dict[int, dict[str, str]]] | None = None
     ) -> list[bytes | None]:
-        """Enqueue in one round trip; any Redis failure or timeout becomes a 503."""
+        """Enqueue in one round trip; any Redis failure or timeout, or too few replicas in time, becomes a 503."""
+        settings = self.settings
+        limit = settings.redis_timeout * 3 + (settings.min_replicas_timeout_s if settings.min_replicas else 0.0)
         try:
-            return await asyncio.wait_for(
-                self.producer.enqueue(self.client, entries, suppress), timeout=self.settings.redis_timeout * 3
-            )
+            return await asyncio.wait_for(self.producer.enqueue(self.client, entries, suppress), timeout=limit)
+        except NotReplicated as exc:
+            log.warning("enqueue not replicated", acked=exc.acked, wanted=exc.wanted)
+            raise Unavailable("replication_timeout", "the queue's replicas did not confirm in time; retry") from None
         except (redis.RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable", error=type(exc).__name__)
             raise Unavailable("queue_unavailable", "the queue is not reachable; retry later") from None

@@ -1,4 +1,5 @@
-"""End to end, as a user runs it: segment-analytics-python → ``ctrelay ingest`` → ``ctrelay worker`` → sandbox.
+"""End to end, as a user runs it: segment-analytics-python → ``ctrelay ingest`` → ``ctrelay worker`` → sandbox,
+with Celery's broker on the queue's Redis and on RabbitMQ.
 
 A mixed workload for two write keys (two CleverTap accounts): identify (special traits, a push token sent
 twice), track (incl. Order Completed → Charged), page, screen, group (skipped), alias. The sandbox must hold
@@ -8,10 +9,13 @@ each user's records in the order the user's calls were made; the token once per 
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
+import kombu
 import pytest
 from delivery_e2e import Relay, wait_for
 from segment.analytics.client import Client
@@ -88,7 +92,35 @@ def by_user(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return dict(users)
 
 
-def test_mixed_workload_two_write_keys_two_accounts(relay: Relay) -> None:
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def rabbitmq_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest, relay: Relay) -> Iterator[str]:
+    """Celery's broker: the queue's own Redis (the default), or RabbitMQ (``CTRELAY_BROKER_URL=amqp://...``)."""
+    if request.param == "redis":
+        yield request.param
+        return
+    if not rabbitmq_answers():
+        pytest.skip("RabbitMQ does not answer on 127.0.0.1:5672")
+    relay.env_extra["CTRELAY_BROKER_URL"] = RABBITMQ
+    yield request.param
+    relay.stop_all()
+    with kombu.Connection(RABBITMQ) as connection:
+        channel = connection.default_channel
+        channel.queue_declare(queue=relay.keys.celery(), passive=True)  # the drains went through RabbitMQ
+        channel.queue_delete(relay.keys.celery())  # the test's queue goes with it
+
+
+def test_mixed_workload_two_write_keys_two_accounts(relay: Relay, broker: str) -> None:
     relay.start_sandbox("--accounts", ",".join(f"{acc}:{pw}" for acc, pw in ACCOUNTS.values()))
     relay.destinations([{"write_key": wk, "account_id": acc, "passcode": pw} for wk, (acc, pw) in ACCOUNTS.items()])
     _, url = relay.start_ingest()

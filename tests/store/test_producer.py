@@ -9,8 +9,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from ingest.app import redis_client
 from worker.core.keys import GROUP, Envelope, Keys, partition_of
+from worker.core.settings import Settings
+from worker.store.connections import connect_async
 from worker.store.producer import Producer
 from worker.store.retries import RetryItem, RetrySchedule
 
@@ -22,7 +23,7 @@ def message(user: str, message_id: str) -> dict[str, Any]:
 
 
 async def enqueue(url: str, producer: Producer, entries: list[Any]) -> list[bytes | None]:
-    client = redis_client(url, 1.0)
+    client = connect_async(Settings(REDIS_URL=url), timeout_s=1.0)
     try:
         return await producer.enqueue(client, entries)
     finally:

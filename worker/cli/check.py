@@ -123,6 +123,7 @@ def check_command(
     from worker.core.errors import ConfigError
     from worker.core.settings import Settings, load
     from worker.delivery.clevertap import CleverTap
+    from worker.store.connections import Target, close, connect
 
     try:
         settings = Settings()
@@ -132,10 +133,8 @@ def check_command(
         raise typer.Exit(1) from None
     typer.echo(f"ok    settings: {settings.destinations} ({len(destinations)} destinations)")
     failed = False
-    where = settings.redis_url.rpartition("@")[2]  # never the password
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S
-    )
+    where = Target.of(settings).describe()  # never the password
+    client = connect(settings, timeout_s=CHECK_TIMEOUT_S)
     try:
         client.ping()
         typer.echo(f"ok    redis: {where} answers")
@@ -143,7 +142,7 @@ def check_command(
         typer.echo(f"FAIL  redis: {where}: {exc}")
         failed = True
     finally:
-        client.close()
+        close(client)
     chosen = [d for key, d in destinations.items() if not only or key in only]
     unknown = sorted(set(only or ()) - set(destinations))
     for key in unknown:

@@ -88,24 +88,25 @@ def session() -> Iterator[Session]:
     from worker.core.errors import RelayError
     from worker.core.keys import Keys
     from worker.core.settings import Settings
+    from worker.store.connections import Target, close, connect
 
     try:
         settings = Settings()
     except ValidationError as exc:
         raise fail(f"settings: {exc}") from None
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=REDIS_TIMEOUT_S)
+    client = connect(settings, timeout_s=REDIS_TIMEOUT_S, connect_timeout_s=5)
     try:
         yield Session(settings, Keys(settings.redis_prefix), client)
     except RelayError as exc:
         raise fail(str(exc)) from None
     except redis.RedisError as exc:
-        raise fail(f"Redis ({settings.redis_url.rpartition('@')[2]}): {exc}") from None
+        raise fail(f"Redis ({Target.of(settings).describe()}): {exc}") from None
     except BrokenPipeError:  # `ctrelay dlq export | head`: the reader has gone, nothing to report
         raise typer.Exit(0) from None
     except OSError as exc:
         raise fail(f"{exc.filename or 'output'}: {exc.strerror or exc}") from None
     finally:
-        client.close()
+        close(client)
 
 
 class _Command(typer.Typer):

@@ -11,6 +11,7 @@ import redis
 from worker.core.destinations import Destination
 from worker.core.keys import Keys
 from worker.ops.status import Status, read_status
+from worker.store.connections import Target, close, connect
 
 
 def _age(seconds: float) -> str:
@@ -106,7 +107,7 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
         destinations: Mapping[str, Destination] = load(settings).destinations
     except ConfigError as exc:  # a bad file is an error here as in every command (not a partial status)
         raise fail(str(exc)) from None
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    client = connect(settings, timeout_s=5, connect_timeout_s=2)
     keys = Keys(settings.redis_prefix)
     try:
         while True:
@@ -121,9 +122,9 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
                 return 0
             time.sleep(watch)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        console.print(f"[red]Redis at {settings.redis_url.split('@')[-1]} does not answer: {exc}[/]")
+        console.print(f"[red]Redis ({Target.of(settings).describe()}) does not answer: {exc}[/]")
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        client.close()
+        close(client)

@@ -30,6 +30,14 @@ class Settings(BaseSettings):
         default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "CTRELAY_REDIS_URL")
     )
     redis_prefix: str = Field(default="ctrelay", description="prefix of every Redis key the relay owns")
+    # Connection modes (worker/store/connections.py; README "Redis and the broker").
+    redis_sentinels: str | None = Field(
+        default=None, description="host:port,... of Redis Sentinels: the queue's Redis is the primary they name"
+    )
+    redis_sentinel_master: str = Field(default="mymaster", description="the primary's name at the Sentinels")
+    broker_url: str | None = Field(default=None, description="Celery's broker (default: the queue's Redis)")
+    min_replicas: int = Field(default=0, ge=0, description="replicas that must hold a request's messages before 200")
+    min_replicas_timeout_s: float = Field(default=1.0, gt=0, description="how long ingest waits for those replicas")
     destinations: Path = Field(default=Path("destinations.toml"), description="the destinations TOML file")
     partitions: int = Field(default=16, ge=1, le=4096, description="number of stream partitions")
     admin_token: SecretStr | None = Field(default=None, description="enables the admin API when set")

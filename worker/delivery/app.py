@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import redis
 import structlog
 from celery import Celery
 
@@ -28,6 +27,7 @@ from worker.delivery.batches import Deliverer
 from worker.delivery.clevertap import CleverTap
 from worker.delivery.drain import Drainer, dispatch, partitions_with_work
 from worker.delivery.policy import RetryPolicy
+from worker.store.connections import broker, close, connect
 from worker.store.deadletters import DeadLetterStore
 from worker.store.slots import AccountSlots
 from worker.store.streams import prune_consumers
@@ -50,9 +50,7 @@ class Runtime:
         self.settings = settings
         self.send = send
         self.keys = Keys(settings.redis_prefix)
-        self.client = redis.Redis.from_url(
-            settings.redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
-        )
+        self.client = connect(settings, timeout_s=10, connect_timeout_s=5, health_check_interval_s=30)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self.http = httpx.Client(limits=limits)
         clevertap = CleverTap(self.http, settings.upload_timeout_s)
@@ -86,7 +84,7 @@ class Runtime:
     def close(self) -> None:
         """Close this process's connections (the CleverTap client, then Redis)."""
         self.http.close()
-        self.client.close()
+        close(self.client)
 
     @property
     def marker_ttl_s(self) -> float:
@@ -130,10 +128,11 @@ def create_app(config: Config) -> tuple[Celery, Callable[[], Runtime]]:
     """The Celery app for ``config`` and the accessor of this process's :class:`Runtime`."""
     settings = config.settings
     queue = Keys(settings.redis_prefix).celery()
-    app = Celery("ctrelay", broker=settings.redis_url, set_as_current=False)
+    where = broker(settings)
+    app = Celery("ctrelay", broker=where.url, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
-        broker_transport_options={"global_keyprefix": f"{queue}:"},
+        broker_transport_options=where.transport_options,
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         worker_pool="threads",

@@ -14,6 +14,7 @@ import orjson
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from worker.core.errors import NotReplicated
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, GROUP, Keys, partition_of
 
 # KEYS: (dedup marker, stream) per entry; ARGV: window, then w and m per entry. A message whose marker is new is
@@ -118,10 +119,14 @@ class Producer:
     dead-letter replay can re-add a letter and delete it in one MULTI.
     """
 
-    def __init__(self, keys: Keys, partitions: int, dedup_window: int) -> None:
+    def __init__(
+        self, keys: Keys, partitions: int, dedup_window: int, *, replicas: int = 0, replicas_timeout_s: float = 1.0
+    ) -> None:
         self.keys = keys
         self.partitions = partitions
         self.dedup_window = dedup_window
+        self.replicas = replicas
+        self.replicas_timeout_ms = max(1, int(replicas_timeout_s * 1000))
         self._scripts: dict[tuple[bool, str], Any] = {}
         self._streams = self.streams()
 
@@ -156,6 +161,10 @@ class Producer:
         and only when that entry is new (a duplicate re-suppresses nobody); the hash's version field is
         raised once when any was written.
 
+        With ``replicas`` (N > 0), the script and a ``WAIT N`` go in one pipeline on one connection, and
+        :class:`~worker.core.errors.NotReplicated` is raised when fewer than N replicas confirmed the write in
+        time (the entries are written on the primary: the client's retry is deduplicated).
+
         Raises ``redis.RedisError`` (or ``OSError``) when Redis does not answer: then the caller
         must not report success; a retry is safe, as markers, suppressions and entries are written together.
         """
@@ -168,8 +177,21 @@ class Producer:
         for entry in entries:
             keys += (entry.dedup, entry.stream)
             args += (entry.write_key, entry.message)
-        result: list[bytes | None] = await self._script(client, _ENQUEUE_LUA)(keys=keys, args=args, client=client)
-        return result
+        return await self._run(client, _ENQUEUE_LUA, keys, args)
+
+    async def _run(self, client: AsyncRedis, source: str, keys: list[str], args: Sequence[Any]) -> list[bytes | None]:
+        """Run one enqueue script; with ``replicas``, followed by ``WAIT`` on the same connection."""
+        script = self._script(client, source)
+        if not self.replicas:
+            result: list[bytes | None] = await script(keys=keys, args=args, client=client)
+            return result
+        async with client.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)  # queued: a pipeline answers at execute()
+            pipe.wait(self.replicas, self.replicas_timeout_ms)
+            written, acked = await pipe.execute()
+        if int(acked) < self.replicas:
+            raise NotReplicated(int(acked), self.replicas)
+        return list(written)
 
     async def _enqueue_suppressing(
         self,
@@ -189,9 +211,7 @@ class Producer:
                 args += (name, value)
         keys.append(hash_key)
         args.append(version)
-        script = self._script(client, _ENQUEUE_SUPPRESSING_LUA)
-        result: list[bytes | None] = await script(keys=keys, args=args, client=client)
-        return result
+        return await self._run(client, _ENQUEUE_SUPPRESSING_LUA, keys, args)
 
     def add(self, pipe: Any, entries: Sequence[Entry]) -> None:
         """Queue one XADD per entry on the caller's (sync or async) pipeline; no dedup marker is checked."""
