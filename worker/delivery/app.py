@@ -56,9 +56,9 @@ class Runtime:
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self.http = httpx.Client(limits=limits)
         clevertap = CleverTap(self.http, settings.upload_timeout_s)
-        # a slot outlives the longest request, so that it expires only when its holder is gone
+        # a slot lives seconds past its holder's last renewal, renewed no longer than the longest request needs
         self.slots = AccountSlots(
-            self.client, self.keys, settings.concurrency_cap, slot_ttl_s=clevertap.longest_request_s + 10
+            self.client, self.keys, settings.concurrency_cap, max_hold_s=clevertap.longest_request_s + 5
         )
         self.deliverer = Deliverer(
             self.client,
