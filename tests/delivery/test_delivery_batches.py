@@ -276,6 +276,7 @@ def test_cluster_gauges_are_read_from_redis(redis_client: redis.Redis, keys: Key
     text = generate_latest(registry).decode()
     assert 'ctrelay_destination_paused{destination="wk"} 1.0' in text
     assert "ctrelay_retry_schedule_size 2.0" in text
+    assert "ctrelay_backlog 3.0" in text  # 1 unread + 2 scheduled
     assert 'ctrelay_stream_lag{partition="0"} 1.0' in text
     assert 'ctrelay_stream_lag{partition="1"} 0.0' in text
     assert 'ctrelay_uploads_in_flight{account="ACC"} 1.0' in text

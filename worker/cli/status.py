@@ -32,7 +32,8 @@ def render(status: Status, *, show_all: bool = False) -> list[Any]:
     letters = sum(status.deadletters.values())
     taken = time.strftime("%H:%M:%S UTC", time.gmtime(status.taken_at))
     summary = Text.assemble(
-        ("lag ", "bold"), str(status.lag), ("  pending ", "bold"), str(status.pending),
+        ("backlog ", "bold"), str(status.backlog),
+        ("  lag ", "bold"), str(status.lag), ("  pending ", "bold"), str(status.pending),
         ("  retry schedule ", "bold"), f"{status.retries} ({due} due)",
         ("  dead letters ", "bold"), (str(letters), "red" if letters else ""), f"   at {taken}",
     )  # fmt: skip
@@ -48,7 +49,7 @@ def render(status: Status, *, show_all: bool = False) -> list[Any]:
             continue
         shown += 1
         table.add_row(
-            str(p.partition), str(p.length), f"~{p.unread}" if p.lag is None else str(p.lag), str(p.pending),
+            str(p.partition), str(p.length), str(p.lag), str(p.pending),
             str(p.consumers), "held" if p.draining else "", str(p.retries_due), str(p.retries_later),
         )  # fmt: skip
     idle = len(status.partitions) - shown

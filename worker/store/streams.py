@@ -4,6 +4,14 @@ Every worker reads every stream with one consumer group (:data:`worker.core.keys
 once it is acknowledged *and* deleted (:func:`ack_and_delete`, always queued on the caller's MULTI together with
 the outcome that makes it done), so a stream holds only work not yet done. :func:`group_info` is the one reader
 of ``XINFO GROUPS`` answers.
+
+**The backlog** (:class:`PartitionBacklog`, read with :func:`queue_backlog` + :func:`read_backlog`) is measured
+here once for every reader (ingest's cap, the ticker, the worker's gauges, ``ctrelay status``): per partition,
+the stream's length (``XLEN``: unread plus pending entries, since done entries are deleted) plus the retry
+schedule's size (``ZCARD``). Both are exact after a Redis restart or a failover. The consumer group's ``lag``
+(from ``entries-read``) is not: after a restart it stops moving and reads tens of thousands with every stream
+empty, so nothing here trusts it. Unread entries are the length less the pending ones (``XINFO GROUPS``'s
+``pending``, the size of the pending-entries list, which is persisted with the stream).
 """
 
 from __future__ import annotations
@@ -47,8 +55,9 @@ def _text(value: Any) -> str:
 class GroupInfo:
     """The relay's consumer group on one stream, as ``XINFO GROUPS`` tells it.
 
-    ``exists`` is False when the stream or the group is not there yet (nothing read yet). ``lag`` is the number of
-    entries not yet read, or None when Redis cannot tell (entries deleted out of order)."""
+    ``exists`` is False when the stream or the group is not there yet (nothing read yet). ``lag`` is what Redis
+    says is not yet read, or None when it cannot tell: shown for information only, never trusted (it is wrong
+    after a Redis restart; see :class:`PartitionBacklog`)."""
 
     exists: bool
     lag: int | None = None
@@ -71,6 +80,71 @@ def group_info(groups: Any) -> GroupInfo:
                 consumers=int(info.get("consumers") or 0),
             )
     return GroupInfo(exists=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionBacklog:
+    """One partition's undelivered messages: ``length`` entries in its stream (``pending`` of them read and not
+    yet acknowledged) and ``scheduled`` messages in its retry schedule. ``group``: the consumer group exists."""
+
+    length: int
+    pending: int
+    scheduled: int
+    group: bool
+
+    @property
+    def unread(self) -> int:
+        """Entries no consumer has read yet."""
+        return max(0, self.length - self.pending)
+
+    @property
+    def total(self) -> int:
+        """Messages not yet delivered (the figure ingest's cap compares)."""
+        return self.length + self.scheduled
+
+
+BACKLOG_COMMANDS = 3
+"""How many answers :func:`queue_backlog` adds to a pipeline per partition."""
+
+
+def queue_backlog(pipe: Any, keys: Keys, partition: int) -> None:
+    """Queue, on the caller's (sync or async, non-transactional) pipeline, what one partition's backlog is read
+    from: ``XLEN`` and ``XINFO GROUPS`` of its stream, ``ZCARD`` of its retry schedule."""
+    stream = keys.stream(partition)
+    pipe.xlen(stream)
+    pipe.xinfo_groups(stream)
+    pipe.zcard(keys.retry_due(partition))
+
+
+def read_backlog(answers: Sequence[Any]) -> PartitionBacklog:
+    """One partition's backlog from the :data:`BACKLOG_COMMANDS` answers :func:`queue_backlog` queued (executed with
+    ``raise_on_error=False``: a stream not created yet answers an error, read as empty). Raises a connection error
+    found among them."""
+    for answer in answers:
+        if isinstance(answer, redis.ConnectionError | redis.TimeoutError):
+            raise answer
+    length, groups, scheduled = answers
+    info = group_info(groups)
+    return PartitionBacklog(
+        length=length if isinstance(length, int) else 0,
+        pending=info.pending,
+        scheduled=scheduled if isinstance(scheduled, int) else 0,
+        group=info.exists,
+    )
+
+
+def read_backlogs(answers: Sequence[Any], partitions: int, offset: int = 0) -> list[PartitionBacklog]:
+    """Every partition's backlog from answers queued by :func:`queue_backlog` for partitions 0..n-1 in order."""
+    step = BACKLOG_COMMANDS
+    return [read_backlog(answers[offset + step * p : offset + step * p + step]) for p in range(partitions)]
+
+
+def measure_backlog(client: redis.Redis, keys: Keys, partitions: int) -> list[PartitionBacklog]:
+    """Every partition's backlog, in one round trip (a synchronous client)."""
+    pipe = client.pipeline(transaction=False)
+    for partition in range(partitions):
+        queue_backlog(pipe, keys, partition)
+    return read_backlogs(pipe.execute(raise_on_error=False), partitions)
 
 
 def prune_consumers(client: redis.Redis, keys: Keys, partitions: int, idle_s: float) -> int:
