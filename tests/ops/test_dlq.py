@@ -1,4 +1,4 @@
-"""Dead-letter operations (worker/ops/deadletters.py) with a real Redis: stats, preview, replay, purge, export, import."""
+"""Dead-letter operations (worker/ops/deadletters.py), real Redis: stats, preview, replay, purge, export, import."""
 
 from __future__ import annotations
 

@@ -56,8 +56,11 @@ def session() -> Iterator[Session]:
         settings = Settings()
     except ValidationError as exc:
         raise fail(f"settings: {exc}") from None
+    from worker.store.streams import claim_partitions
+
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=REDIS_TIMEOUT_S)
     try:
+        claim_partitions(client, Keys(settings.redis_prefix), settings.partitions)  # another count: refuse
         yield Session(settings, Keys(settings.redis_prefix), client)
     except RelayError as exc:
         raise fail(str(exc)) from None

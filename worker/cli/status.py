@@ -100,6 +100,7 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
     from worker.core.destinations import Destinations
     from worker.core.errors import ConfigError
     from worker.core.settings import Settings, load
+    from worker.store.streams import check_partitions
 
     settings = Settings()
     console = Console()
@@ -111,6 +112,7 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     keys = Keys(settings.redis_prefix)
     try:
+        check_partitions(client, keys, settings.partitions)
         while True:
             status = read_status(client, keys, settings.partitions, destinations, default_cap=settings.concurrency_cap)
             if json_output:
@@ -125,6 +127,9 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         console.print(f"[red]Redis at {settings.redis_url.split('@')[-1]} does not answer: {exc}[/]")
         return 1
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
     except KeyboardInterrupt:
         return 0
     finally:

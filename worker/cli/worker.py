@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +31,33 @@ def _pool_of(argv: list[str]) -> str:
     return "threads"
 
 
+def _check_partitions(settings: Settings) -> None:
+    """Refuse to start with another partition count than Redis's (waiting for Redis to answer, as Celery would)."""
+    import time
+
+    import redis
+
+    from worker.core.errors import ConfigError
+    from worker.core.keys import Keys
+    from worker.store.streams import claim_partitions
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    try:
+        for attempt in itertools.count():
+            try:
+                claim_partitions(client, Keys(settings.redis_prefix), settings.partitions)
+                return
+            except ConfigError as exc:
+                log.error("partitions_mismatch", error=str(exc))
+                raise SystemExit(f"ctrelay worker: {exc}") from None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt % 10 == 0:
+                    log.warning("partitions not checked yet: Redis does not answer", error=type(exc).__name__)
+                time.sleep(1.0)
+    finally:
+        client.close()
+
+
 def run_worker(argv: list[str]) -> None:
     """``ctrelay worker [celery worker options]``: drain the streams into CleverTap until stopped."""
     settings = Settings()
@@ -41,6 +69,7 @@ def run_worker(argv: list[str]) -> None:
     from worker.core.logs import configure
 
     configure(settings.log_level, settings.log_format)
+    _check_partitions(settings)
     from prometheus_client import values
 
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # honour the directory set above

@@ -12,6 +12,12 @@ schedule's size (``ZCARD``). Both are exact after a Redis restart or a failover.
 (from ``entries-read``) is not: after a restart it stops moving and reads tens of thousands with every stream
 empty, so nothing here trusts it. Unread entries are the length less the pending ones (``XINFO GROUPS``'s
 ``pending``, the size of the pending-entries list, which is persisted with the stream).
+
+**The partition count** is stored in Redis (``<prefix>:partitions``) by the first process that uses it
+(:func:`claim_partitions`: ``SET NX``); a process started with another count (ingest, a worker, an operator
+command) refuses to start (:class:`~worker.core.errors.ConfigError`), since a user's partition is
+``crc32(user) % partitions`` and a mismatch strands messages in streams no worker reads.
+:func:`change_partitions` changes it, only while the queue is empty.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import redis
 
+from worker.core.errors import ConfigError
 from worker.core.keys import GROUP, Keys
 
 
@@ -162,3 +169,58 @@ def prune_consumers(client: redis.Redis, keys: Keys, partitions: int, idle_s: fl
                 # XGROUP DELCONSUMER drops only that consumer's pending entries: there are none
                 removed += int(client.xgroup_delconsumer(keys.stream(partition), GROUP, consumer["name"]) == 0)
     return removed
+
+
+def _mismatch(stored: bytes | str | None, partitions: int, keys: Keys) -> ConfigError | None:
+    if stored is None:
+        return None
+    count = int(stored)
+    if count == partitions:
+        return None
+    return ConfigError(
+        f"CTRELAY_PARTITIONS is {partitions} but the relay's data in Redis (prefix {keys.prefix!r}) is laid out in "
+        f"{count} partitions: start every process with CTRELAY_PARTITIONS={count}, or change the count on an empty "
+        f"queue with `ctrelay partitions --set {partitions}` (README, Scaling)"
+    )
+
+
+def claim_partitions(client: redis.Redis, keys: Keys, partitions: int) -> None:
+    """Store ``partitions`` as the relay's count if none is stored; raise ConfigError if another one is."""
+    if client.set(keys.partitions(), partitions, nx=True):
+        return
+    error = _mismatch(client.get(keys.partitions()), partitions, keys)
+    if error is not None:
+        raise error
+
+
+def check_partitions(client: redis.Redis, keys: Keys, partitions: int) -> None:
+    """:func:`claim_partitions` for a reader that writes nothing (``ctrelay status``): compare only."""
+    error = _mismatch(client.get(keys.partitions()), partitions, keys)
+    if error is not None:
+        raise error
+
+
+async def claim_partitions_async(client: Any, keys: Keys, partitions: int) -> None:
+    """:func:`claim_partitions` with an asynchronous client (ingest)."""
+    if await client.set(keys.partitions(), partitions, nx=True):
+        return
+    error = _mismatch(await client.get(keys.partitions()), partitions, keys)
+    if error is not None:
+        raise error
+
+
+def change_partitions(client: redis.Redis, keys: Keys, partitions: int) -> int:
+    """Store a new partition count; only while every stream and retry schedule of the stored count is empty and no
+    drain holds a lease (stop ingest and the workers first). Returns the previous count; raises ConfigError."""
+    raw: Any = client.get(keys.partitions())
+    old = int(raw) if raw is not None else partitions
+    undelivered = sum(part.total for part in measure_backlog(client, keys, old))
+    leased = sum(int(client.exists(keys.lease(p))) for p in range(old))
+    if undelivered or leased:
+        raise ConfigError(
+            f"the queue is not empty ({undelivered} undelivered messages, {leased} drains holding a lease in {old} "
+            "partitions): stop ingest, let the workers deliver everything (`ctrelay status`: backlog 0), stop them, "
+            "then change the count"
+        )
+    client.set(keys.partitions(), partitions)
+    return old
