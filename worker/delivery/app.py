@@ -74,6 +74,7 @@ class Runtime:
                 auth_pause_s=settings.auth_pause_s,
             ),
             suppression_window_s=settings.suppression_window_s,
+            commit_patience_s=settings.lease_ttl_s,
         )
         self.drainer = Drainer(
             self.deliverer,

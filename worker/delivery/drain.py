@@ -31,6 +31,7 @@ import structlog
 
 from worker.core.errors import DrainStopped
 from worker.core.keys import GROUP, Keys
+from worker.delivery import metrics
 from worker.delivery.batches import Deliverer
 from worker.delivery.work import StreamEntry, Tally
 from worker.store.lease import Lease, LeaseKeeper
@@ -147,8 +148,9 @@ class Drainer:
             return None, []
         next_cursor = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
         entries = [(entry_id, fields) for entry_id, fields in answer[1] if fields is not None]
-        if entries:
+        if entries:  # their consumer may have uploaded them before it died: they may reach CleverTap twice
             log.info("reclaimed", stream=stream, entries=len(entries))
+            metrics.duplicates_suspected.labels("reclaimed").inc(len(entries))
         return (None if next_cursor == "0-0" else next_cursor), entries
 
     def _read(self, stream: str, start: str) -> list[StreamEntry]:

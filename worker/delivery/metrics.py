@@ -38,6 +38,11 @@ messages_skipped = Counter(
     "ctrelay_messages_skipped", "Messages acknowledged by rule, sending nothing", ["destination", "reason"]
 )
 uploads = Counter("ctrelay_uploads", "Upload requests, by HTTP status (or timeout/network)", ["destination", "status"])
+duplicates_suspected = Counter(
+    "ctrelay_duplicates_suspected",
+    "Records (messages for cause reclaimed) that may reach CleverTap twice, by cause",
+    ["cause"],
+)
 upload_duration = Histogram(
     "ctrelay_upload_duration_seconds",
     "Time of one upload request",

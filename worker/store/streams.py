@@ -54,6 +54,33 @@ def ack_and_delete(pipe: Any, stream: str, entry_ids: Sequence[bytes]) -> None:
         pipe.xdel(stream, *entry_ids)
 
 
+# KEYS: stream, retry items hash, retry due set. ARGV: group, n, n entry ids, then retry item ids.
+# allow-oom: Redis runs it when full (noeviction), where it refuses every command queued in a MULTI; it only frees.
+_FREE_DONE = """#!lua flags=allow-oom
+local n = tonumber(ARGV[2])
+if n > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
+end
+if #ARGV > 2 + n then
+  redis.call('HDEL', KEYS[2], unpack(ARGV, 3 + n))
+  redis.call('ZREM', KEYS[3], unpack(ARGV, 3 + n))
+end
+return n
+"""
+
+
+def free_done(
+    client: redis.Redis, stream: str, entry_ids: Sequence[bytes], retry_keys: tuple[str, str], retry_ids: Sequence[str]
+) -> None:
+    """Acknowledge and delete ``entry_ids`` and remove the finished retry items ``retry_ids``, atomically, with
+    commands that only free memory (one script that Redis runs even at ``maxmemory``): the commit of delivered
+    work when Redis is full, so that delivering frees memory."""
+    if entry_ids or retry_ids:
+        args: list[bytes | str | int] = [GROUP, len(entry_ids), *entry_ids, *retry_ids]
+        client.eval(_FREE_DONE, 3, stream, *retry_keys, *args)
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
