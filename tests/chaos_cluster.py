@@ -41,13 +41,14 @@ WORKER_ENV = {
 class RedisServer:
     """A ``redis-server`` of the test's own: AOF on, in ``workdir``, on a fixed port, killable and restartable."""
 
-    def __init__(self, workdir: Path, fsync: str = "always") -> None:
+    def __init__(self, workdir: Path, fsync: str = "always", extra: Iterable[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not on the PATH")
         self.binary = binary
         self.workdir = workdir
         self.fsync = fsync
+        self.extra = list(extra)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -59,7 +60,7 @@ class RedisServer:
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
         args += ["--appendonly", "yes", "--appendfsync", self.fsync, "--save", "", "--daemonize", "no"]
-        args += ["--maxmemory-policy", "noeviction", "--loglevel", "warning"]
+        args += ["--maxmemory-policy", "noeviction", "--loglevel", "warning", *self.extra]
         log = (self.workdir / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

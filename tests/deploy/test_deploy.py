@@ -219,6 +219,23 @@ def test_redis_conf_is_durable_and_never_evicts() -> None:
     assert redis_conf_directives(conf) == directives
 
 
+def _bytes(size: str) -> int:
+    """A Redis (``4gb``), Kubernetes (``5Gi``) or compose (``5g``) memory size in bytes."""
+    match = re.fullmatch(r"(\d+)\s*([kmg]?)i?b?", size.strip().lower())
+    assert match, size
+    return int(match[1]) * 1024 ** " kmg".index(match[2] or " ")
+
+
+def test_redis_memory_limits_and_the_backlog_cap_agree() -> None:
+    """The backlog cap trips well before Redis is full; the container limits leave room for AOF rewrites."""
+    directives = redis_conf_directives((DEPLOY / "redis.conf").read_text())
+    (maxmemory,) = [_bytes(d.split()[1]) for d in directives if d.startswith("maxmemory ")]
+    assert Settings().backlog_cap * 512 <= maxmemory / 4  # a queued message is ~0.5 KB (runbook)
+    (container,) = containers(named("StatefulSet", "ctrelay-redis"))
+    for limit in (container["resources"]["limits"]["memory"], compose()["services"]["redis"]["mem_limit"]):
+        assert _bytes(str(limit)) >= 1.2 * maxmemory
+
+
 def test_compose_has_every_role_with_health_checks() -> None:
     doc = compose()
     services = doc["services"]

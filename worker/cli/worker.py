@@ -120,8 +120,30 @@ def run_worker(argv: list[str]) -> None:
 
             multiprocess.mark_process_dead(pid, str(multiproc_dir))  # type: ignore[no-untyped-call]
 
+    stopping: list[str] = []
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _asked_to_stop(sig: str = "", **_: object) -> None:
+        stopping.append(sig or "signal")
+
     level = "WARNING" if settings.log_level.lower() not in ("debug",) else "INFO"
     # Workers coordinate through Redis keys, not through Celery: gossip and mingle (worker-to-worker
     # broadcasts) are not needed, and their channels are what fails to restart after a broker outage.
     quiet = [flag for flag in ("--without-gossip", "--without-mingle") if flag not in argv]
-    app.worker_main(["worker", f"--loglevel={level}", *quiet, *argv])
+    try:
+        app.worker_main(["worker", f"--loglevel={level}", *quiet, *argv])
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    if code in (0, None) and not stopping and not _informational(argv):
+        # Celery stopped by itself (an unrecoverable broker error): never report that as success, so that a
+        # supervisor restarting on failure (compose, Kubernetes) starts the worker again
+        log.error("worker_exited", reason="the Celery worker stopped without a shutdown signal", exit_status=1)
+        code = 1
+    raise SystemExit(code)
+
+
+def _informational(argv: list[str]) -> bool:
+    """``--help`` / ``--version``: Celery prints and exits 0 without running a worker."""
+    return any(arg in ("-h", "--help", "--version") for arg in argv)

@@ -98,16 +98,32 @@ class Runtime:
         return dispatch(self.client, self.keys, partitions, self.send, self.marker_ttl_s)
 
     def tick(self) -> list[int]:
-        """Queue drains for every partition that has work and no drain; once a minute (one worker), housekeeping."""
-        if self.client.set(self.keys.housekeeping(), os.getpid(), nx=True, ex=HOUSEKEEPING_S):
-            expired = self.deliverer.deadletters.expire(time.time())
-            pruned = prune_consumers(self.client, self.keys, self.settings.partitions, CONSUMER_IDLE_S)
-            if expired or pruned:
-                log.info("housekeeping", deadletters_expired=expired, consumers_pruned=pruned)
+        """Queue drains for every partition that has work and no drain; once a minute (one worker), housekeeping.
+
+        When Redis is full (``noeviction``), the broker refuses new tasks: the ticker then drains the busy
+        partitions itself, one after the other, since delivering is what frees memory."""
+        try:
+            if self.client.set(self.keys.housekeeping(), os.getpid(), nx=True, ex=HOUSEKEEPING_S):
+                expired = self.deliverer.deadletters.expire(time.time())
+                pruned = prune_consumers(self.client, self.keys, self.settings.partitions, CONSUMER_IDLE_S)
+                if expired or pruned:
+                    log.info("housekeeping", deadletters_expired=expired, consumers_pruned=pruned)
+        except redis.OutOfMemoryError:
+            pass  # another tick, once memory is back
         busy = partitions_with_work(
             self.client, self.keys, self.settings.partitions, reclaim_idle_s=self.settings.reclaim_idle_s
         )
-        return self.dispatch(busy) if busy else []
+        if not busy:
+            return []
+        try:
+            return self.dispatch(busy)
+        except Exception as exc:
+            if not redis_full(exc):
+                raise
+            log.warning("draining_in_ticker", reason="Redis is full: the broker refuses tasks", partitions=len(busy))
+            for partition in busy:
+                self.drainer.drain(partition)
+            return busy
 
     def drain(self, partition: int) -> dict[str, Any]:
         result = self.drainer.drain(partition)
@@ -127,6 +143,18 @@ class Runtime:
         }
 
 
+def redis_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it: kombu wraps redis-py's errors) is Redis refusing a write at maxmemory."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, redis.OutOfMemoryError) or "maxmemory" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def create_app(config: Config) -> tuple[Celery, Callable[[], Runtime]]:
     """The Celery app for ``config`` and the accessor of this process's :class:`Runtime`."""
     settings = config.settings
@@ -134,7 +162,10 @@ def create_app(config: Config) -> tuple[Celery, Callable[[], Runtime]]:
     app = Celery("ctrelay", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
-        broker_transport_options={"global_keyprefix": f"{queue}:"},
+        # no ack emulation: kombu's bookkeeping of unacked messages (MULTI on the broker) is what fails on a
+        # Redis restart ("Unrecoverable error") and under maxmemory; a drain lost with its worker costs
+        # nothing, as the ticker queues the partition again once its dispatched marker expires
+        broker_transport_options={"global_keyprefix": f"{queue}:", "ack_emulation": False},
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         worker_pool="threads",

@@ -21,6 +21,10 @@ import structlog
 
 log = structlog.get_logger("ctrelay.lease")
 
+# allow-oom: a drain must be able to start when Redis is full (noeviction), since delivering is what frees memory
+_ACQUIRE = """#!lua flags=allow-oom
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -46,7 +50,7 @@ class Lease:
         """Take the lease if nobody holds it; None otherwise."""
         token = uuid.uuid4().hex
         ttl_ms = max(1, int(ttl_s * 1000))
-        if client.set(key, token, nx=True, px=ttl_ms):
+        if client.eval(_ACQUIRE, 1, key, token, ttl_ms):
             return cls(client, key, token, ttl_ms)
         return None
 

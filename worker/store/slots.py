@@ -11,7 +11,8 @@ The deadline is short (:data:`SLOT_TTL_S`, 5 s) and, while a request runs, the p
 holder's slots free within 5 s, however long requests take. The keeper renews a slot only for as long as
 one request can need (``max_hold_s``: the client's longest request plus a margin), so a stuck thread in a
 live process loses its slot too. Giving a slot back is best effort: when Redis does not answer, the slot
-expires by itself within the TTL (the upload's answer is still logged, counted and committed).
+expires by itself within the TTL (the upload's answer is still logged, counted and committed). The scripts
+run when Redis is full (``allow-oom``: a few bytes each), since delivering is what frees memory then.
 
 The cap starts at the configured maximum (15, CleverTap's documented limit). A 429 lowers it to
 ¾ of its value (at most once per second, so one burst of 429s counts once; never below 1); each
@@ -38,7 +39,7 @@ SLOT_TTL_S = 5.0
 """How long a slot outlives its holder's last renewal (renewed every third of it while a request runs)."""
 
 # KEYS: slots, cap. ARGV: token, ttl ms, max cap. Returns 1 when the slot was taken.
-_ACQUIRE = """
+_ACQUIRE = """#!lua flags=allow-oom
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -53,7 +54,7 @@ return 0
 """
 
 # KEYS: slots. ARGV: token, ttl ms. Returns 1 when the slot was still held (its deadline is pushed back).
-_RENEW = """
+_RENEW = """#!lua flags=allow-oom
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -66,7 +67,7 @@ return 0
 """
 
 # KEYS: cap. ARGV: throttled (1/0), max cap. Returns the new cap as a string.
-_ADJUST = """
+_ADJUST = """#!lua flags=allow-oom
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = tonumber(ARGV[2])
