@@ -81,13 +81,20 @@ class Runtime:
             lease_ttl_s=settings.lease_ttl_s,
             budget_s=settings.drain_budget_s,
             read_batch=settings.read_batch,
-            reclaim_idle_s=settings.reclaim_idle_s,
+            reclaim_idle_s=self.reclaim_idle_s,
         )
 
     def close(self) -> None:
         """Close this process's connections (the CleverTap client, then Redis)."""
         self.http.close()
         self.client.close()
+
+    @property
+    def reclaim_idle_s(self) -> float:
+        """Entries idle this long are reclaimed by the lease's holder: ``CTRELAY_RECLAIM_IDLE_S``, at most the lease's
+        TTL. Only the holder reclaims, and a drain that lost its lease sends and commits nothing more, so a dead
+        worker's entries can go as soon as its lease has expired: a SIGKILL costs about one lease TTL."""
+        return min(self.settings.reclaim_idle_s, self.settings.lease_ttl_s)
 
     @property
     def marker_ttl_s(self) -> float:
@@ -111,7 +118,7 @@ class Runtime:
         except redis.OutOfMemoryError:
             pass  # another tick, once memory is back
         busy = partitions_with_work(
-            self.client, self.keys, self.settings.partitions, reclaim_idle_s=self.settings.reclaim_idle_s
+            self.client, self.keys, self.settings.partitions, reclaim_idle_s=self.reclaim_idle_s
         )
         if not busy:
             return []
