@@ -19,10 +19,12 @@ from typing import Protocol
 import redis
 import structlog
 
+from worker.store.scripts import eval_allow_oom
+
 log = structlog.get_logger("ctrelay.lease")
 
 # allow-oom: a drain must be able to start when Redis is full (noeviction), since delivering is what frees memory
-_ACQUIRE = """#!lua flags=allow-oom
+_ACQUIRE = """
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 """
 _RENEW = """
@@ -50,7 +52,7 @@ class Lease:
         """Take the lease if nobody holds it; None otherwise."""
         token = uuid.uuid4().hex
         ttl_ms = max(1, int(ttl_s * 1000))
-        if client.eval(_ACQUIRE, 1, key, token, ttl_ms):
+        if eval_allow_oom(client, _ACQUIRE, [key], [token, ttl_ms]):
             return cls(client, key, token, ttl_ms)
         return None
 

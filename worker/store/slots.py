@@ -12,7 +12,7 @@ holder's slots free within 5 s, however long requests take. The keeper renews a 
 one request can need (``max_hold_s``: the client's longest request plus a margin), so a stuck thread in a
 live process loses its slot too. Giving a slot back is best effort: when Redis does not answer, the slot
 expires by itself within the TTL (the upload's answer is still logged, counted and committed). The scripts
-run when Redis is full (``allow-oom``: a few bytes each), since delivering is what frees memory then.
+run when Redis is full (:mod:`worker.store.scripts`: a few bytes each), since delivering is what frees memory then.
 
 The cap starts at the configured maximum (15, CleverTap's documented limit). A 429 lowers it to
 ¾ of its value (at most once per second, so one burst of 429s counts once; never below 1); each
@@ -33,13 +33,14 @@ import structlog
 from worker.core.errors import DrainStopped
 from worker.core.keys import Keys
 from worker.store.lease import LeaseKeeper
+from worker.store.scripts import OomScript
 
 log = structlog.get_logger("ctrelay.slots")
 SLOT_TTL_S = 5.0
 """How long a slot outlives its holder's last renewal (renewed every third of it while a request runs)."""
 
 # KEYS: slots, cap. ARGV: token, ttl ms, max cap. Returns 1 when the slot was taken.
-_ACQUIRE = """#!lua flags=allow-oom
+_ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -54,7 +55,7 @@ return 0
 """
 
 # KEYS: slots. ARGV: token, ttl ms. Returns 1 when the slot was still held (its deadline is pushed back).
-_RENEW = """#!lua flags=allow-oom
+_RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -67,7 +68,7 @@ return 0
 """
 
 # KEYS: cap. ARGV: throttled (1/0), max cap. Returns the new cap as a string.
-_ADJUST = """#!lua flags=allow-oom
+_ADJUST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = tonumber(ARGV[2])
@@ -121,9 +122,9 @@ class AccountSlots:
         self.slot_ttl_ms = max(1, int(slot_ttl_s * 1000))
         self.max_hold_s = max_hold_s
         self.keeper = LeaseKeeper(slot_ttl_s / 3, name="ctrelay-slots")
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._adjust = client.register_script(_ADJUST)
+        self._acquire = OomScript(client, _ACQUIRE)
+        self._renew = OomScript(client, _RENEW)
+        self._adjust = OomScript(client, _ADJUST)
 
     def try_acquire(self, account_id: str) -> str | None:
         """Take a slot now if one is free; returns its token, or None."""

@@ -30,6 +30,7 @@ import redis
 
 from worker.core.errors import ConfigError
 from worker.core.keys import GROUP, Keys
+from worker.store.scripts import eval_allow_oom
 
 
 def ensure_group(client: redis.Redis, stream: str) -> None:
@@ -56,7 +57,7 @@ def ack_and_delete(pipe: Any, stream: str, entry_ids: Sequence[bytes]) -> None:
 
 # KEYS: stream, retry items hash, retry due set. ARGV: group, n, n entry ids, then retry item ids.
 # allow-oom: Redis runs it when full (noeviction), where it refuses every command queued in a MULTI; it only frees.
-_FREE_DONE = """#!lua flags=allow-oom
+_FREE_DONE = """
 local n = tonumber(ARGV[2])
 if n > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
@@ -78,7 +79,7 @@ def free_done(
     work when Redis is full, so that delivering frees memory."""
     if entry_ids or retry_ids:
         args: list[bytes | str | int] = [GROUP, len(entry_ids), *entry_ids, *retry_ids]
-        client.eval(_FREE_DONE, 3, stream, *retry_keys, *args)
+        eval_allow_oom(client, _FREE_DONE, [stream, *retry_keys], args)
 
 
 def _text(value: Any) -> str:
