@@ -29,12 +29,13 @@ from ingest.responses import error_response
 from ingest.tracking import openapi
 from ingest.tracking.routes import Ingest, Kind
 from worker.core import logs
-from worker.core.errors import RequestError
+from worker.core.errors import ConfigError, RequestError
 from worker.core.keys import Keys
 from worker.core.messages import CALL_TYPES
 from worker.core.settings import Config, load
 from worker.store.connections import aclose, close, connect_async
 from worker.store.producer import Producer
+from worker.store.streams import claim_partitions_async
 
 log = structlog.get_logger("ctrelay.ingest")
 
@@ -48,10 +49,24 @@ _TITLES = {
 }
 
 
+async def _check_partitions(ingest: Ingest) -> None:
+    """Store or compare the partition count in Redis (:func:`~worker.store.streams.claim_partitions`)."""
+    producer = ingest.producer
+    await claim_partitions_async(ingest.client, producer.keys, producer.partitions)
+    ingest.queue.partitions_checked = True
+
+
 async def _measure_backlog(ingest: Ingest, interval: float) -> None:
-    """Keep the backlog figure fresh (for the cap and the gauge) without costing requests a round trip."""
+    """Keep the backlog figure fresh (for the cap and the gauge) without costing requests a round trip; check the
+    partition count once Redis answers, if it did not at start (a mismatch then makes every request 503)."""
     while True:
         try:
+            if not ingest.queue.partitions_checked:
+                try:
+                    await asyncio.wait_for(_check_partitions(ingest), timeout=interval * 2 + 1)
+                except ConfigError as exc:
+                    ingest.queue.refused, ingest.queue.partitions_checked = str(exc), True
+                    log.error("partitions_mismatch", error=str(exc))
             backlog = await asyncio.wait_for(ingest.producer.backlog(ingest.client), timeout=interval * 2 + 1)
             ingest.queue.backlog, ingest.queue.measured_at = backlog, time.monotonic()
             metrics.queue_length.set(backlog)
@@ -84,6 +99,14 @@ def create_app(config: Config) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:  # a count that differs from Redis's stops the start; Redis not answering yet does not
+            await asyncio.wait_for(_check_partitions(ingest), timeout=settings.redis_timeout * 2 + 1)
+        except ConfigError as exc:
+            log.error("partitions_mismatch", error=str(exc))
+            await aclose(client)
+            raise
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            log.warning("partitions not checked yet: Redis does not answer", error=type(exc).__name__)
         task = asyncio.create_task(_measure_backlog(ingest, settings.backlog_interval))
         log.info("ingest ready", destinations=len(config.destinations), partitions=settings.partitions)
         try:

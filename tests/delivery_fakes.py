@@ -97,6 +97,7 @@ def build(
     clock: Callable[[], float] | None = None,
     cap: int = 15,
     reclaim_idle_s: float = 60.0,
+    commit_patience_s: float = 1.0,
 ) -> Drainer:
     http = httpx.Client(transport=httpx.MockTransport(fake.handler))
     deliverer = Deliverer(
@@ -108,6 +109,7 @@ def build(
         deadletters=DeadLetterStore(client, keys),
         policy=policy or RetryPolicy(window_s=100.0, backoff_min_s=1.0, backoff_max_s=10.0, auth_pause_s=30.0),
         **({"clock": clock} if clock is not None else {}),
+        commit_patience_s=commit_patience_s,
     )
     ensure_group(client, keys.stream(0))
     return Drainer(deliverer, lease_ttl_s=5.0, budget_s=5.0, reclaim_idle_s=reclaim_idle_s, consumer="test")

@@ -51,6 +51,9 @@ class QueueState:
 
     backlog: int = 0
     measured_at: float = 0.0
+    partitions_checked: bool = False
+    refused: str | None = None
+    """Set when Redis's stored partition count differs from this process's (found after start): every request 503s."""
 
 
 @dataclass
@@ -190,6 +193,8 @@ class Ingest:
         if kind == "webhook":
             auth.check_signature(destination, data, headers.get("x-signature"))
 
+        if self.queue.refused is not None:
+            raise Unavailable("partitions_mismatch", self.queue.refused)
         cap = settings.backlog_cap
         if cap and self.queue.backlog > cap:
             raise Unavailable("backlog_full", f"the queue holds more than {cap} undelivered messages; retry later")

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import redis
 from bench.machine import code_version, describe, load_average
-from chaos_cluster import Cluster, RedisServer, queue_state
+from chaos_cluster import LEASE_TTL_S, Cluster, RedisServer, queue_state
 from chaos_faults import Controller
 from chaos_load import SANDBOX_FLAGS, Sender
 from chaos_report import markdown, reconcile, sum_stats
@@ -48,6 +48,10 @@ DRAIN_S = float(os.environ.get("CHAOS_DRAIN_S", "150"))
 FSYNC = os.environ.get("CHAOS_FSYNC", "always")
 REPORT = os.environ.get("CHAOS_REPORT")
 LOGS = os.environ.get("CHAOS_LOGS")
+BOUND_S = LEASE_TTL_S + 10
+STRICT = os.environ.get("CHAOS_STRICT", "") == "1"
+"""``CHAOS_STRICT=1`` (the loop script sets it) fails a run done later than ``BOUND_S`` after the last fault; the
+default suite prints the figure only (a shared machine's load is no property of the relay)."""
 ACCOUNTS = {"wk-chaos-a": ("CHAOS-A", "pass-a"), "wk-chaos-b": ("CHAOS-B", "pass-b")}
 
 pytestmark = [
@@ -113,8 +117,10 @@ def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(
                 )
                 if not result.missing or time.monotonic() - settle_started > DRAIN_S:
                     break
-            time.sleep(1)
+            time.sleep(0.5)
         settle_s = time.monotonic() - settle_started
+        last_fault = max((e.end if e.end is not None else e.start for e in controller.events), default=0.0)
+        recovered_s = (time.monotonic() - controller.started) - last_fault
         stats = sum_stats([*cluster.saved_stats, relay.sandbox("/_sandbox/stats")])
         client.close()
     finally:
@@ -147,6 +153,7 @@ def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(
     extra = {
         "queue at the end": f"{state.in_streams} in streams, {state.pending} pending, {state.scheduled} scheduled",
         "settle time after the faults stopped (s)": f"{settle_s:.1f}",
+        "everything done after the last fault's end (s)": f"{recovered_s:.1f} (bound: lease TTL + 10 = {BOUND_S:.0f})",
         "Redis starts": server.starts,
         "sandbox incarnations": len(incarnations),
         "controller errors": controller.errors or "none",
@@ -165,10 +172,17 @@ def test_chaos_every_accepted_message_ends_delivered_skipped_or_dead_lettered(
     path = Path(REPORT) if REPORT else tmp_path / "chaos-report.md"
     path.write_text(report)
     print(f"\nchaos report: {path}\n" + report.split("## Sandbox counters")[0])
+    exits = [e for e in controller.events if e.kind == "exited_by_itself"]
+    print(f"CHAOS-FIGURES seed={SEED} accepted={result.accepted} missing={len(result.missing)} "
+          f"recovered_s={recovered_s:.1f} bound_s={BOUND_S:.0f} worker_exits={len(exits)} "
+          f"duplicates={sum(result.duplicates.values())}")  # fmt: skip
     assert result.accepted > 0
     assert not result.missing, f"{len(result.missing)} accepted messages are nowhere; report: {path}"
     assert not result.wrong, f"{len(result.wrong)} messages in a wrong place: {result.wrong[:5]}; report: {path}"
     assert state.empty, f"the queue did not drain: {state}; report: {path}"
+    assert not exits, f"processes exited by themselves: {exits}; report: {path}"
+    if STRICT:
+        assert recovered_s <= BOUND_S, f"done {recovered_s:.1f} s after the last fault (bound {BOUND_S:.0f} s)"
 
 
 def _mids(records: list[dict[str, object]]) -> set[str]:

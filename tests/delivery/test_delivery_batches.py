@@ -203,8 +203,7 @@ def test_outcome_and_ack_are_one_transaction(
         return original(self, raise_on_error)
 
     monkeypatch.setattr(redis.client.Pipeline, "execute", crash)
-    with pytest.raises(redis.ConnectionError):
-        drainer.drain(0)
+    assert drainer.drain(0).tally.deadlettered == 0  # the commit never got through: the drain stopped
     monkeypatch.setattr(redis.client.Pipeline, "execute", original)
     assert letters(redis_client, keys) == []  # neither the letter ...
     assert pending(redis_client, keys) == 1  # ... nor the ack
@@ -276,6 +275,7 @@ def test_cluster_gauges_are_read_from_redis(redis_client: redis.Redis, keys: Key
     text = generate_latest(registry).decode()
     assert 'ctrelay_destination_paused{destination="ACC"} 1.0' in text
     assert "ctrelay_retry_schedule_size 2.0" in text
+    assert "ctrelay_backlog 3.0" in text  # 1 unread + 2 scheduled
     assert 'ctrelay_stream_lag{partition="0"} 1.0' in text
     assert 'ctrelay_stream_lag{partition="1"} 0.0' in text
     assert 'ctrelay_uploads_in_flight{account="ACC"} 1.0' in text
@@ -297,3 +297,70 @@ def test_cluster_gauges_missing_while_redis_does_not_answer() -> None:
     assert "own_work_total 1.0" in text
     assert "ctrelay_stream_lag" not in text
     dead.close()
+
+
+def test_a_redis_blip_after_the_200_does_not_send_the_batch_again(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit (and the slot release) fail while Redis blips; the commit is written once it answers."""
+    from worker.delivery import metrics
+    from worker.store.slots import AccountSlots
+
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake, commit_patience_s=30.0)
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(20)])
+    original_execute, original_release = redis.client.Pipeline.execute, AccountSlots.release
+    failures = {"commit": 3, "release": 1}
+
+    def blip(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        if self.transaction and failures["commit"] and any(args[0] == "XACK" for args, _ in self.command_stack):
+            failures["commit"] -= 1
+            raise redis.ConnectionError("Redis restarting")
+        return original_execute(self, raise_on_error)
+
+    def release(self: AccountSlots, account_id: str, token: str) -> None:
+        if failures["release"]:
+            failures["release"] -= 1
+            raise redis.ConnectionError("Redis restarting")
+        original_release(self, account_id, token)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", blip)
+    monkeypatch.setattr(AccountSlots, "release", release)
+    uploads_before = metrics.uploads.labels("wk", "200")._value.get()
+    duplicates_before = sum(
+        metrics.duplicates_suspected.labels(cause)._value.get() for cause in ("commit_failed", "lease_lost", "stopped")
+    )
+    result = drainer.drain(0)
+    assert failures == {"commit": 0, "release": 0}
+    assert result.tally.delivered == 20
+    assert fake.requests == [("ACC", 20)]  # sent once
+    assert pending(redis_client, keys) == 0
+    assert redis_client.xlen(keys.stream(0)) == 0
+    assert metrics.uploads.labels("wk", "200")._value.get() == uploads_before + 1  # counted once
+    duplicates = sum(
+        metrics.duplicates_suspected.labels(cause)._value.get() for cause in ("commit_failed", "lease_lost", "stopped")
+    )
+    assert duplicates == duplicates_before
+
+
+def test_a_commit_that_cannot_be_written_counts_its_duplicates(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.delivery import metrics
+
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake, commit_patience_s=0.2)
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(5)])
+    original = redis.client.Pipeline.execute
+
+    def down(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        if self.transaction and any(args[0] == "XACK" for args, _ in self.command_stack):
+            raise redis.ConnectionError("Redis down")
+        return original(self, raise_on_error)
+
+    before = metrics.duplicates_suspected.labels("commit_failed")._value.get()
+    monkeypatch.setattr(redis.client.Pipeline, "execute", down)
+    drainer.drain(0)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", original)
+    assert metrics.duplicates_suspected.labels("commit_failed")._value.get() == before + 5
+    assert pending(redis_client, keys) == 5  # left for the next drain: sent again, and counted

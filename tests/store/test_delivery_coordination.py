@@ -189,3 +189,66 @@ def test_the_keeper_holds_a_lease_past_its_ttl_until_dropped(redis_client: redis
     keeper.drop(lease)
     time.sleep(0.6)
     assert not redis_client.exists(keys.lease(0))  # no longer renewed: it expires (as when the holder dies)
+
+
+_RENEWING_HOLDER = """
+import sys, threading, time, redis
+from worker.store.slots import AccountSlots
+from worker.core.keys import Keys
+slots = AccountSlots(redis.Redis.from_url(sys.argv[1]), Keys(sys.argv[2]), max_cap=3)
+def hold():
+    with slots.slot("ACC"):
+        time.sleep(120)  # a request far longer than the slot's TTL
+for _ in range(3):
+    threading.Thread(target=hold, daemon=True).start()
+while slots.in_flight("ACC") < 3:
+    time.sleep(0.01)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_renewed_slots_outlive_their_ttl_and_free_within_seconds_of_a_sigkill(
+    redis_client: redis.Redis, keys: Keys, redis_url: str
+) -> None:
+    from worker.store.slots import SLOT_TTL_S
+
+    slots = AccountSlots(redis_client, keys, max_cap=3)
+    args = [sys.executable, "-c", _RENEWING_HOLDER, redis_url, keys.prefix]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "held"
+            time.sleep(SLOT_TTL_S + 1.5)  # past the TTL: only the holder's renewals keep the slots
+            assert slots.try_acquire("ACC") is None
+            assert slots.in_flight("ACC") == 3
+        finally:
+            process.kill()  # SIGKILL: nothing is given back
+            process.wait(timeout=10)
+    killed = time.monotonic()
+    assert slots.acquire("ACC", timeout_s=SLOT_TTL_S + 30) is not None
+    freed_s = time.monotonic() - killed
+    print(f"\nslot freed {freed_s:.2f} s after its holder's SIGKILL (TTL {SLOT_TTL_S} s)")
+    assert freed_s <= SLOT_TTL_S + 30  # generous bound; the figure is printed
+
+
+def test_a_slot_is_renewed_no_longer_than_max_hold(redis_client: redis.Redis, keys: Keys) -> None:
+    slots = AccountSlots(redis_client, keys, max_cap=1, slot_ttl_s=0.3, max_hold_s=0.6)
+    other = AccountSlots(redis_client, keys, max_cap=1)
+    with slots.slot("ACC"):
+        time.sleep(0.5)
+        assert other.try_acquire("ACC") is None  # renewed past its TTL
+        assert other.acquire("ACC", timeout_s=5.0) is not None  # a stuck holder loses it after max_hold_s
+
+
+def test_a_failed_release_leaves_the_slot_to_expire(redis_client: redis.Redis, keys: Keys) -> None:
+    slots = AccountSlots(redis_client, keys, max_cap=1, slot_ttl_s=0.3)
+
+    def broken(*_: object) -> None:
+        raise redis.ConnectionError("Redis went away")
+
+    slots.release = broken  # type: ignore[method-assign]
+    with slots.slot("ACC"):
+        pass  # the block's work stands: no exception from the release
+    assert slots.try_acquire("ACC") is None
+    assert AccountSlots(redis_client, keys, max_cap=1).acquire("ACC", timeout_s=5.0) is not None

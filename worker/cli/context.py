@@ -94,8 +94,11 @@ def session() -> Iterator[Session]:
         settings = Settings()
     except ValidationError as exc:
         raise fail(f"settings: {exc}") from None
+    from worker.store.streams import claim_partitions
+
     client = connect(settings, timeout_s=REDIS_TIMEOUT_S, connect_timeout_s=5)
     try:
+        claim_partitions(client, Keys(settings.redis_prefix), settings.partitions)  # another count: refuse
         yield Session(settings, Keys(settings.redis_prefix), client)
     except RelayError as exc:
         raise fail(str(exc)) from None

@@ -99,6 +99,16 @@ from worker.cli.check import check_command as _check  # noqa: E402  (settings, R
 app.command("check")(_check)
 
 
+@app.command("partitions")
+def _partitions(
+    new: int | None = typer.Option(None, "--set", min=1, max=4096, help="store this count (only on an empty queue)"),
+) -> None:
+    """Show the partition count stored in Redis; --set changes it once everything is delivered and stopped."""
+    from worker.cli.partitions import partitions_command
+
+    partitions_command(new)
+
+
 @app.command("status")
 def _status(
     json_output: bool = typer.Option(False, "--json", help="one JSON object instead of tables"),

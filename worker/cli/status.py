@@ -33,7 +33,8 @@ def render(status: Status, *, show_all: bool = False) -> list[Any]:
     letters = sum(status.deadletters.values())
     taken = time.strftime("%H:%M:%S UTC", time.gmtime(status.taken_at))
     summary = Text.assemble(
-        ("lag ", "bold"), str(status.lag), ("  pending ", "bold"), str(status.pending),
+        ("backlog ", "bold"), str(status.backlog),
+        ("  lag ", "bold"), str(status.lag), ("  pending ", "bold"), str(status.pending),
         ("  retry schedule ", "bold"), f"{status.retries} ({due} due)",
         ("  dead letters ", "bold"), (str(letters), "red" if letters else ""), f"   at {taken}",
     )  # fmt: skip
@@ -49,7 +50,7 @@ def render(status: Status, *, show_all: bool = False) -> list[Any]:
             continue
         shown += 1
         table.add_row(
-            str(p.partition), str(p.length), f"~{p.unread}" if p.lag is None else str(p.lag), str(p.pending),
+            str(p.partition), str(p.length), str(p.lag), str(p.pending),
             str(p.consumers), "held" if p.draining else "", str(p.retries_due), str(p.retries_later),
         )  # fmt: skip
     idle = len(status.partitions) - shown
@@ -100,6 +101,7 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
     from worker.cli.context import fail
     from worker.core.errors import ConfigError
     from worker.core.settings import Settings, load
+    from worker.store.streams import check_partitions
 
     settings = Settings()
     console = Console()
@@ -110,6 +112,7 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
     client = connect(settings, timeout_s=5, connect_timeout_s=2)
     keys = Keys(settings.redis_prefix)
     try:
+        check_partitions(client, keys, settings.partitions)
         while True:
             status = read_status(client, keys, settings.partitions, destinations, default_cap=settings.concurrency_cap)
             if json_output:
@@ -124,6 +127,9 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         console.print(f"[red]Redis ({Target.of(settings).describe()}) does not answer: {exc}[/]")
         return 1
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
     except KeyboardInterrupt:
         return 0
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +31,34 @@ def _pool_of(argv: list[str]) -> str:
     return "threads"
 
 
+def _check_partitions(settings: Settings) -> None:
+    """Refuse to start with another partition count than Redis's (waiting for Redis to answer, as Celery would)."""
+    import time
+
+    import redis
+
+    from worker.core.errors import ConfigError
+    from worker.core.keys import Keys
+    from worker.store.connections import close, connect
+    from worker.store.streams import claim_partitions
+
+    client = connect(settings, timeout_s=10, connect_timeout_s=5)
+    try:
+        for attempt in itertools.count():
+            try:
+                claim_partitions(client, Keys(settings.redis_prefix), settings.partitions)
+                return
+            except ConfigError as exc:
+                log.error("partitions_mismatch", error=str(exc))
+                raise SystemExit(f"ctrelay worker: {exc}") from None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt % 10 == 0:
+                    log.warning("partitions not checked yet: Redis does not answer", error=type(exc).__name__)
+                time.sleep(1.0)
+    finally:
+        close(client)
+
+
 def run_worker(argv: list[str]) -> None:
     """``ctrelay worker [celery worker options]``: drain the streams into CleverTap until stopped."""
     settings = Settings()
@@ -41,6 +70,7 @@ def run_worker(argv: list[str]) -> None:
     from worker.core.logs import configure
 
     configure(settings.log_level, settings.log_format)
+    _check_partitions(settings)
     from prometheus_client import values
 
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # honour the directory set above
@@ -92,10 +122,32 @@ def run_worker(argv: list[str]) -> None:
 
             multiprocess.mark_process_dead(pid, str(multiproc_dir))  # type: ignore[no-untyped-call]
 
+    stopping: list[str] = []
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _asked_to_stop(sig: str = "", **_: object) -> None:
+        stopping.append(sig or "signal")
+
     level = "WARNING" if settings.log_level.lower() not in ("debug",) else "INFO"
     # Workers coordinate through Redis keys, not through Celery: gossip and mingle (worker-to-worker
     # broadcasts) are not needed, and their channels are what fails to restart after a broker outage.
     quiet = [flag for flag in ("--without-gossip", "--without-mingle") if flag not in argv]
     banner = [flag for flag in argv if flag in ("-q", "--quiet")][:1]  # Celery's global option: no start-up banner
     argv = [arg for arg in argv if arg not in ("-q", "--quiet")]
-    app.worker_main([*banner, "worker", f"--loglevel={level}", *quiet, *argv])
+    try:
+        app.worker_main([*banner, "worker", f"--loglevel={level}", *quiet, *argv])
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    if code in (0, None) and not stopping and not _informational(argv):
+        # Celery stopped by itself (an unrecoverable broker error): never report that as success, so that a
+        # supervisor restarting on failure (compose, Kubernetes) starts the worker again
+        log.error("worker_exited", reason="the Celery worker stopped without a shutdown signal", exit_status=1)
+        code = 1
+    raise SystemExit(code)
+
+
+def _informational(argv: list[str]) -> bool:
+    """``--help`` / ``--version``: Celery prints and exits 0 without running a worker."""
+    return any(arg in ("-h", "--help", "--version") for arg in argv)

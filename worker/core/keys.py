@@ -60,6 +60,10 @@ class Keys:
         """Hash: reason → number of letters (the ``ctrelay_deadletters{reason}`` gauge)."""
         return f"{self.prefix}:dlq:counts"
 
+    def partitions(self) -> str:
+        """String: the partition count the streams are laid out with (set on first use; worker/store/streams)."""
+        return f"{self.prefix}:partitions"
+
     # Delivery (worker/delivery/; worker/store/retries.py, slots.py, lease.py).
     def lease(self, partition: int) -> str:
         """String: the token of the worker draining ``partition`` (PX = the lease TTL)."""

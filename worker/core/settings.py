@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(default=512 * 1024, ge=1, description="one request body, decompressed")
     max_batch_messages: int = Field(default=2500, ge=1, description="messages in one batch or webhook array")
     dedup_window: int = Field(default=86_400, ge=1, description="seconds a messageId is remembered per write key")
-    backlog_cap: int = Field(default=5_000_000, ge=0, description="backlog above which ingest answers 503 (0: off)")
+    backlog_cap: int = Field(default=1_000_000, ge=0, description="backlog above which ingest answers 503 (0: off)")
     backlog_interval: float = Field(default=1.0, gt=0, description="seconds between two backlog measures")
     retry_after: int = Field(default=5, ge=1, description="Retry-After seconds on a 503")
     # Bodies (ingest's bounded reader, for the tracking and the admin routes).

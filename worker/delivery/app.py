@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import redis
 import structlog
 from celery import Celery
 
@@ -54,9 +55,9 @@ class Runtime:
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self.http = httpx.Client(limits=limits)
         clevertap = CleverTap(self.http, settings.upload_timeout_s)
-        # a slot outlives the longest request, so that it expires only when its holder is gone
+        # a slot lives seconds past its holder's last renewal, renewed no longer than the longest request needs
         self.slots = AccountSlots(
-            self.client, self.keys, settings.concurrency_cap, slot_ttl_s=clevertap.longest_request_s + 10
+            self.client, self.keys, settings.concurrency_cap, max_hold_s=clevertap.longest_request_s + 5
         )
         self.deliverer = Deliverer(
             self.client,
@@ -72,19 +73,27 @@ class Runtime:
                 auth_pause_s=settings.auth_pause_s,
             ),
             suppression_window_s=settings.suppression_window_s,
+            commit_patience_s=settings.lease_ttl_s,
         )
         self.drainer = Drainer(
             self.deliverer,
             lease_ttl_s=settings.lease_ttl_s,
             budget_s=settings.drain_budget_s,
             read_batch=settings.read_batch,
-            reclaim_idle_s=settings.reclaim_idle_s,
+            reclaim_idle_s=self.reclaim_idle_s,
         )
 
     def close(self) -> None:
         """Close this process's connections (the CleverTap client, then Redis)."""
         self.http.close()
         close(self.client)
+
+    @property
+    def reclaim_idle_s(self) -> float:
+        """Entries idle this long are reclaimed by the lease's holder: ``CTRELAY_RECLAIM_IDLE_S``, at most the lease's
+        TTL. Only the holder reclaims, and a drain that lost its lease sends and commits nothing more, so a dead
+        worker's entries can go as soon as its lease has expired: a SIGKILL costs about one lease TTL."""
+        return min(self.settings.reclaim_idle_s, self.settings.lease_ttl_s)
 
     @property
     def marker_ttl_s(self) -> float:
@@ -95,16 +104,32 @@ class Runtime:
         return dispatch(self.client, self.keys, partitions, self.send, self.marker_ttl_s)
 
     def tick(self) -> list[int]:
-        """Queue drains for every partition that has work and no drain; once a minute (one worker), housekeeping."""
-        if self.client.set(self.keys.housekeeping(), os.getpid(), nx=True, ex=HOUSEKEEPING_S):
-            expired = self.deliverer.deadletters.expire(time.time())
-            pruned = prune_consumers(self.client, self.keys, self.settings.partitions, CONSUMER_IDLE_S)
-            if expired or pruned:
-                log.info("housekeeping", deadletters_expired=expired, consumers_pruned=pruned)
+        """Queue drains for every partition that has work and no drain; once a minute (one worker), housekeeping.
+
+        When Redis is full (``noeviction``), the broker refuses new tasks: the ticker then drains the busy
+        partitions itself, one after the other, since delivering is what frees memory."""
+        try:
+            if self.client.set(self.keys.housekeeping(), os.getpid(), nx=True, ex=HOUSEKEEPING_S):
+                expired = self.deliverer.deadletters.expire(time.time())
+                pruned = prune_consumers(self.client, self.keys, self.settings.partitions, CONSUMER_IDLE_S)
+                if expired or pruned:
+                    log.info("housekeeping", deadletters_expired=expired, consumers_pruned=pruned)
+        except redis.OutOfMemoryError:
+            pass  # another tick, once memory is back
         busy = partitions_with_work(
-            self.client, self.keys, self.settings.partitions, reclaim_idle_s=self.settings.reclaim_idle_s
+            self.client, self.keys, self.settings.partitions, reclaim_idle_s=self.reclaim_idle_s
         )
-        return self.dispatch(busy) if busy else []
+        if not busy:
+            return []
+        try:
+            return self.dispatch(busy)
+        except Exception as exc:
+            if not redis_full(exc):
+                raise
+            log.warning("draining_in_ticker", reason="Redis is full: the broker refuses tasks", partitions=len(busy))
+            for partition in busy:
+                self.drainer.drain(partition)
+            return busy
 
     def drain(self, partition: int) -> dict[str, Any]:
         result = self.drainer.drain(partition)
@@ -124,6 +149,18 @@ class Runtime:
         }
 
 
+def redis_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it: kombu wraps redis-py's errors) is Redis refusing a write at maxmemory."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, redis.OutOfMemoryError) or "maxmemory" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def create_app(config: Config) -> tuple[Celery, Callable[[], Runtime]]:
     """The Celery app for ``config`` and the accessor of this process's :class:`Runtime`."""
     settings = config.settings
@@ -132,6 +169,9 @@ def create_app(config: Config) -> tuple[Celery, Callable[[], Runtime]]:
     app = Celery("ctrelay", broker=where.url, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
+        # broker options (worker/store/connections.py): on a Redis broker no ack emulation: kombu's bookkeeping of
+        # unacked messages (MULTI on the broker) is what fails on a Redis restart ("Unrecoverable error") and under
+        # maxmemory; a drain lost with its worker costs nothing, as the ticker queues the partition again
         broker_transport_options=where.transport_options,
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,

@@ -7,7 +7,10 @@ uploads them (:mod:`worker.delivery.uploads`) and commits each destination's out
 (:mod:`worker.delivery.outcomes`). An entry is acknowledged only in the transaction that makes its outcome
 durable; a crash before it leaves the entry pending, to be reclaimed (at-least-once: duplicates only after a
 crash between an upload and its commit). The drain's ``keepalive`` is asked before every upload and commit
-(:class:`~worker.core.errors.DrainStopped`).
+(:class:`~worker.core.errors.DrainStopped`). A commit that fails because Redis does not answer is tried again
+for up to ``commit_patience_s`` (the lease's TTL in a worker) while the lease is not known lost, so that a Redis
+blip after CleverTap's 200 does not send the batch again; what is sent again anyway is counted in
+``ctrelay_duplicates_suspected_total{cause}`` (``commit_failed``, ``lease_lost``, ``stopped``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from worker.store.deadletters import DeadLetterStore
 from worker.store.letters import Letter
 from worker.store.retries import RetryItem, RetrySchedule
 from worker.store.slots import AccountSlots
-from worker.store.streams import ack_and_delete
+from worker.store.streams import ack_and_delete, free_done
 from worker.store.suppressions import Suppressions
 from worker.transform.deletions import Delete
 from worker.transform.records import Invalid, Skip, TransformStats, transform
@@ -57,8 +60,10 @@ class Deliverer:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         suppression_window_s: float = 30 * 86_400,
+        commit_patience_s: float = 30.0,
     ) -> None:
         self.client = client
+        self.commit_patience_s = commit_patience_s
         self.keys = keys
         self.destinations = destinations
         self.deadletters = deadletters
@@ -102,11 +107,42 @@ class Deliverer:
                 error = f"unknown write key {write_key!r}"
                 self.outcomes.dead_letter(schedule, group, "invalid_message", error, tally, name=self._name(write_key))
                 continue
-            tally.uploads += self.uploader.send(destination, group, keepalive, deadline)
-            if keepalive is not None and keepalive() is False:  # another holder now has these entries
-                raise DrainStopped("partition lease lost")
-            self.outcomes.commit(partition, schedule, destination, group, tally)
+            try:
+                tally.uploads += self.uploader.send(destination, group, keepalive, deadline)
+            except DrainStopped:  # what this group already delivered is sent again with its entries
+                _suspect(group, "stopped")
+                raise
+            self._commit(partition, schedule, destination, group, tally, keepalive=keepalive)
         return tally
+
+    def _commit(
+        self,
+        partition: int,
+        schedule: RetrySchedule,
+        destination: Destination,
+        group: list[Work],
+        tally: Tally,
+        *,
+        keepalive: Callable[[], object] | None,
+    ) -> None:
+        """Write the group's outcomes; while Redis does not answer, try again (up to ``commit_patience_s``, as long
+        as the lease is not known lost), so that what CleverTap took is not sent again after a Redis blip."""
+        until = time.monotonic() + self.commit_patience_s
+        wait = 0.05
+        while True:
+            try:
+                if keepalive is not None and keepalive() is False:  # another holder now has these entries
+                    _suspect(group, "lease_lost")
+                    raise DrainStopped("partition lease lost")
+                self.outcomes.commit(partition, schedule, destination, group, tally)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() >= until:
+                    _suspect(group, "commit_failed")
+                    raise DrainStopped(f"outcomes not written in {self.commit_patience_s} s: {exc}") from exc
+                log.warning("commit_retrying", destination=destination.name, error=f"{type(exc).__name__}: {exc}")
+                time.sleep(wait)
+                wait = min(wait * 2, 1.0)
 
     # -- before any upload ---------------------------------------------------------------------------------
 
@@ -115,6 +151,7 @@ class Deliverer:
         now = self.clock()
         works: list[Work] = []
         acks: list[bytes] = []
+        skipped_acks: list[bytes] = []
         letters: list[Letter] = []
         skipped: list[tuple[str, str]] = []
         stats = TransformStats()
@@ -152,14 +189,19 @@ class Deliverer:
             elif isinstance(result, Skip) or not result:
                 skipped.append((destination.name, result.reason if isinstance(result, Skip) else "no_records"))
                 acks.append(entry_id)
+                skipped_acks.append(entry_id)
             else:
                 works.append(Work(write_key, message, result, entry_id=entry_id))
         if acks:
-            with self.client.pipeline(transaction=True) as pipe:
-                for letter in letters:
-                    self.deadletters.add(pipe, letter)
-                ack_and_delete(pipe, self.keys.stream(partition), acks)
-                pipe.execute()
+            try:
+                with self.client.pipeline(transaction=True) as pipe:
+                    for letter in letters:
+                        self.deadletters.add(pipe, letter)
+                    ack_and_delete(pipe, self.keys.stream(partition), acks)
+                    pipe.execute()
+            except redis.OutOfMemoryError:  # Redis is full: ack the skipped alone; the invalid ones wait for memory
+                free_done(self.client, self.keys.stream(partition), skipped_acks, ("", ""), [])
+                letters = []
         for letter in letters:
             metrics.deadletters_written.labels(self._name(letter.write_key), letter.reason, "").inc()
         for name, reason in skipped:
@@ -201,3 +243,15 @@ class Deliverer:
                 work.verdicts[index] = DELIVERED
                 work.deduped.add(index)
             seen.add((key, token))
+
+
+def _suspect(group: list[Work], cause: str) -> None:
+    """Count the records of ``group`` CleverTap took that will be sent again (their outcome is not written)."""
+    sent = sum(
+        1
+        for work in group
+        for i, verdict in enumerate(work.verdicts)
+        if verdict is not None and verdict.kind == "delivered" and i not in work.deduped
+    )
+    if sent:
+        metrics.duplicates_suspected.labels(cause).inc(sent)

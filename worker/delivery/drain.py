@@ -2,9 +2,9 @@
 
 Scheduling is self-contained (no beat): every ``ctrelay worker`` runs a :class:`Ticker` thread that,
 every ``tick_interval_s``, looks at all partitions in one pipelined round trip (:func:`partitions_with_work`:
-unread entries, pending entries idle past ``reclaim_idle_s``, due retries; no lease held, no drain
-already queued) and queues one Celery ``drain`` task per such partition, marking it *dispatched*
-(``SET NX PX``) so that several workers' tickers never queue it twice.
+unread entries (the stream's length less its pending entries), pending entries idle past
+``reclaim_idle_s``, due retries; no lease held, no drain already queued) and queues one Celery ``drain`` task
+per such partition, marking it *dispatched* (``SET NX PX``) so that several workers' tickers never queue it twice.
 
 A drain (:meth:`Drainer.drain`) takes the partition's lease (:mod:`worker.store.lease`), then loops for up
 to ``drain_budget_s``: reclaim entries left pending by dead consumers (``XAUTOCLAIM`` after
@@ -31,11 +31,12 @@ import structlog
 
 from worker.core.errors import DrainStopped
 from worker.core.keys import GROUP, Keys
+from worker.delivery import metrics
 from worker.delivery.batches import Deliverer
 from worker.delivery.work import StreamEntry, Tally
 from worker.store.lease import Lease, LeaseKeeper
 from worker.store.retries import RetrySchedule
-from worker.store.streams import ensure_group, group_info
+from worker.store.streams import BACKLOG_COMMANDS, ensure_group, queue_backlog, read_backlog
 
 log = structlog.get_logger("ctrelay.drain")
 
@@ -147,8 +148,9 @@ class Drainer:
             return None, []
         next_cursor = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
         entries = [(entry_id, fields) for entry_id, fields in answer[1] if fields is not None]
-        if entries:
+        if entries:  # their consumer may have uploaded them before it died: they may reach CleverTap twice
             log.info("reclaimed", stream=stream, entries=len(entries))
+            metrics.duplicates_suspected.labels("reclaimed").inc(len(entries))
         return (None if next_cursor == "0-0" else next_cursor), entries
 
     def _read(self, stream: str, start: str) -> list[StreamEntry]:
@@ -171,31 +173,28 @@ class Drainer:
 def partitions_with_work(
     client: redis.Redis, keys: Keys, partitions: int, *, reclaim_idle_s: float, now: float | None = None
 ) -> list[int]:
-    """Partitions that have unread entries, reclaimable pending entries or due retries, and no drain yet."""
+    """Partitions that have unread entries, reclaimable pending entries or due retries, and no drain yet.
+
+    Unread entries are counted as :class:`~worker.store.streams.PartitionBacklog` counts them (the stream's length
+    less its pending entries), never from the group's lag, which is wrong after a Redis restart."""
     now = time.time() if now is None else now
     pipe = client.pipeline(transaction=False)
     for partition in range(partitions):
-        stream = keys.stream(partition)
         pipe.exists(keys.lease(partition), keys.dispatched(partition))
-        pipe.xinfo_groups(stream)
-        pipe.xpending_range(stream, GROUP, min="-", max="+", count=1, idle=int(reclaim_idle_s * 1000))
+        queue_backlog(pipe, keys, partition)
+        pipe.xpending_range(keys.stream(partition), GROUP, min="-", max="+", count=1, idle=int(reclaim_idle_s * 1000))
         pipe.zrangebyscore(keys.retry_due(partition), "-inf", now, start=0, num=1)
     results: list[Any] = pipe.execute(raise_on_error=False)
     busy: list[int] = []
+    step = 3 + BACKLOG_COMMANDS
     for partition in range(partitions):
-        taken, groups, pending, due = results[4 * partition : 4 * partition + 4]
+        answers = results[step * partition : step * partition + step]
+        taken, backlog, pending, due = answers[0], read_backlog(answers[1:-2]), answers[-2], answers[-1]
         if taken != 0:
             continue
-        if _unread(groups) or (isinstance(pending, list) and pending) or (isinstance(due, list) and due):
+        if backlog.unread > 0 or (isinstance(pending, list) and pending) or (isinstance(due, list) and due):
             busy.append(partition)
     return busy
-
-
-def _unread(groups: Any) -> bool:
-    if not isinstance(groups, list):
-        return False  # no stream yet
-    info = group_info(groups)
-    return not info.exists or info.lag is None or info.lag > 0  # no group yet: the drain creates it
 
 
 def dispatch(

@@ -3,7 +3,7 @@
 Counters and histograms are incremented by the process that did the work. With a prefork pool,
 ``ctrelay worker`` sets ``PROMETHEUS_MULTIPROC_DIR`` before this module is imported, so that every
 child writes to shared files and the server (in the main process) sums them. Gauges that describe
-the cluster (stream lag, retry-schedule size, uploads in flight, concurrency caps, paused
+the cluster (the backlog, stream lengths, retry-schedule size, uploads in flight, concurrency caps, paused
 destinations, dead letters) are read from Redis at scrape time by :class:`ClusterCollector`, so any
 one worker reports the same, true values.
 """
@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from worker.core.keys import Keys
-from worker.store.streams import group_info
+from worker.store.streams import BACKLOG_COMMANDS, queue_backlog, read_backlogs
 
 log = structlog.get_logger("ctrelay.metrics")
 
@@ -41,6 +41,11 @@ messages_skipped = Counter(
     "ctrelay_messages_skipped", "Messages acknowledged by rule, sending nothing", ["destination", "reason"]
 )
 uploads = Counter("ctrelay_uploads", "Upload requests, by HTTP status (or timeout/network)", ["destination", "status"])
+duplicates_suspected = Counter(
+    "ctrelay_duplicates_suspected",
+    "Records (messages for cause reclaimed) that may reach CleverTap twice, by cause",
+    ["cause"],
+)
 upload_duration = Histogram(
     "ctrelay_upload_duration_seconds",
     "Time of one upload request",
@@ -84,8 +89,7 @@ class ClusterCollector(Collector):
         now_ms = int(time.time() * 1000)
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
-            pipe.xinfo_groups(self.keys.stream(partition))
-            pipe.zcard(self.keys.retry_due(partition))
+            queue_backlog(pipe, self.keys, partition)
         for account in self.accounts:
             pipe.zcount(self.keys.slots(account), now_ms, "+inf")
             pipe.hget(self.keys.cap(account), "cap")
@@ -95,16 +99,20 @@ class ClusterCollector(Collector):
         pipe.zrange(self.keys.deadletter_times(), 0, 0, withscores=True)
         results: list[Any] = pipe.execute(raise_on_error=False)
         lag = GaugeMetricFamily(
-            "ctrelay_stream_lag", "Entries not yet read plus entries being processed", labels=["partition"]
+            "ctrelay_stream_lag",
+            "Entries not yet done in the partition's stream (its length: unread plus being processed)",
+            labels=["partition"],
         )
         retry = GaugeMetricFamily("ctrelay_retry_schedule_size", "Messages waiting in the retry schedule")
-        retry_total = 0
-        for partition in range(self.partitions):
-            groups, size = results[2 * partition], results[2 * partition + 1]
-            lag.add_metric([str(partition)], _lag(groups))
-            retry_total += size if isinstance(size, int) else 0
-        retry.add_metric([], retry_total)
-        offset = 2 * self.partitions
+        total = GaugeMetricFamily(
+            "ctrelay_backlog", "Messages not yet delivered: the streams plus the retry schedule (ingest's cap)"
+        )
+        parts = read_backlogs(results, self.partitions)
+        for partition, part in enumerate(parts):
+            lag.add_metric([str(partition)], float(part.length))
+        retry.add_metric([], sum(part.scheduled for part in parts))
+        total.add_metric([], sum(part.total for part in parts))
+        offset = BACKLOG_COMMANDS * self.partitions
         in_flight = GaugeMetricFamily("ctrelay_uploads_in_flight", "Upload slots held", labels=["account"])
         cap = GaugeMetricFamily("ctrelay_concurrency_cap", "Adaptive concurrent-upload cap", labels=["account"])
         for index, account in enumerate(self.accounts):
@@ -124,12 +132,7 @@ class ClusterCollector(Collector):
             letters.add_metric([reason.decode()], int(count))
         age = GaugeMetricFamily("ctrelay_deadletters_oldest_age_seconds", "Age of the oldest dead letter")
         age.add_metric([], max(0.0, time.time() - float(oldest[0][1])) if isinstance(oldest, list) and oldest else 0.0)
-        yield from (lag, retry, in_flight, cap, paused, letters, age)
-
-
-def _lag(groups: Any) -> float:
-    info = group_info(groups)
-    return float((info.lag or 0) + info.pending)
+        yield from (lag, retry, total, in_flight, cap, paused, letters, age)
 
 
 def registry(multiprocess_dir: Path | None, collectors: Iterable[Collector] = ()) -> CollectorRegistry:

@@ -4,7 +4,8 @@
 (:func:`worker.delivery.policy.decide`) and queues, on one transaction: the dead letters
 (:meth:`~worker.store.deadletters.DeadLetterStore.add`), the retry-schedule items (only the records still to
 send), the removal of finished retry items, the token markers of delivered push tokens, and the XACK of
-the stream entries. An entry is acknowledged only by the transaction that makes its outcome durable.
+the stream entries. An entry is acknowledged only by the transaction that makes its outcome durable. When Redis
+is full, only what frees memory is written (:meth:`OutcomeWriter.commit`), so that delivery frees memory.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 from collections.abc import Callable
 
 import redis
+import structlog
 
 from worker.core.destinations import Destination
 from worker.core.keys import Keys
@@ -22,7 +24,9 @@ from worker.delivery.work import Tally, Work
 from worker.store.deadletters import DeadLetterStore
 from worker.store.letters import Letter
 from worker.store.retries import RetryItem, RetrySchedule
-from worker.store.streams import ack_and_delete
+from worker.store.streams import ack_and_delete, free_done
+
+log = structlog.get_logger("ctrelay.delivery")
 
 NOT_SENT = Verdict("transient", "not_sent", None, None, "record was not sent")
 
@@ -50,58 +54,99 @@ class OutcomeWriter:
     def commit(
         self, partition: int, schedule: RetrySchedule, destination: Destination, group: list[Work], tally: Tally
     ) -> None:
-        """Decide every message's outcome; write it and ack its entry, in one MULTI."""
+        """Decide every message's outcome; write it and ack its entry, in one MULTI. Safe to call again after a
+        connection error (the tally and the counters move only once the outcomes are written).
+
+        When Redis is full (``noeviction`` OOM: it refuses every command of a MULTI), only what frees memory is
+        written: the delivered messages' entries are acknowledged and deleted and their finished retry items
+        removed (:func:`~worker.store.streams.free_done`); the others (retries, dead letters, and the delivered
+        push tokens' markers) are not written, their entries stay pending and are done again once memory is back."""
         now = self.clock()
+        done_acks: list[bytes] = []  # delivered: its outcome is only the ack (and the removal of its retry item)
+        done_removals: list[str] = []
         acks: list[bytes] = []
         removals: list[str] = []
         delivered: dict[str, int] = {}
         retried: dict[str, int] = {}
         letters: list[Letter] = []
-        with self.client.pipeline(transaction=True) as pipe:
-            for work in group:
-                verdicts = [v if v is not None else NOT_SENT for v in work.verdicts]  # never assume delivery
-                prior = work.retry
-                attempts = (prior.attempts if prior else 0) + 1
-                first = prior.first_failure if prior else None
-                outcome = decide(
-                    verdicts, attempts=attempts, first_failure=first, now=now, policy=self.policy, rng=self.rng
-                )
-                for index, verdict in enumerate(verdicts):
-                    if verdict.kind == "delivered" and index not in work.deduped:
-                        record = work.records[index]
-                        kind = str(record.get("type"))
-                        delivered[kind] = delivered.get(kind, 0) + 1
-                        if kind == "token" and destination.token_dedup_window > 0 and record.get("objectId"):
-                            key = self.keys.token_sent(work.write_key, str(record["objectId"]))
-                            token = str((record.get("tokenData") or {}).get("id"))
-                            pipe.set(key, token, ex=destination.token_dedup_window)
-                if isinstance(outcome, Delivered | DeadLetter):
-                    if isinstance(outcome, DeadLetter):
-                        letter = Letter.of(
-                            work.write_key, work.message, outcome.reason, now=now, code=outcome.code,
-                            error=outcome.error, status=outcome.status, attempts=attempts, first_failure=first,
-                        )  # fmt: skip
-                        self.deadletters.add(pipe, letter)
-                        letters.append(letter)
-                    else:
-                        tally.delivered += 1
-                    if prior is not None:
-                        removals.append(prior.id)
-                else:
-                    item = RetryItem(
-                        id=work.id, write_key=work.write_key, message=work.message,
-                        records=[work.records[i] for i in outcome.pending], attempts=attempts,
-                        first_failure=now if first is None else first, last_failure=now, reason=outcome.reason,
-                        status=outcome.status, code=outcome.code, error=outcome.error,
-                    )  # fmt: skip
-                    schedule.put(pipe, item, outcome.due)
-                    retried[outcome.reason] = retried.get(outcome.reason, 0) + len(outcome.pending)
-                    tally.retried += 1
+        markers: list[tuple[str, str, int]] = []
+        items: list[tuple[RetryItem, float]] = []
+        done = Tally()
+        for work in group:
+            verdicts = [v if v is not None else NOT_SENT for v in work.verdicts]  # never assume delivery
+            prior = work.retry
+            attempts = (prior.attempts if prior else 0) + 1
+            first = prior.first_failure if prior else None
+            outcome = decide(
+                verdicts, attempts=attempts, first_failure=first, now=now, policy=self.policy, rng=self.rng
+            )
+            for index, verdict in enumerate(verdicts):
+                if verdict.kind == "delivered" and index not in work.deduped:
+                    record = work.records[index]
+                    kind = str(record.get("type"))
+                    delivered[kind] = delivered.get(kind, 0) + 1
+                    if kind == "token" and destination.token_dedup_window > 0 and record.get("objectId"):
+                        key = self.keys.token_sent(work.write_key, str(record["objectId"]))
+                        token = str((record.get("tokenData") or {}).get("id"))
+                        markers.append((key, token, destination.token_dedup_window))
+            if isinstance(outcome, Delivered):
+                done.delivered += 1
                 if work.entry_id is not None:
-                    acks.append(work.entry_id)
-            ack_and_delete(pipe, self.keys.stream(partition), acks)
-            schedule.remove(pipe, removals)
-            pipe.execute()
+                    done_acks.append(work.entry_id)
+                if prior is not None:
+                    done_removals.append(prior.id)
+                continue
+            if isinstance(outcome, DeadLetter):
+                letters.append(
+                    Letter.of(
+                        work.write_key,
+                        work.message,
+                        outcome.reason,
+                        now=now,
+                        code=outcome.code,
+                        error=outcome.error,
+                        status=outcome.status,
+                        attempts=attempts,
+                        first_failure=first,
+                    )
+                )
+                if prior is not None:
+                    removals.append(prior.id)
+            else:
+                item = RetryItem(
+                    id=work.id, write_key=work.write_key, message=work.message,
+                    records=[work.records[i] for i in outcome.pending], attempts=attempts,
+                    first_failure=now if first is None else first, last_failure=now, reason=outcome.reason,
+                    status=outcome.status, code=outcome.code, error=outcome.error,
+                )  # fmt: skip
+                items.append((item, outcome.due))
+                retried[outcome.reason] = retried.get(outcome.reason, 0) + len(outcome.pending)
+                done.retried += 1
+            if work.entry_id is not None:
+                acks.append(work.entry_id)
+        stream = self.keys.stream(partition)
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                for key, token, window in markers:
+                    pipe.set(key, token, ex=window)
+                for letter in letters:
+                    self.deadletters.add(pipe, letter)
+                for item, due in items:
+                    schedule.put(pipe, item, due)
+                ack_and_delete(pipe, stream, done_acks + acks)
+                schedule.remove(pipe, done_removals + removals)
+                pipe.execute()
+        except redis.OutOfMemoryError:
+            free_done(self.client, stream, done_acks, (schedule.items_key, schedule.due_key), done_removals)
+            log.warning(
+                "commit_reduced",
+                reason="Redis is full (maxmemory): only delivered messages were acknowledged",
+                destination=destination.name,
+                delivered=done.delivered,
+                left_pending=len(group) - done.delivered,
+            )
+            letters, retried, done.retried = [], {}, 0
+        tally.add(done)
         tally.deadlettered += len(letters)
         for kind, count in delivered.items():
             metrics.records_delivered.labels(destination.name, kind).inc(count)

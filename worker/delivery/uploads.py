@@ -5,7 +5,11 @@ token records, :func:`chunks`), holds an account slot (:mod:`worker.store.slots`
 adapts the account's cap (429 lowers it), sets every record's :class:`~worker.delivery.policy.Verdict`, halves a
 request that CleverTap rejects as a whole, pauses the destination on a 401/403, and stops sending the
 destination's other requests after a request-wide failure (they would fail alike). One structlog line
-``upload`` per request (destination, account, records, status, outcome, duration).
+``upload`` per request (destination, account, records, status, outcome, duration) and one
+``ctrelay_uploads_total`` count, written as soon as CleverTap answers, before anything that needs Redis (giving
+the slot back, adapting the cap, pausing): a Redis failure after the answer never loses its line or count.
+A request without an answer (timeout, network) counts its records in
+``ctrelay_duplicates_suspected_total{cause="no_answer"}``: CleverTap may have processed it before the retry.
 
 Deletion records (:mod:`worker.delivery.screen`) go the same way, as CleverTap's profile delete call
 (:meth:`~worker.delivery.clevertap.CleverTap.delete`, ≤ 100 identities and ≤ 100 guids per request,
@@ -138,9 +142,15 @@ class Uploader:
         timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
         with self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s):
             report = call(destination, records)
-        self.slots.record(destination.account_id, throttled=report.status == 429)
+        # answered: logged and counted once, before anything that needs Redis (which may fail now)
         verdicts = classify(report)
         self._observe(destination, report, verdicts, "delete" if call == self.clevertap.delete else "upload")
+        if report.status is None:  # no answer: CleverTap may have processed it; the retry may be a second copy
+            metrics.duplicates_suspected.labels("no_answer").inc(len(records))
+        try:
+            self.slots.record(destination.account_id, throttled=report.status == 429)
+        except redis.RedisError as exc:  # the cap adapts on the next answer
+            log.warning("cap_not_adjusted", account=destination.account_id, error=f"{type(exc).__name__}: {exc}")
         if verdicts is SPLIT:
             middle = len(chunk) // 2
             first, sent_first = self._upload(destination, chunk[:middle], keepalive, call, deadline)
@@ -159,11 +169,14 @@ class Uploader:
             or (first_verdict.kind == "transient" and first_verdict.reason != "record_error")
         )
         if first_verdict is not None and first_verdict.kind == "auth":
-            self.client.set(
-                self.keys.paused(destination.write_key),
-                first_verdict.status or 401,
-                px=int(self.policy.auth_pause_s * 1000),
-            )
+            try:
+                self.client.set(
+                    self.keys.paused(destination.write_key),
+                    first_verdict.status or 401,
+                    px=int(self.policy.auth_pause_s * 1000),
+                )
+            except redis.RedisError as exc:  # not paused: the next request answers 401/403 again
+                log.warning("pause_not_written", destination=destination.name, error=f"{type(exc).__name__}: {exc}")
             log.error(
                 "destination_paused",
                 destination=destination.name,

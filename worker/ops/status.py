@@ -1,6 +1,7 @@
 """The relay's state at a glance (``ctrelay status``), read from Redis in one pipelined round trip.
 
-Per partition: stream length, the consumer group's lag (entries not yet read) and pending entries
+Per partition: stream length, its entries not yet read (the length less the pending ones: the measure of
+:class:`worker.store.streams.PartitionBacklog`, right after a Redis restart too) and pending entries
 (read, not yet acknowledged), its consumers, whether a drain holds the lease, and the retry schedule
 (due now / later). Per CleverTap account: uploads in flight and the adaptive cap. Per destination:
 paused after a 401/403, and for how long; the ids (identities, guids) of deleted users it holds
@@ -20,7 +21,7 @@ import redis
 
 from worker.core.destinations import Destination
 from worker.core.keys import Keys
-from worker.store.streams import group_info
+from worker.store.streams import BACKLOG_COMMANDS, group_info, queue_backlog, read_backlog
 from worker.store.suppressions import VERSION_FIELD
 
 
@@ -28,7 +29,7 @@ from worker.store.suppressions import VERSION_FIELD
 class PartitionStatus:
     partition: int
     length: int
-    lag: int | None  # None: Redis cannot tell (entries deleted out of order); no group yet: the stream length
+    lag: int  # entries not yet read: the length less the pending entries (done entries are deleted)
     pending: int
     consumers: int
     draining: bool
@@ -37,9 +38,12 @@ class PartitionStatus:
 
     @property
     def unread(self) -> int:
-        """The lag, or when Redis cannot tell, the entries neither acknowledged nor pending (workers delete
-        what they acknowledge, so the stream holds only unread and pending entries)."""
-        return self.lag if self.lag is not None else max(0, self.length - self.pending)
+        return self.lag
+
+    @property
+    def backlog(self) -> int:
+        """Messages of this partition not yet delivered: its stream plus its retry schedule."""
+        return self.length + self.retries_due + self.retries_later
 
 
 @dataclass(frozen=True)
@@ -81,12 +85,18 @@ class Status:
     def retries(self) -> int:
         return sum(p.retries_due + p.retries_later for p in self.partitions)
 
+    @property
+    def backlog(self) -> int:
+        """Messages not yet delivered (the figure ingest's backlog cap compares)."""
+        return sum(p.backlog for p in self.partitions)
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["totals"] = {
             "lag": self.lag,
             "pending": self.pending,
             "retries": self.retries,
+            "backlog": self.backlog,
             "deadletters": sum(self.deadletters.values()),
         }
         return data
@@ -106,11 +116,9 @@ def read_status(
     accounts = list(dict.fromkeys(d.account_id for d in destinations.values()))
     pipe = client.pipeline(transaction=False)
     for partition in range(partitions):
-        pipe.xlen(keys.stream(partition))
-        pipe.xinfo_groups(keys.stream(partition))
+        queue_backlog(pipe, keys, partition)
         pipe.exists(keys.lease(partition))
         pipe.zcount(keys.retry_due(partition), "-inf", now)
-        pipe.zcard(keys.retry_due(partition))
     for account in accounts:
         pipe.zcount(keys.slots(account), int(now * 1000), "+inf")
         pipe.hget(keys.cap(account), "cap")
@@ -128,22 +136,20 @@ def read_status(
     found = iter(results)
     rows = []
     for partition in range(partitions):
-        length, groups, leased, due, scheduled = (next(found) for _ in range(5))
-        info = group_info(groups)
-        lag, pending, consumers = info.lag, info.pending, info.consumers
-        if not info.exists:  # no worker has read this stream yet: every entry waits
-            lag = length if isinstance(length, int) else 0
+        answers = [next(found) for _ in range(BACKLOG_COMMANDS)]
+        part, info = read_backlog(answers), group_info(answers[1])
+        leased, due = next(found), next(found)
         due_now = due if isinstance(due, int) else 0
         rows.append(
             PartitionStatus(
                 partition=partition,
-                length=length if isinstance(length, int) else 0,
-                lag=lag,
-                pending=pending,
-                consumers=consumers,
+                length=part.length,
+                lag=part.unread,
+                pending=part.pending,
+                consumers=info.consumers,
                 draining=leased == 1,
                 retries_due=due_now,
-                retries_later=max(0, (scheduled if isinstance(scheduled, int) else 0) - due_now),
+                retries_later=max(0, part.scheduled - due_now),
             )
         )
     account_rows = []

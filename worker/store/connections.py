@@ -167,6 +167,9 @@ def broker(settings: Settings) -> Broker:
     result = Broker(url, options)
     if result.is_redis:
         options["global_keyprefix"] = f"{queue}:"  # the broker's keys beside the queue's, under the prefix
+        # no ack emulation: its bookkeeping of unacked tasks (a MULTI on the broker) is what fails on a Redis restart
+        # and under maxmemory; a drain lost with its worker costs nothing (the ticker queues the partition again)
+        options["ack_emulation"] = False
     return result
 
 

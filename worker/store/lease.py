@@ -4,6 +4,9 @@ A lease is a Redis string holding a random token with a TTL. It is taken with ``
 renewed and released only by its holder (Lua compares the token), and expires by itself when the
 holder dies, so another worker can take over the partition after ``lease_ttl_s``. While a drain works,
 :class:`LeaseKeeper` renews its lease every third of the TTL, however long one request takes.
+
+The keeper renews anything :class:`Renewable` (upload slots, :mod:`worker.store.slots`, use it too), optionally
+only until a deadline: a holder that is stuck past what its work can need loses what it holds, as a dead one does.
 """
 
 from __future__ import annotations
@@ -11,12 +14,19 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from typing import Protocol
 
 import redis
 import structlog
 
+from worker.store.scripts import eval_allow_oom
+
 log = structlog.get_logger("ctrelay.lease")
 
+# allow-oom: a drain must be able to start when Redis is full (noeviction), since delivering is what frees memory
+_ACQUIRE = """
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -42,7 +52,7 @@ class Lease:
         """Take the lease if nobody holds it; None otherwise."""
         token = uuid.uuid4().hex
         ttl_ms = max(1, int(ttl_s * 1000))
-        if client.set(key, token, nx=True, px=ttl_ms):
+        if eval_allow_oom(client, _ACQUIRE, [key], [token, ttl_ms]):
             return cls(client, key, token, ttl_ms)
         return None
 
@@ -58,39 +68,55 @@ class Lease:
             self.held = False
 
 
+class Renewable(Protocol):
+    """Something held in Redis under a TTL that its holder extends while it works (a lease, an upload slot)."""
+
+    key: str
+
+    def renew(self) -> bool:
+        """Extend the TTL; False once it is no longer held (expired, taken over, released)."""
+        ...
+
+
 class LeaseKeeper:
-    """Renews the leases this process holds, every ``interval_s``, from one daemon thread.
+    """Renews what this process holds (leases, upload slots), every ``interval_s``, from one daemon thread.
 
     A drain's requests can outlast its lease's TTL (a slow CleverTap); the keeper keeps the lease while
     the process lives, and stops renewing when it dies, so the TTL stays short for a fast takeover.
+    A hold may end at a deadline (``until``, monotonic): past it the keeper stops renewing.
     """
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, name: str = "ctrelay-leases") -> None:
         self.interval_s = interval_s
-        self._leases: set[Lease] = set()
+        self.name = name
+        self._held: dict[Renewable, float | None] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def hold(self, lease: Lease) -> None:
+    def hold(self, item: Renewable, until: float | None = None) -> None:
         with self._lock:
-            self._leases.add(lease)
+            self._held[item] = until
             if self._thread is None or not self._thread.is_alive():  # (a forked child starts its own)
-                self._thread = threading.Thread(target=self._run, name="ctrelay-leases", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
 
-    def drop(self, lease: Lease) -> None:
+    def drop(self, item: Renewable) -> None:
         with self._lock:
-            self._leases.discard(lease)
+            self._held.pop(item, None)
 
     def _run(self) -> None:
         while True:
             time.sleep(self.interval_s)
+            now = time.monotonic()
             with self._lock:
-                leases = list(self._leases)
-            for lease in leases:
+                items = list(self._held.items())
+            for item, until in items:
+                if until is not None and now >= until:  # held longer than its work can need: let it expire
+                    log.warning("renewal_stopped", key=item.key, reason="held past its deadline")
+                    self.drop(item)
+                    continue
                 try:
-                    lease.renew()
-                except (
-                    Exception
-                ) as exc:  # Redis unreachable: the lease may expire; the drain finds out on its next renew
-                    log.warning("lease_renewal_failed", key=lease.key, error=f"{type(exc).__name__}: {exc}")
+                    if not item.renew():
+                        self.drop(item)
+                except Exception as exc:  # Redis unreachable: it may expire; the holder finds out on its next renew
+                    log.warning("lease_renewal_failed", key=item.key, error=f"{type(exc).__name__}: {exc}")

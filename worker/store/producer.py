@@ -1,8 +1,8 @@
 """The producer: how accepted messages are written into their partition streams (ingest; dead-letter replay).
 
 Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write is one Lua
-script per request that sets each message's dedup marker and XADDs it only when the marker was new; the
-backlog measure (undelivered messages over every partition) is read here too.
+script per request that sets each message's dedup marker and XADDs it only when the marker was new. Ingest's
+backlog figure is read here too, with the one measure of :mod:`worker.store.streams`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from worker.core.errors import NotReplicated
-from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, GROUP, Keys, partition_of
+from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys, partition_of
+from worker.store.streams import measure_backlog, queue_backlog, read_backlogs
 
 # KEYS: (dedup marker, stream) per entry; ARGV: window, then w and m per entry. A message whose marker is new is
 # added; a failed XADD (a key of the wrong type) removes its marker again and fails the script, so that the
@@ -68,32 +69,6 @@ for i = 1, (#KEYS - 1) / 2 do
 end
 if changed then redis.call('HINCRBY', hash, ARGV[at], 1) end
 return out
-"""
-
-_BACKLOG_LUA = """
-local total = 0
-local streams = tonumber(ARGV[2])
-for i, key in ipairs(KEYS) do
-  local length = 0
-  if i > streams then
-    total = total + redis.call('ZCARD', key)
-  else
-    length = redis.call('XLEN', key)
-  end
-  if length > 0 then
-    local counted = false
-    for _, group in ipairs(redis.call('XINFO', 'GROUPS', key)) do
-      local info = {}
-      for j = 1, #group, 2 do info[group[j]] = group[j + 1] end
-      if info['name'] == ARGV[1] and type(info['lag']) == 'number' then
-        total = total + info['lag'] + info['pending']
-        counted = true
-      end
-    end
-    if not counted then total = total + length end
-  end
-end
-return total
 """
 
 
@@ -221,19 +196,15 @@ class Producer:
     def streams(self) -> list[str]:
         return [self.keys.stream(p) for p in range(self.partitions)]
 
-    def _backlog_keys(self) -> list[str]:
-        """The streams, then the retry schedules' due sets (the script counts the latter with ZCARD)."""
-        return self._streams + [self.keys.retry_due(p) for p in range(self.partitions)]
-
     async def backlog(self, client: AsyncRedis) -> int:
-        """Messages not yet delivered, over every partition, in one round trip (one script): the group's
-        lag plus its pending entries (or the stream length where the group is not there yet, or its lag is
-        unknown), plus the messages waiting in the retry schedule (acknowledged in the stream, not delivered:
-        during a CleverTap outage the backlog moves there)."""
-        script = self._script(client, _BACKLOG_LUA)
-        return int(await script(keys=self._backlog_keys(), args=[GROUP, self.partitions], client=client))
+        """Messages not yet delivered, over every partition, in one round trip: the streams' lengths plus the retry
+        schedules' sizes (:class:`~worker.store.streams.PartitionBacklog`; right after a Redis restart too)."""
+        pipe = client.pipeline(transaction=False)
+        for partition in range(self.partitions):
+            queue_backlog(pipe, self.keys, partition)
+        answers = await pipe.execute(raise_on_error=False)
+        return sum(part.total for part in read_backlogs(answers, self.partitions))
 
     def backlog_sync(self, client: Redis) -> int:
         """:meth:`backlog` for a synchronous client (the operator CLI)."""
-        script = self._script(client, _BACKLOG_LUA)
-        return int(script(keys=self._backlog_keys(), args=[GROUP, self.partitions], client=client))
+        return sum(part.total for part in measure_backlog(client, self.keys, self.partitions))

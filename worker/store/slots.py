@@ -6,6 +6,14 @@ worker that died expires at its deadline, so a crash never leaks capacity. Acqui
 script (drop expired slots, compare the count with the cap, add), so two workers never both take
 the last slot.
 
+The deadline is short (:data:`SLOT_TTL_S`, 5 s) and, while a request runs, the process's keeper thread
+(:class:`~worker.store.lease.LeaseKeeper`) pushes it back every third of it: a SIGKILLed or OOM-killed
+holder's slots free within 5 s, however long requests take. The keeper renews a slot only for as long as
+one request can need (``max_hold_s``: the client's longest request plus a margin), so a stuck thread in a
+live process loses its slot too. Giving a slot back is best effort: when Redis does not answer, the slot
+expires by itself within the TTL (the upload's answer is still logged, counted and committed). The scripts
+run when Redis is full (:mod:`worker.store.scripts`: a few bytes each), since delivering is what frees memory then.
+
 The cap starts at the configured maximum (15, CleverTap's documented limit). A 429 lowers it to
 ¾ of its value (at most once per second, so one burst of 429s counts once; never below 1); each
 successful upload raises it by 1/cap (about +1 per cap successes), back up to the maximum.
@@ -20,9 +28,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
+import structlog
 
 from worker.core.errors import DrainStopped
 from worker.core.keys import Keys
+from worker.store.lease import LeaseKeeper
+from worker.store.scripts import OomScript
+
+log = structlog.get_logger("ctrelay.slots")
+SLOT_TTL_S = 5.0
+"""How long a slot outlives its holder's last renewal (renewed every third of it while a request runs)."""
 
 # KEYS: slots, cap. ARGV: token, ttl ms, max cap. Returns 1 when the slot was taken.
 _ACQUIRE = """
@@ -33,6 +48,19 @@ local cap = tonumber(redis.call('HGET', KEYS[2], 'cap') or ARGV[3])
 cap = math.max(1, math.min(cap, tonumber(ARGV[3])))
 if redis.call('ZCARD', KEYS[1]) < math.floor(cap) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+  return 1
+end
+return 0
+"""
+
+# KEYS: slots. ARGV: token, ttl ms. Returns 1 when the slot was still held (its deadline is pushed back).
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if deadline and tonumber(deadline) > now then
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
   return 1
 end
@@ -63,16 +91,40 @@ return tostring(cap)
 """
 
 
-class AccountSlots:
-    """Upload slots per CleverTap account, shared by every worker through Redis."""
+class HeldSlot:
+    """One slot this process holds, as the keeper renews it."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, max_cap: int = 15, slot_ttl_s: float = 60.0) -> None:
+    def __init__(self, slots: AccountSlots, account_id: str, token: str) -> None:
+        self.slots = slots
+        self.key = slots.keys.slots(account_id)
+        self.token = token
+
+    def renew(self) -> bool:
+        return int(self.slots._renew(keys=[self.key], args=[self.token, self.slots.slot_ttl_ms])) == 1
+
+
+class AccountSlots:
+    """Upload slots per CleverTap account, shared by every worker through Redis.
+
+    ``max_hold_s``: the longest a slot taken with :meth:`slot` is renewed (None: as long as the block runs)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        max_cap: int = 15,
+        slot_ttl_s: float = SLOT_TTL_S,
+        max_hold_s: float | None = None,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.max_cap = max_cap
-        self.slot_ttl_ms = int(slot_ttl_s * 1000)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._adjust = client.register_script(_ADJUST)
+        self.slot_ttl_ms = max(1, int(slot_ttl_s * 1000))
+        self.max_hold_s = max_hold_s
+        self.keeper = LeaseKeeper(slot_ttl_s / 3, name="ctrelay-slots")
+        self._acquire = OomScript(client, _ACQUIRE)
+        self._renew = OomScript(client, _RENEW)
+        self._adjust = OomScript(client, _ADJUST)
 
     def try_acquire(self, account_id: str) -> str | None:
         """Take a slot now if one is free; returns its token, or None."""
@@ -113,21 +165,33 @@ class AccountSlots:
     def release(self, account_id: str, token: str) -> None:
         self.client.zrem(self.keys.slots(account_id), token)
 
+    def renew(self, account_id: str, token: str) -> bool:
+        """Push the slot's deadline back by the TTL; False when it is no longer held (expired)."""
+        return HeldSlot(self, account_id, token).renew()
+
     @contextmanager
     def slot(
         self, account_id: str, *, keepalive: Callable[[], object] | None = None, timeout_s: float | None = None
     ) -> Iterator[str]:
-        """Hold a slot for the duration of the block (waits up to ``timeout_s``, default as long as it takes).
+        """Hold a slot for the duration of the block (waits up to ``timeout_s``, default as long as it takes),
+        renewed by the keeper (up to ``max_hold_s``); given back after it, best effort (see the module).
 
         Raises :class:`~worker.core.errors.DrainStopped` when no slot came in time or ``keepalive`` answered ``False``.
         """
         token = self.acquire(account_id, timeout_s=timeout_s, keepalive=keepalive)
         if token is None:
             raise DrainStopped(f"no upload slot for account {account_id} (waited up to {timeout_s} s, or lease lost)")
+        held = HeldSlot(self, account_id, token)
+        until = None if self.max_hold_s is None else time.monotonic() + self.max_hold_s
+        self.keeper.hold(held, until)
         try:
             yield token
         finally:
-            self.release(account_id, token)
+            self.keeper.drop(held)
+            try:
+                self.release(account_id, token)
+            except redis.RedisError as exc:  # it expires within the TTL; what the block did stands
+                log.warning("slot_release_failed", account=account_id, error=f"{type(exc).__name__}: {exc}")
 
     def record(self, account_id: str, *, throttled: bool) -> float:
         """Adapt the cap after an upload: lower it on a 429, raise it slowly otherwise. Returns the new cap."""

@@ -4,6 +4,20 @@ Every worker reads every stream with one consumer group (:data:`worker.core.keys
 once it is acknowledged *and* deleted (:func:`ack_and_delete`, always queued on the caller's MULTI together with
 the outcome that makes it done), so a stream holds only work not yet done. :func:`group_info` is the one reader
 of ``XINFO GROUPS`` answers.
+
+**The backlog** (:class:`PartitionBacklog`, read with :func:`queue_backlog` + :func:`read_backlog`) is measured
+here once for every reader (ingest's cap, the ticker, the worker's gauges, ``ctrelay status``): per partition,
+the stream's length (``XLEN``: unread plus pending entries, since done entries are deleted) plus the retry
+schedule's size (``ZCARD``). Both are exact after a Redis restart or a failover. The consumer group's ``lag``
+(from ``entries-read``) is not: after a restart it stops moving and reads tens of thousands with every stream
+empty, so nothing here trusts it. Unread entries are the length less the pending ones (``XINFO GROUPS``'s
+``pending``, the size of the pending-entries list, which is persisted with the stream).
+
+**The partition count** is stored in Redis (``<prefix>:partitions``) by the first process that uses it
+(:func:`claim_partitions`: ``SET NX``); a process started with another count (ingest, a worker, an operator
+command) refuses to start (:class:`~worker.core.errors.ConfigError`), since a user's partition is
+``crc32(user) % partitions`` and a mismatch strands messages in streams no worker reads.
+:func:`change_partitions` changes it, only while the queue is empty.
 """
 
 from __future__ import annotations
@@ -14,7 +28,9 @@ from typing import Any
 
 import redis
 
+from worker.core.errors import ConfigError
 from worker.core.keys import GROUP, Keys
+from worker.store.scripts import eval_allow_oom
 
 
 def ensure_group(client: redis.Redis, stream: str) -> None:
@@ -39,6 +55,33 @@ def ack_and_delete(pipe: Any, stream: str, entry_ids: Sequence[bytes]) -> None:
         pipe.xdel(stream, *entry_ids)
 
 
+# KEYS: stream, retry items hash, retry due set. ARGV: group, n, n entry ids, then retry item ids.
+# allow-oom: Redis runs it when full (noeviction), where it refuses every command queued in a MULTI; it only frees.
+_FREE_DONE = """
+local n = tonumber(ARGV[2])
+if n > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
+end
+if #ARGV > 2 + n then
+  redis.call('HDEL', KEYS[2], unpack(ARGV, 3 + n))
+  redis.call('ZREM', KEYS[3], unpack(ARGV, 3 + n))
+end
+return n
+"""
+
+
+def free_done(
+    client: redis.Redis, stream: str, entry_ids: Sequence[bytes], retry_keys: tuple[str, str], retry_ids: Sequence[str]
+) -> None:
+    """Acknowledge and delete ``entry_ids`` and remove the finished retry items ``retry_ids``, atomically, with
+    commands that only free memory (one script that Redis runs even at ``maxmemory``): the commit of delivered
+    work when Redis is full, so that delivering frees memory."""
+    if entry_ids or retry_ids:
+        args: list[bytes | str | int] = [GROUP, len(entry_ids), *entry_ids, *retry_ids]
+        eval_allow_oom(client, _FREE_DONE, [stream, *retry_keys], args)
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -47,8 +90,9 @@ def _text(value: Any) -> str:
 class GroupInfo:
     """The relay's consumer group on one stream, as ``XINFO GROUPS`` tells it.
 
-    ``exists`` is False when the stream or the group is not there yet (nothing read yet). ``lag`` is the number of
-    entries not yet read, or None when Redis cannot tell (entries deleted out of order)."""
+    ``exists`` is False when the stream or the group is not there yet (nothing read yet). ``lag`` is what Redis
+    says is not yet read, or None when it cannot tell: shown for information only, never trusted (it is wrong
+    after a Redis restart; see :class:`PartitionBacklog`)."""
 
     exists: bool
     lag: int | None = None
@@ -73,6 +117,71 @@ def group_info(groups: Any) -> GroupInfo:
     return GroupInfo(exists=False)
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionBacklog:
+    """One partition's undelivered messages: ``length`` entries in its stream (``pending`` of them read and not
+    yet acknowledged) and ``scheduled`` messages in its retry schedule. ``group``: the consumer group exists."""
+
+    length: int
+    pending: int
+    scheduled: int
+    group: bool
+
+    @property
+    def unread(self) -> int:
+        """Entries no consumer has read yet."""
+        return max(0, self.length - self.pending)
+
+    @property
+    def total(self) -> int:
+        """Messages not yet delivered (the figure ingest's cap compares)."""
+        return self.length + self.scheduled
+
+
+BACKLOG_COMMANDS = 3
+"""How many answers :func:`queue_backlog` adds to a pipeline per partition."""
+
+
+def queue_backlog(pipe: Any, keys: Keys, partition: int) -> None:
+    """Queue, on the caller's (sync or async, non-transactional) pipeline, what one partition's backlog is read
+    from: ``XLEN`` and ``XINFO GROUPS`` of its stream, ``ZCARD`` of its retry schedule."""
+    stream = keys.stream(partition)
+    pipe.xlen(stream)
+    pipe.xinfo_groups(stream)
+    pipe.zcard(keys.retry_due(partition))
+
+
+def read_backlog(answers: Sequence[Any]) -> PartitionBacklog:
+    """One partition's backlog from the :data:`BACKLOG_COMMANDS` answers :func:`queue_backlog` queued (executed with
+    ``raise_on_error=False``: a stream not created yet answers an error, read as empty). Raises a connection error
+    found among them."""
+    for answer in answers:
+        if isinstance(answer, redis.ConnectionError | redis.TimeoutError):
+            raise answer
+    length, groups, scheduled = answers
+    info = group_info(groups)
+    return PartitionBacklog(
+        length=length if isinstance(length, int) else 0,
+        pending=info.pending,
+        scheduled=scheduled if isinstance(scheduled, int) else 0,
+        group=info.exists,
+    )
+
+
+def read_backlogs(answers: Sequence[Any], partitions: int, offset: int = 0) -> list[PartitionBacklog]:
+    """Every partition's backlog from answers queued by :func:`queue_backlog` for partitions 0..n-1 in order."""
+    step = BACKLOG_COMMANDS
+    return [read_backlog(answers[offset + step * p : offset + step * p + step]) for p in range(partitions)]
+
+
+def measure_backlog(client: redis.Redis, keys: Keys, partitions: int) -> list[PartitionBacklog]:
+    """Every partition's backlog, in one round trip (a synchronous client)."""
+    pipe = client.pipeline(transaction=False)
+    for partition in range(partitions):
+        queue_backlog(pipe, keys, partition)
+    return read_backlogs(pipe.execute(raise_on_error=False), partitions)
+
+
 def prune_consumers(client: redis.Redis, keys: Keys, partitions: int, idle_s: float) -> int:
     """Forget group consumers that hold no pending entry and have been idle ``idle_s`` (restarted processes)."""
     pipe = client.pipeline(transaction=False)
@@ -88,3 +197,58 @@ def prune_consumers(client: redis.Redis, keys: Keys, partitions: int, idle_s: fl
                 # XGROUP DELCONSUMER drops only that consumer's pending entries: there are none
                 removed += int(client.xgroup_delconsumer(keys.stream(partition), GROUP, consumer["name"]) == 0)
     return removed
+
+
+def _mismatch(stored: bytes | str | None, partitions: int, keys: Keys) -> ConfigError | None:
+    if stored is None:
+        return None
+    count = int(stored)
+    if count == partitions:
+        return None
+    return ConfigError(
+        f"CTRELAY_PARTITIONS is {partitions} but the relay's data in Redis (prefix {keys.prefix!r}) is laid out in "
+        f"{count} partitions: start every process with CTRELAY_PARTITIONS={count}, or change the count on an empty "
+        f"queue with `ctrelay partitions --set {partitions}` (README, Scaling)"
+    )
+
+
+def claim_partitions(client: redis.Redis, keys: Keys, partitions: int) -> None:
+    """Store ``partitions`` as the relay's count if none is stored; raise ConfigError if another one is."""
+    if client.set(keys.partitions(), partitions, nx=True):
+        return
+    error = _mismatch(client.get(keys.partitions()), partitions, keys)
+    if error is not None:
+        raise error
+
+
+def check_partitions(client: redis.Redis, keys: Keys, partitions: int) -> None:
+    """:func:`claim_partitions` for a reader that writes nothing (``ctrelay status``): compare only."""
+    error = _mismatch(client.get(keys.partitions()), partitions, keys)
+    if error is not None:
+        raise error
+
+
+async def claim_partitions_async(client: Any, keys: Keys, partitions: int) -> None:
+    """:func:`claim_partitions` with an asynchronous client (ingest)."""
+    if await client.set(keys.partitions(), partitions, nx=True):
+        return
+    error = _mismatch(await client.get(keys.partitions()), partitions, keys)
+    if error is not None:
+        raise error
+
+
+def change_partitions(client: redis.Redis, keys: Keys, partitions: int) -> int:
+    """Store a new partition count; only while every stream and retry schedule of the stored count is empty and no
+    drain holds a lease (stop ingest and the workers first). Returns the previous count; raises ConfigError."""
+    raw: Any = client.get(keys.partitions())
+    old = int(raw) if raw is not None else partitions
+    undelivered = sum(part.total for part in measure_backlog(client, keys, old))
+    leased = sum(int(client.exists(keys.lease(p))) for p in range(old))
+    if undelivered or leased:
+        raise ConfigError(
+            f"the queue is not empty ({undelivered} undelivered messages, {leased} drains holding a lease in {old} "
+            "partitions): stop ingest, let the workers deliver everything (`ctrelay status`: backlog 0), stop them, "
+            "then change the count"
+        )
+    client.set(keys.partitions(), partitions)
+    return old

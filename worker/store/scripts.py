@@ -1,0 +1,49 @@
+"""Lua scripts that Redis runs even at ``maxmemory`` (``#!lua flags=allow-oom``), where it refuses ordinary writes.
+
+Delivering is what frees memory when Redis is full, so the few bytes a drain needs to start and go on (its lease,
+an upload slot, the cap) are written by such scripts. A server that knows no script flags (Redis before 7, the
+in-process fakeredis of ``ctrelay dev``) cannot compile the flag line: the script then runs without it (no such
+server enforces ``maxmemory`` the way Redis 7 does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+ALLOW_OOM = "#!lua flags=allow-oom\n"
+
+
+def _no_flags(exc: redis.ResponseError) -> bool:
+    return "near '#'" in str(exc)
+
+
+class OomScript:
+    """A registered script, run with ``allow-oom`` where the server supports script flags."""
+
+    def __init__(self, client: redis.Redis, source: str) -> None:
+        self._flagged = client.register_script(ALLOW_OOM + source)
+        self._plain = client.register_script(source)
+        self._flags = True
+
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
+        if self._flags:
+            try:
+                return self._flagged(keys=keys, args=args, client=client)
+            except redis.ResponseError as exc:
+                if not _no_flags(exc):
+                    raise
+                self._flags = False
+        return self._plain(keys=keys, args=args, client=client)
+
+
+def eval_allow_oom(client: redis.Redis, source: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """``EVAL`` of ``source`` with ``allow-oom`` where the server supports script flags."""
+    try:
+        return client.eval(ALLOW_OOM + source, len(keys), *keys, *args)
+    except redis.ResponseError as exc:
+        if not _no_flags(exc):
+            raise
+        return client.eval(source, len(keys), *keys, *args)
