@@ -81,7 +81,9 @@ def test_backlog_reads_zero_everywhere_after_a_restart_and_10000_messages(tmp_pa
 
         registry = CollectorRegistry()
         registry.register(
-            ClusterCollector(client, keys, partitions=PARTITIONS, accounts=["ACC"], write_keys=["wk"], max_cap=15)
+            ClusterCollector(
+                client, keys, partitions=PARTITIONS, accounts=["ACC"], destinations={"wk": "ACC"}, max_cap=15
+            )
         )
         text = generate_latest(registry).decode()
         assert "ctrelay_backlog 0.0" in text

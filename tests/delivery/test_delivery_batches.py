@@ -326,7 +326,7 @@ def test_a_redis_blip_after_the_200_does_not_send_the_batch_again(
 
     monkeypatch.setattr(redis.client.Pipeline, "execute", blip)
     monkeypatch.setattr(AccountSlots, "release", release)
-    uploads_before = metrics.uploads.labels("wk", "200")._value.get()
+    uploads_before = metrics.uploads.labels("ACC", "200")._value.get()
     duplicates_before = sum(
         metrics.duplicates_suspected.labels(cause)._value.get() for cause in ("commit_failed", "lease_lost", "stopped")
     )
@@ -336,7 +336,7 @@ def test_a_redis_blip_after_the_200_does_not_send_the_batch_again(
     assert fake.requests == [("ACC", 20)]  # sent once
     assert pending(redis_client, keys) == 0
     assert redis_client.xlen(keys.stream(0)) == 0
-    assert metrics.uploads.labels("wk", "200")._value.get() == uploads_before + 1  # counted once
+    assert metrics.uploads.labels("ACC", "200")._value.get() == uploads_before + 1  # counted once
     duplicates = sum(
         metrics.duplicates_suspected.labels(cause)._value.get() for cause in ("commit_failed", "lease_lost", "stopped")
     )

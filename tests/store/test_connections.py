@@ -39,10 +39,11 @@ def test_the_url_gives_the_primary_its_password_and_database() -> None:
 
 def test_the_broker_is_the_queue_redis_unless_named() -> None:
     default = broker(settings(REDIS_URL="redis://h:6379/2", redis_prefix="p"))
-    assert (default.url, default.transport_options) == ("redis://h:6379/2", {"global_keyprefix": "p:celery:"})
+    redis_options = {"global_keyprefix": "p:celery:", "ack_emulation": False}
+    assert (default.url, default.transport_options) == ("redis://h:6379/2", redis_options)
     sentinel = broker(settings(redis_sentinels="a:1,b:2", redis_sentinel_master="m", redis_prefix="p"))
     assert sentinel.url == "sentinel://a:1;sentinel://b:2"
-    assert sentinel.transport_options == {"master_name": "m", "global_keyprefix": "p:celery:"}
+    assert sentinel.transport_options == {"master_name": "m", **redis_options}
     rabbit = broker(settings(broker_url="amqp://guest:guest@mq:5672//", redis_sentinels="a:1"))
     assert (rabbit.url, rabbit.transport_options, rabbit.is_redis) == ("amqp://guest:guest@mq:5672//", {}, False)
 
