@@ -29,7 +29,7 @@ from starlette.responses import Response
 
 from ingest import body, metrics
 from ingest.responses import SUCCESS, error_response
-from ingest.tracking import auth
+from ingest.tracking import auth, projects
 from ingest.tracking.enrich import Request as Enrichment
 from ingest.tracking.enrich import enrich
 from worker.core.destinations import Destination, Destinations
@@ -68,24 +68,6 @@ class Outcome:
     write of their entry (same script), when it is not a duplicate."""
     error: RequestError | None = None
     """Why the last refused item was refused (a single call answers it as a 400)."""
-
-
-def settings_document(write_key: str, base_url: str) -> dict[str, Any]:
-    """What ``GET /v1/projects/{writeKey}/settings`` answers: the document analytics.js and the mobile SDKs load at
-    start-up. It sends them to this relay: the mobile SDKs replace their configured apiHost with
-    ``Segment.io.apiHost``, so it names the relay's public base URL (``CTRELAY_PUBLIC_URL``, else the request's own
-    scheme and ``Host``) plus ``/v1``, without the scheme, which is ``protocol``. Nothing else is turned on: no
-    device-mode destinations, no middleware, no metrics sampling."""
-    scheme, _, rest = base_url.partition("://")
-    return {
-        "integrations": {"Segment.io": {"apiKey": write_key, "apiHost": f"{rest.rstrip('/')}/v1", "protocol": scheme}},
-        "plan": {"track": {"__default": {"enabled": True}}, "identify": {"__default": {"enabled": True}}},
-        "edgeFunction": {},
-        "analyticsNextEnabled": True,
-        "middlewareSettings": {},
-        "enabledMiddleware": {},
-        "metrics": {"sampleRate": 0},
-    }
 
 
 def _items(kind: Kind, document: Any, limit: int) -> tuple[list[Any], dict[str, Any] | None]:
@@ -148,23 +130,8 @@ class Ingest:
         return response
 
     def project_settings(self, request: Request, route: str) -> Response:
-        """``GET /v1/projects/{writeKey}/settings``: 200 and the settings document for a configured write key
-        (cacheable for a minute), ``404 unknown_write_key`` for another."""
-        started = time.perf_counter()
-        write_key = str(request.path_params.get("write_key", ""))
-        if write_key in self.destinations:
-            public = self.settings.public_url
-            base = public or f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
-            document = orjson.dumps(settings_document(write_key, base))
-            # derived from the client's Host: a shared cache must not hand it to others (cache poisoning)
-            cache = "public, max-age=60" if public else "private, max-age=60"
-            response = Response(document, media_type="application/json", headers={"Cache-Control": cache})
-        else:
-            response = error_response(RequestError(404, "unknown_write_key", "no destination has this write key"), 0)
-            log.debug("settings of an unknown write key", path=route)
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        metrics.duration.labels(route).observe(time.perf_counter() - started)
-        return response
+        """``GET /v1/projects/{writeKey}/settings`` (:func:`ingest.tracking.projects.answer`)."""
+        return projects.answer(request, route, self.destinations, self.settings.public_url)
 
     async def _accept(self, request: Request, kind: Kind, implied_type: str | None) -> int:
         settings = self.settings

@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker.cli.dev import DEV_ACCOUNT, curl_line, destinations_toml
+from worker.cli.banner import curl_line
+from worker.cli.dev import DEV_ACCOUNT, destinations_toml
 from worker.cli.embedded import free_port
 from worker.cli.processes import CLI, Child, Supervisor, port_is_free, stop
 from worker.core.destinations import load_destinations
@@ -324,7 +325,7 @@ def wait_for_banner(process: subprocess.Popen[bytes], log: Path, deadline_s: flo
 
 def banner_commands(banner: str) -> list[str]:
     """The command lines of the banner, as printed (each after its ``  $ `` prompt)."""
-    from worker.cli.dev import PROMPT
+    from worker.cli.banner import PROMPT
 
     return [line[len(PROMPT) :] for line in banner.splitlines() if line.startswith(PROMPT)]
 
