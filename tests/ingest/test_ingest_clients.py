@@ -1,7 +1,8 @@
 """Real client libraries, unchanged, against a running ingest and the real Redis.
 
 segment-analytics-python 2.4.x (Basic + body key), 2.3.x (body key only: installed at test time
-into a cache directory and run first on PYTHONPATH), and rudder-sdk-python (gzip, Basic only) each
+into a cache directory and run first on PYTHONPATH), rudder-sdk-python (gzip, Basic only) and
+@segment/analytics-node (npm, pinned, installed at test time into a cache directory; run by Node.js) each
 send identify/track/page/screen/group/alias in a subprocess; the streams must then hold every
 message exactly once, with the right envelope.
 """
@@ -9,6 +10,7 @@ message exactly once, with the right envelope.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +61,45 @@ EXPECTED = {
     "group": "group",
     "alias": "alias",
 }
+
+
+ANALYTICS_NODE = "3.1.0"
+NODE_CLIENT = r"""
+const [pkg, host, writeKey, tag] = process.argv.slice(-4);
+const { Analytics } = require(pkg);
+const { version } = require(pkg + "/package.json");
+const analytics = new Analytics({ writeKey, host, flushInterval: 50, maxRetries: 2 });
+const errors = [];
+analytics.on("error", (err) => errors.push(String((err && (err.reason || err.message)) || err)));
+const user = `${tag}-user`, anon = `${tag}-anon`;
+analytics.identify({ userId: user, traits: { email: "a@example.com", plan: "pro" }, messageId: `${tag}-identify` });
+analytics.track({ userId: user, event: "Order Completed", properties: { revenue: 12.5 }, messageId: `${tag}-track` });
+analytics.track({ anonymousId: anon, event: "Viewed", messageId: `${tag}-track-anon` });
+analytics.page({ userId: user, category: "Docs", name: "Intro", properties: { url: "https://example.com" },
+                 messageId: `${tag}-page` });
+analytics.screen({ userId: user, name: "Home", properties: { app: "App" }, messageId: `${tag}-screen` });
+analytics.group({ userId: user, groupId: "group-1", traits: { name: "Acme" }, messageId: `${tag}-group` });
+analytics.alias({ userId: user, previousId: anon, messageId: `${tag}-alias` });
+analytics.closeAndFlush({ timeout: 20000 }).then(() => console.log(JSON.stringify({ version, errors })));
+"""
+
+
+def analytics_node() -> tuple[str, Path]:
+    """Node.js and ``@segment/analytics-node`` (pinned) in ``.cache/``, installed by npm on first use."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("Node.js/npm are not installed: cannot run @segment/analytics-node")
+    target = ROOT / ".cache" / f"npm-analytics-node-{ANALYTICS_NODE}"
+    package = target / "node_modules" / "@segment" / "analytics-node"
+    if not (package / "package.json").is_file():
+        command = [npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(target)]
+        result = subprocess.run(
+            [*command, f"@segment/analytics-node@{ANALYTICS_NODE}"], capture_output=True, text=True, timeout=300,
+            check=False,
+        )  # fmt: skip
+        if result.returncode != 0 or not (package / "package.json").is_file():
+            pytest.skip(f"npm could not install @segment/analytics-node: {result.stderr[-300:]}")
+    return node, package
 
 
 def segment_23() -> Path:
@@ -138,3 +179,17 @@ def test_rudder_sdk_python_gzip_basic_only_identify_traits_in_context(
     tag = uuid.uuid4().hex[:8]
     send("rudder", ingest_server, "wk_one", tag)
     check(redis_client, ingest_server, "wk_one", tag, "analytics-python")
+
+
+def test_segment_analytics_node(ingest_server: Ingest, redis_client: redis.Redis) -> None:
+    """Segment's Node.js library: Basic auth only, batches to /v1/batch, its own timestamps and messageIds kept."""
+    node, package = analytics_node()
+    tag = uuid.uuid4().hex[:8]
+    result = subprocess.run(
+        [node, "-e", NODE_CLIENT, "--", str(package), ingest_server.url, "wk_one", tag],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"version": ANALYTICS_NODE, "errors": []}
+    check(redis_client, ingest_server, "wk_one", tag, "@segment/analytics-node")
