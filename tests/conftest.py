@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from delivery_e2e import Relay
@@ -124,3 +125,10 @@ def pytest_report_header() -> str:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _handle is not None:
         terminalreporter.write_line(f"ctrelay: the tests used the Redis at {_handle.url} ({_handle.kind})")
+
+
+@pytest.fixture
+def http(ingest_server: Ingest) -> Iterator[httpx.Client]:
+    """An HTTP client on the module's ``ctrelay ingest``."""
+    with ingest_server.client() as client:
+        yield client

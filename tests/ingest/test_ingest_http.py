@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +24,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 ONE = ("wk_one", "")
 
 
-@pytest.fixture(scope="module")
-def store(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def http(ingest_server: Ingest) -> Iterator[httpx.Client]:
-    with ingest_server.client() as client:
-        yield client
-
-
 def track(**extra: Any) -> dict[str, Any]:
     return {"userId": "u-" + uuid.uuid4().hex[:6], "event": "Signed Up", "messageId": uuid.uuid4().hex} | extra
 
 
-def ids(store: redis.Redis, ingest_server: Ingest) -> list[str]:
-    return [envelope.message["messageId"] for envelope in queued(store, ingest_server.prefix)]
+def ids(redis_client: redis.Redis, ingest_server: Ingest) -> list[str]:
+    return [envelope.message["messageId"] for envelope in queued(redis_client, ingest_server.prefix)]
 
 
-def test_single_call_is_queued_with_its_envelope(http: httpx.Client, store: redis.Redis, ingest_server: Ingest) -> None:
+def test_single_call_is_queued_with_its_envelope(
+    http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest
+) -> None:
     message = track(properties={"plan": "pro"}, extra={"kept": True})
     response = http.post("/v1/track", content=orjson.dumps(message), auth=ONE, headers={"Content-Type": "text/plain"})
     assert (response.status_code, response.json()) == (200, {"success": True})
-    [envelope] = [e for e in queued(store, ingest_server.prefix) if e.message["messageId"] == message["messageId"]]
+    [envelope] = [
+        e for e in queued(redis_client, ingest_server.prefix) if e.message["messageId"] == message["messageId"]
+    ]
     assert envelope.write_key == "wk_one"
     assert envelope.message["type"] == "track"
     assert envelope.message["extra"] == {"kept": True}
@@ -59,7 +49,7 @@ def test_single_call_is_queued_with_its_envelope(http: httpx.Client, store: redi
 
 
 def test_batch_accepts_good_items_and_drops_bad_ones(
-    http: httpx.Client, store: redis.Redis, ingest_server: Ingest
+    http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest
 ) -> None:
     good = [{"type": "identify", "userId": 42, "messageId": uuid.uuid4().hex}, {"type": "track", **track()}]
     bad = [{"type": "track", "userId": "u"}, {"type": "identify"}, "text", {"type": "alias", "userId": "u"}]
@@ -67,7 +57,7 @@ def test_batch_accepts_good_items_and_drops_bad_ones(
     body = {"batch": [*good, *bad, huge], "writeKey": "wk_two", "context": {"library": {"name": "curl"}}}
     response = http.post("/v1/import", content=orjson.dumps(body))
     assert (response.status_code, response.json()) == (200, {"success": True})
-    envelopes = {e.message["messageId"]: e for e in queued(store, ingest_server.prefix)}
+    envelopes = {e.message["messageId"]: e for e in queued(redis_client, ingest_server.prefix)}
     assert all(envelopes[m["messageId"]].write_key == "wk_two" for m in good)
     assert envelopes[good[0]["messageId"]].message["userId"] == "42"
     assert envelopes[good[1]["messageId"]].message["context"] == {"library": {"name": "curl"}}
@@ -77,37 +67,47 @@ def test_batch_accepts_good_items_and_drops_bad_ones(
     assert 'ctrelay_ingest_messages_rejected_total{reason="message_too_large"} 1.0' in metrics
 
 
-def test_duplicates_are_dropped_per_write_key(http: httpx.Client, store: redis.Redis, ingest_server: Ingest) -> None:
+def test_duplicates_are_dropped_per_write_key(
+    http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest
+) -> None:
     message = track()
     for key in ("wk_one", "wk_one", "wk_two"):
         assert http.post("/v1/track", content=orjson.dumps(message), auth=(key, "")).status_code == 200
     twice = {"batch": [{"type": "track", **message}] * 2}
     assert http.post("/v1/batch", content=orjson.dumps(twice), auth=ONE).status_code == 200
-    found = [e.write_key for e in queued(store, ingest_server.prefix) if e.message["messageId"] == message["messageId"]]
+    found = [
+        e.write_key
+        for e in queued(redis_client, ingest_server.prefix)
+        if e.message["messageId"] == message["messageId"]
+    ]
     assert sorted(found) == ["wk_one", "wk_two"]
     assert 'ctrelay_ingest_duplicates_total{destination="ACC-ONE"} 3.0' in http.get("/metrics").text
 
 
-def test_a_full_batch_of_2500_is_accepted(http: httpx.Client, store: redis.Redis, ingest_server: Ingest) -> None:
+def test_a_full_batch_of_2500_is_accepted(http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest) -> None:
     batch = [{"type": "track", "userId": f"u{i}", "event": "E", "messageId": uuid.uuid4().hex} for i in range(2500)]
-    before = len(queued(store, ingest_server.prefix))
+    before = len(queued(redis_client, ingest_server.prefix))
     assert http.post("/v1/batch", json={"batch": batch}, auth=ONE).status_code == 200
-    assert len(queued(store, ingest_server.prefix)) == before + 2500
+    assert len(queued(redis_client, ingest_server.prefix)) == before + 2500
 
 
-def test_out_of_range_timestamps_are_not_errors(http: httpx.Client, store: redis.Redis, ingest_server: Ingest) -> None:
+def test_out_of_range_timestamps_are_not_errors(
+    http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest
+) -> None:
     message = track(timestamp="0001-01-01T00:00:00+01:00", sentAt="9999-12-31T23:59:59Z")
     assert http.post("/v1/track", json=message, auth=ONE).status_code == 200
-    [envelope] = [e for e in queued(store, ingest_server.prefix) if e.message["messageId"] == message["messageId"]]
+    [envelope] = [
+        e for e in queued(redis_client, ingest_server.prefix) if e.message["messageId"] == message["messageId"]
+    ]
     assert envelope.message["timestamp"] == envelope.message["receivedAt"]
 
 
-def test_gzip_body(http: httpx.Client, store: redis.Redis, ingest_server: Ingest) -> None:
+def test_gzip_body(http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest) -> None:
     message = {"type": "page", **track(name="Home")}
     content = gzip.compress(orjson.dumps({"batch": [message]}))
     response = http.post("/v1/batch", content=content, auth=ONE, headers={"Content-Encoding": "gzip"})
     assert response.status_code == 200
-    assert message["messageId"] in ids(store, ingest_server)
+    assert message["messageId"] in ids(redis_client, ingest_server)
 
 
 def test_trailing_slash_is_served_not_redirected(http: httpx.Client) -> None:
@@ -161,9 +161,9 @@ BAD_INPUT: list[tuple[str, str, dict[str, Any], int, str]] = [
 
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
-def test_bad_input(http: httpx.Client, store: redis.Redis, ingest_server: Ingest, case: tuple[Any, ...]) -> None:
+def test_bad_input(http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest, case: tuple[Any, ...]) -> None:
     _, path, request_kw, status, code = case
-    before = len(queued(store, ingest_server.prefix))
+    before = len(queued(redis_client, ingest_server.prefix))
     kw = {"auth": ONE} | request_kw
     method = kw.pop("method", "POST")
     response = http.request(method, path, **kw)
@@ -172,36 +172,38 @@ def test_bad_input(http: httpx.Client, store: redis.Redis, ingest_server: Ingest
     assert answer["code"] == code
     assert isinstance(answer["message"], str)
     assert answer["message"]
-    assert len(queued(store, ingest_server.prefix)) == before
+    assert len(queued(redis_client, ingest_server.prefix)) == before
     assert http.get("/healthz").status_code == 200
 
 
-def test_webhook_signature(http: httpx.Client, store: redis.Redis, ingest_server: Ingest) -> None:
+def test_webhook_signature(http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest) -> None:
     forwarded = {"type": "track", **track(writeKey="segment-source-key"), "timestamp": "2026-11-28T10:00:00.000Z"}
     content = orjson.dumps(forwarded)
     wrong = http.post("/v1/webhook?writeKey=wk_hook", content=content, headers={"X-Signature": sign("nope", content)})
     assert (wrong.status_code, wrong.json()["code"]) == (401, "invalid_signature")
     missing = http.post("/v1/webhook?writeKey=wk_hook", content=content)
     assert (missing.status_code, missing.json()["code"]) == (401, "missing_signature")
-    assert forwarded["messageId"] not in ids(store, ingest_server)
+    assert forwarded["messageId"] not in ids(redis_client, ingest_server)
 
     right = http.post(
         "/v1/webhook?writeKey=wk_hook", content=content, headers={"X-Signature": sign("hook-secret", content)}
     )
     assert (right.status_code, right.json()) == (200, {"success": True})
-    [envelope] = [e for e in queued(store, ingest_server.prefix) if e.message["messageId"] == forwarded["messageId"]]
+    [envelope] = [
+        e for e in queued(redis_client, ingest_server.prefix) if e.message["messageId"] == forwarded["messageId"]
+    ]
     assert envelope.write_key == "wk_hook"
     assert envelope.message["timestamp"] == "2026-11-28T10:00:00.000Z"  # no skew correction for webhooks
     assert "writeKey" not in envelope.message
 
 
 def test_webhook_array_with_basic_auth_and_no_secret(
-    http: httpx.Client, store: redis.Redis, ingest_server: Ingest
+    http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest
 ) -> None:
     messages = [{"type": "identify", **track()}, {"type": "bogus", "userId": "u"}]
     response = http.post("/v1/webhook", content=orjson.dumps(messages), auth=ONE)
     assert response.status_code == 200
-    assert messages[0]["messageId"] in ids(store, ingest_server)
+    assert messages[0]["messageId"] in ids(redis_client, ingest_server)
 
 
 def test_a_lone_invalid_webhook_message_is_refused(http: httpx.Client) -> None:

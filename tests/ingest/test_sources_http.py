@@ -5,7 +5,6 @@ long paths (each case checks what the stream holds)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,19 +20,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 ONE = ("wk_one", "")
 SHORT = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
 ORIGIN = {"Origin": "https://shop.example.com"}
-
-
-@pytest.fixture(scope="module")
-def store(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def http(ingest_server: Ingest) -> Iterator[httpx.Client]:
-    with ingest_server.client() as client:
-        yield client
 
 
 def message(kind: str) -> dict[str, Any]:
@@ -52,18 +38,20 @@ def message(kind: str) -> dict[str, Any]:
     }
 
 
-def by_id(store: redis.Redis, ingest_server: Ingest) -> dict[str, Any]:
-    return {e.message["messageId"]: e for e in queued(store, ingest_server.prefix)}
+def by_id(redis_client: redis.Redis, ingest_server: Ingest) -> dict[str, Any]:
+    return {e.message["messageId"]: e for e in queued(redis_client, ingest_server.prefix)}
 
 
-def test_short_single_paths_imply_the_type(http: httpx.Client, store: redis.Redis, ingest_server: Ingest) -> None:
+def test_short_single_paths_imply_the_type(
+    http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest
+) -> None:
     sent = {letter: message(letter) for letter in SHORT}
     for letter, body in sent.items():
         headers = {"Content-Type": "text/plain", **ORIGIN}
         answer = http.post(f"/v1/{letter}", content=orjson.dumps(body), auth=ONE, headers=headers)
         assert (answer.status_code, answer.json()) == (200, {"success": True})
         assert answer.headers["access-control-allow-origin"] == ORIGIN["Origin"]
-    found = by_id(store, ingest_server)
+    found = by_id(redis_client, ingest_server)
     for letter, body in sent.items():
         envelope = found[body["messageId"]]
         assert envelope.write_key == "wk_one"
@@ -74,12 +62,12 @@ def test_short_single_paths_imply_the_type(http: httpx.Client, store: redis.Redi
 
 
 def test_short_and_long_paths_share_limits_codes_and_dedup(
-    http: httpx.Client, store: redis.Redis, ingest_server: Ingest
+    http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest
 ) -> None:
     body = message("t")
     assert http.post("/v1/t", content=orjson.dumps(body), auth=ONE).status_code == 200
     assert http.post("/v1/track", content=orjson.dumps(body), auth=ONE).status_code == 200  # a duplicate: dropped
-    assert [m for m in by_id(store, ingest_server) if m == body["messageId"]] == [body["messageId"]]
+    assert [m for m in by_id(redis_client, ingest_server) if m == body["messageId"]] == [body["messageId"]]
     huge = message("t") | {"properties": {"blob": "x" * 40_000}}
     answer = http.post("/v1/t", content=orjson.dumps(huge), auth=ONE, headers=ORIGIN)
     assert (answer.status_code, answer.json()["code"]) == (400, "message_too_large")
@@ -90,14 +78,16 @@ def test_short_and_long_paths_share_limits_codes_and_dedup(
     assert (wrong.status_code, wrong.json()["code"]) == (401, "conflicting_write_keys")
 
 
-def test_batch_path_of_analytics_js_and_mobile(http: httpx.Client, store: redis.Redis, ingest_server: Ingest) -> None:
+def test_batch_path_of_analytics_js_and_mobile(
+    http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest
+) -> None:
     items = [{"type": SHORT[k], **message(k)} for k in ("i", "t")]
     for item in items:
         del item["writeKey"], item["sentAt"]
     body = {"batch": [*items, {"type": "track", "userId": "u"}], "sentAt": "2026-12-01T10:00:01.000Z"}
     answer = http.post("/v1/b", content=orjson.dumps(body), auth=ONE, headers={"Content-Type": "text/plain"})
     assert (answer.status_code, answer.json()) == (200, {"success": True})
-    found = by_id(store, ingest_server)
+    found = by_id(redis_client, ingest_server)
     assert [found[i["messageId"]].message["type"] for i in items] == ["identify", "track"]
     assert found[items[0]["messageId"]].message["sentAt"] == "2026-12-01T10:00:01.000Z"
     too_many = {"batch": [{"type": "track", "userId": "u", "event": "E"}] * 2501, "writeKey": "wk_one"}
@@ -106,7 +96,7 @@ def test_batch_path_of_analytics_js_and_mobile(http: httpx.Client, store: redis.
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
 def test_webhooks_actions_put_and_patch(
-    http: httpx.Client, store: redis.Redis, ingest_server: Ingest, method: str
+    http: httpx.Client, redis_client: redis.Redis, ingest_server: Ingest, method: str
 ) -> None:
     forwarded = [{"type": "track", **message("t")}, {"type": "identify", **message("i")}]
     content = orjson.dumps(forwarded)
@@ -115,7 +105,7 @@ def test_webhooks_actions_put_and_patch(
     signed = {"X-Signature": sign("hook-secret", content)}
     answer = http.request(method, "/v1/webhook?writeKey=wk_hook", content=content, headers=signed)
     assert (answer.status_code, answer.json()) == (200, {"success": True})
-    found = by_id(store, ingest_server)
+    found = by_id(redis_client, ingest_server)
     for item in forwarded:
         envelope = found[item["messageId"]]
         assert envelope.write_key == "wk_hook"
