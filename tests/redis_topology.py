@@ -2,6 +2,8 @@
 
 A primary with replicas, and Redis Sentinels watching it (``redis-server --sentinel`` with a config file of its own:
 Sentinel rewrites it). Every process is killable and restartable on the same port; :meth:`Topology.stop` ends all.
+A Redis Cluster of N primaries (:class:`Cluster`: ``--cluster-enabled yes``, then ``redis-cli --cluster create``),
+each with an AOF written on every command, so that a primary SIGKILLed and started again keeps what it answered.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ MASTER = "ctrelay-test"
 
 def redis_binary() -> str | None:
     return shutil.which("redis-server")
+
+
+def cluster_binaries() -> tuple[str, str] | None:
+    """``redis-server`` and ``redis-cli`` (which creates the cluster), or None when either is missing."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    return (server, cli) if server and cli else None
 
 
 @dataclass
@@ -149,4 +157,75 @@ class Topology:
 
     def stop(self) -> None:
         for node in [*self.sentinels, *self.nodes]:
+            node.kill()
+
+
+@dataclass
+class Cluster:
+    """A Redis Cluster of primaries only, on free ports (see the module docstring)."""
+
+    root: Path
+    binary: str
+    cli: str
+    nodes: list[Node] = field(default_factory=list)
+
+    def start(self, primaries: int = 3) -> None:
+        for _ in range(primaries):
+            port = free_port()
+            while port > 55535:  # redis-server refuses higher ports in cluster mode (its bus port was port + 10000)
+                port = free_port()
+            workdir = self.root / f"cluster-{port}"
+            args = [
+                "--port", str(port), "--cluster-port", str(free_port()), "--bind", "127.0.0.1", "--dir", str(workdir),
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                "--cluster-require-full-coverage", "no", "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+            ]  # fmt: skip
+            node = Node(self.binary, workdir, port, args)
+            node.start()
+            self.nodes.append(node)
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        created = subprocess.run(
+            [self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]} {created.stderr[-2000:]}")
+        self.wait_ok()
+
+    @property
+    def url(self) -> str:
+        """``REDIS_URL`` for the cluster (any node does)."""
+        return self.nodes[0].url
+
+    def wait_ok(self, timeout_s: float = 30) -> None:
+        """Until every node says ``cluster_state:ok`` and knows every node."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = []
+            for node in self.nodes:
+                with contextlib.suppress(redis.RedisError):
+                    info = node.call("CLUSTER", "INFO")
+                    text = info.decode() if isinstance(info, bytes) else str(info)
+                    states.append("cluster_state:ok" in text and f"cluster_known_nodes:{len(self.nodes)}" in text)
+            if len(states) == len(self.nodes) and all(states):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the cluster did not become ok: {[node.log_tail()[-500:] for node in self.nodes]}")
+
+    def owner(self, key: str) -> Node:
+        """The node that serves ``key``'s slot (asked with CLUSTER KEYSLOT and CLUSTER SLOTS)."""
+        slot = int(self.nodes[0].call("CLUSTER", "KEYSLOT", key))
+        for start, end, primary, *_ in self.nodes[0].call("CLUSTER", "SLOTS"):
+            if int(start) <= slot <= int(end):
+                port = int(primary[1])
+                return next(node for node in self.nodes if node.port == port)
+        raise AssertionError(f"no node serves slot {slot} of {key!r}")
+
+    def keys_on(self, node: Node, prefix: str) -> list[str]:
+        """The keys under ``prefix`` that ``node`` itself holds."""
+        with node.client() as client:
+            return [key.decode() for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+
+    def stop(self) -> None:
+        for node in self.nodes:
             node.kill()

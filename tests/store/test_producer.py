@@ -56,7 +56,7 @@ def test_enqueue_writes_each_message_once_per_write_key(redis_url: str, keys: Ke
     entries = [Envelope.decode(fields) for _, fields in redis_client.xrange(stream)]
     alices = [(e.write_key, e.message["messageId"]) for e in entries if e.message["userId"] == "alice"]
     assert alices == [("wk", "m1"), ("other", "m1")]
-    assert 590 < redis_client.ttl(keys.dedup("wk", "m1")) <= 600
+    assert 590 < redis_client.ttl(keys.dedup("wk", "m1", partition_of("alice", 4))) <= 600  # beside its stream
     assert asyncio.run(enqueue(redis_url, producer, [])) == []
 
 
@@ -67,8 +67,8 @@ def test_a_failed_xadd_leaves_no_dedup_marker(redis_url: str, keys: Keys, redis_
     redis_client.set(keys.stream(0), "not a stream")  # every XADD fails with WRONGTYPE
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         asyncio.run(enqueue(redis_url, producer, entries))
-    assert not redis_client.exists(keys.dedup("wk", "m1"))
-    assert not redis_client.exists(keys.dedup("wk", "m2"))
+    assert not redis_client.exists(keys.dedup("wk", "m1", 0))
+    assert not redis_client.exists(keys.dedup("wk", "m2", 0))
     redis_client.delete(keys.stream(0))
     assert all(asyncio.run(enqueue(redis_url, producer, entries)))  # the retry is taken, not dropped
     assert [Envelope.decode(f).message["messageId"] for _, f in redis_client.xrange(keys.stream(0))] == ["m1", "m2"]
@@ -80,7 +80,7 @@ def test_add_queues_plain_xadds_without_dedup(keys: Keys, redis_client: redis.Re
     producer.add(pipe, [producer.entry("wk", message("alice", "m1"))] * 2)
     pipe.execute()
     assert redis_client.xlen(keys.stream(partition_of("alice", 4))) == 2
-    assert not redis_client.exists(keys.dedup("wk", "m1"))
+    assert not redis_client.exists(keys.dedup("wk", "m1", partition_of("alice", 4)))
 
 
 def test_backlog_is_what_the_streams_hold(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:

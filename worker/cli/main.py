@@ -109,6 +109,14 @@ def _partitions(
     partitions_command(new)
 
 
+@app.command("migrate")
+def _migrate() -> None:
+    """Move the data of a relay upgraded from the layout before hash tags (stop ingest and the workers first)."""
+    from worker.cli.migrate import migrate_command
+
+    migrate_command()
+
+
 @app.command("status")
 def _status(
     json_output: bool = typer.Option(False, "--json", help="one JSON object instead of tables"),

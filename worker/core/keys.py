@@ -3,6 +3,20 @@
 No other module spells a Redis key. Keys all start with a prefix (setting ``CTRELAY_REDIS_PREFIX``), so that
 several relays, or several tests, can share one Redis.
 
+**Hash tags** (the ``{...}`` part of a key decides its Redis Cluster slot; a single Redis ignores them). Keys that
+one script or one MULTI touches together share a tag, since a cluster refuses a script or transaction across slots
+(CROSSSLOT):
+
+- a partition's keys share ``{p<n>}``: ``<prefix>:{p<n>}:stream``, ``:retry:due``, ``:retry:items``, ``:lease``,
+  ``:dispatched``, and the dedup markers of the messages routed to that partition;
+- an account's upload slots and cap share ``{a:<account>}``; the four dead-letter keys share ``{dlq}``;
+- the suppressions of a write key are one hash (tag ``{s:<write key>}``); token markers, pause markers, the
+  partition count and the housekeeping marker are single keys.
+
+Work that spans tags (an outcome's dead letters and its stream acknowledgement, a replay's letters and streams) is
+written in order by the module that owns it, never in one transaction. :class:`LegacyKeys` names the layout before
+the tags, for ``ctrelay migrate`` (worker/store/migrate.py) alone.
+
 Envelope: each accepted message is one stream entry with two fields,
 ``w`` = the write key (which names the destination) and ``m`` = the message as accepted, JSON,
 with what ingest added (``messageId`` when missing, ``receivedAt``, merged batch context, corrected
@@ -35,30 +49,41 @@ class Keys:
 
     prefix: str = "ctrelay"
 
+    def partition_tag(self, partition: int) -> str:
+        """The common start of a partition's keys (its hash tag ``{p<n>}``)."""
+        return f"{self.prefix}:{{p{partition}}}"
+
     def stream(self, partition: int) -> str:
         """The stream of one partition (entries: the envelope)."""
-        return f"{self.prefix}:stream:{partition}"
+        return f"{self.prefix}:{{p{partition}}}:stream"
 
-    def dedup(self, write_key: str, message_id: str) -> str:
-        """A marker that ``message_id`` was accepted for ``write_key`` (expires after the dedup window)."""
-        return f"{self.prefix}:dedup:{write_key}:{message_id}"
+    def dedup(self, write_key: str, message_id: str, partition: int | None = None) -> str:
+        """A marker that ``message_id`` was accepted for ``write_key`` (expires after the dedup window); with
+        ``partition`` (the producer's), under the partition's tag, beside the stream its message is added to."""
+        if partition is None:
+            return f"{self.prefix}:dedup:{write_key}:{message_id}"
+        return f"{self.prefix}:{{p{partition}}}:dedup:{write_key}:{message_id}"
 
-    # Dead letters (worker/store/deadletters.py): four keys, kept in step by Lua scripts.
+    # Dead letters (worker/store/deadletters.py): four keys, kept in step by Lua scripts (one tag: {dlq}).
     def deadletters(self) -> str:
         """Hash: letter id → the letter, JSON."""
-        return f"{self.prefix}:dlq:letters"
+        return f"{self.prefix}:{{dlq}}:letters"
 
     def deadletter_times(self) -> str:
         """Sorted set: letter id scored by its last failure (epoch s); time ranges, order, retention."""
-        return f"{self.prefix}:dlq:times"
+        return f"{self.prefix}:{{dlq}}:times"
 
     def deadletter_reasons(self) -> str:
         """Hash: letter id → its reason (so that counts stay right when a letter is replaced or removed)."""
-        return f"{self.prefix}:dlq:reasons"
+        return f"{self.prefix}:{{dlq}}:reasons"
 
     def deadletter_counts(self) -> str:
         """Hash: reason → number of letters (the ``ctrelay_deadletters{reason}`` gauge)."""
-        return f"{self.prefix}:dlq:counts"
+        return f"{self.prefix}:{{dlq}}:counts"
+
+    def deadletter_keys(self) -> list[str]:
+        """The four dead-letter keys: letters, times, reasons, counts (the order the scripts take them in)."""
+        return [self.deadletters(), self.deadletter_times(), self.deadletter_reasons(), self.deadletter_counts()]
 
     def partitions(self) -> str:
         """String: the partition count the streams are laid out with (set on first use; worker/store/streams)."""
@@ -67,27 +92,27 @@ class Keys:
     # Delivery (worker/delivery/; worker/store/retries.py, slots.py, lease.py).
     def lease(self, partition: int) -> str:
         """String: the token of the worker draining ``partition`` (PX = the lease TTL)."""
-        return f"{self.prefix}:lease:{partition}"
+        return f"{self.prefix}:{{p{partition}}}:lease"
 
     def dispatched(self, partition: int) -> str:
         """String: a drain task for ``partition`` is queued (PX), so that ticks do not queue twice."""
-        return f"{self.prefix}:dispatched:{partition}"
+        return f"{self.prefix}:{{p{partition}}}:dispatched"
 
     def retry_due(self, partition: int) -> str:
         """Sorted set: retry item id scored by its due time (epoch s)."""
-        return f"{self.prefix}:retry:due:{partition}"
+        return f"{self.prefix}:{{p{partition}}}:retry:due"
 
     def retry_items(self, partition: int) -> str:
         """Hash: retry item id → the item, JSON (message, records still to send, attempts, failures)."""
-        return f"{self.prefix}:retry:items:{partition}"
+        return f"{self.prefix}:{{p{partition}}}:retry:items"
 
     def slots(self, account_id: str) -> str:
         """Sorted set: upload slot token scored by its deadline (ms); the account's in-flight uploads."""
-        return f"{self.prefix}:slots:{account_id}"
+        return f"{self.prefix}:{{a:{account_id}}}:slots"
 
     def cap(self, account_id: str) -> str:
         """Hash: the account's adaptive concurrency cap (``cap``) and when it was last lowered (``lowered``)."""
-        return f"{self.prefix}:cap:{account_id}"
+        return f"{self.prefix}:{{a:{account_id}}}:cap"
 
     def paused(self, write_key: str) -> str:
         """String: the destination answered 401/403; its uploads wait until this expires (value: the status)."""
@@ -100,7 +125,7 @@ class Keys:
     # User deletion (worker/store/suppressions.py).
     def suppressed(self, write_key: str) -> str:
         """Hash: ``i:<identity>`` / ``g:<guid>`` of a deleted user → ``<until>|<at>|<via>`` (suppressed until then)."""
-        return f"{self.prefix}:suppressed:{write_key}"
+        return f"{self.prefix}:{{s:{write_key}}}:suppressed"
 
     def celery(self) -> str:
         """Prefix of the Celery broker's keys and name stem of its queue."""
@@ -109,6 +134,55 @@ class Keys:
     def housekeeping(self) -> str:
         """String (EX): a worker ran the periodic housekeeping (dead-letter retention) recently."""
         return f"{self.prefix}:housekeeping"
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyKeys:
+    """The layout before hash tags (releases up to this one), read only by ``ctrelay migrate``. Keys not listed
+    here (partition count, token and pause markers, housekeeping, Celery's) are spelt the same in both layouts."""
+
+    prefix: str = "ctrelay"
+
+    def stream(self, partition: int) -> str:
+        return f"{self.prefix}:stream:{partition}"
+
+    def retry_due(self, partition: int) -> str:
+        return f"{self.prefix}:retry:due:{partition}"
+
+    def retry_items(self, partition: int) -> str:
+        return f"{self.prefix}:retry:items:{partition}"
+
+    def lease(self, partition: int) -> str:
+        return f"{self.prefix}:lease:{partition}"
+
+    def dispatched(self, partition: int) -> str:
+        return f"{self.prefix}:dispatched:{partition}"
+
+    def deadletter_keys(self) -> list[str]:
+        """letters, times, reasons, counts (the order of :meth:`Keys.deadletter_keys`)."""
+        return [f"{self.prefix}:dlq:{name}" for name in ("letters", "times", "reasons", "counts")]
+
+    def slots_pattern(self) -> str:
+        """A SCAN pattern of every account's slots key; :meth:`account_of` reads the account back."""
+        return f"{_glob(self.prefix)}:slots:*"
+
+    def cap_pattern(self) -> str:
+        return f"{_glob(self.prefix)}:cap:*"
+
+    def suppressed_pattern(self) -> str:
+        return f"{_glob(self.prefix)}:suppressed:*"
+
+    def dedup_pattern(self) -> str:
+        return f"{_glob(self.prefix)}:dedup:*"
+
+    def name_in(self, key: str, kind: str) -> str:
+        """The account id or write key in a legacy ``<prefix>:<kind>:<name>`` key."""
+        return key[len(f"{self.prefix}:{kind}:") :]
+
+
+def _glob(text: str) -> str:
+    """``text`` with the SCAN pattern's special characters escaped."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
         default=None, description="host:port,... of Redis Sentinels: the queue's Redis is the primary they name"
     )
     redis_sentinel_master: str = Field(default="mymaster", description="the primary's name at the Sentinels")
+    redis_cluster: bool = Field(default=False, description="REDIS_URL names a node of a Redis Cluster")
     broker_url: str | None = Field(default=None, description="Celery's broker (default: the queue's Redis)")
     min_replicas: int = Field(default=0, ge=0, description="replicas that must hold a request's messages before 200")
     min_replicas_timeout_s: float = Field(default=1.0, gt=0, description="how long ingest waits for those replicas")

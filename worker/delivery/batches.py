@@ -4,13 +4,14 @@
 dead letter), transforms it (pure), screens out deleted users (:mod:`worker.delivery.screen`), drops push-token
 records already sent for that objectId within the destination's window, groups the records by destination,
 uploads them (:mod:`worker.delivery.uploads`) and commits each destination's outcomes
-(:mod:`worker.delivery.outcomes`). An entry is acknowledged only in the transaction that makes its outcome
-durable; a crash before it leaves the entry pending, to be reclaimed (at-least-once: duplicates only after a
-crash between an upload and its commit). The drain's ``keepalive`` is asked before every upload and commit
-(:class:`~worker.core.errors.DrainStopped`). A commit that fails because Redis does not answer is tried again
-for up to ``commit_patience_s`` (the lease's TTL in a worker) while the lease is not known lost, so that a Redis
-blip after CleverTap's 200 does not send the batch again; what is sent again anyway is counted in
-``ctrelay_duplicates_suspected_total{cause}`` (``commit_failed``, ``lease_lost``, ``stopped``).
+(:mod:`worker.delivery.outcomes`). An entry is acknowledged only with or after the write that makes its outcome
+durable (:mod:`worker.store.ordered`: a crash between costs a repeat, never a loss); a crash before leaves it pending,
+to be reclaimed (at-least-once: duplicates only after a crash between an upload and its commit). The drain's
+``keepalive`` is asked before every upload and commit (:class:`~worker.core.errors.DrainStopped`). A commit that
+fails because Redis does not answer is tried again for up to ``commit_patience_s`` (the lease's TTL in a worker)
+while the lease is not known lost, so that a Redis blip after CleverTap's 200 does not send the batch again; what
+is sent again anyway is counted in ``ctrelay_duplicates_suspected_total{cause}`` (``commit_failed``,
+``lease_lost``, ``stopped``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from worker.delivery.uploads import Uploader
 from worker.delivery.work import StreamEntry, Tally, Work
 from worker.store.deadletters import DeadLetterStore
 from worker.store.letters import Letter
+from worker.store.ordered import write_in_order
 from worker.store.retries import RetryItem, RetrySchedule
 from worker.store.slots import AccountSlots
 from worker.store.streams import ack_and_delete, free_done
@@ -192,15 +194,14 @@ class Deliverer:
                 skipped_acks.append(entry_id)
             else:
                 works.append(Work(write_key, message, result, entry_id=entry_id))
-        if acks:
+        if acks:  # the letters, then the acks (in one MULTI, or in that order on a cluster: worker/store/ordered.py)
+            stream = self.keys.stream(partition)
             try:
-                with self.client.pipeline(transaction=True) as pipe:
-                    for letter in letters:
-                        self.deadletters.add(pipe, letter)
-                    ack_and_delete(pipe, self.keys.stream(partition), acks)
-                    pipe.execute()
+                steps = self.outcomes.outside(letters)
+                write_in_order(self.client, *steps, (True, lambda pipe: ack_and_delete(pipe, stream, acks)))
             except redis.OutOfMemoryError:  # Redis is full: ack the skipped alone; the invalid ones wait for memory
-                free_done(self.client, self.keys.stream(partition), skipped_acks, ("", ""), [])
+                retry_keys = (self.keys.retry_items(partition), self.keys.retry_due(partition))  # same slot
+                free_done(self.client, stream, skipped_acks, retry_keys, [])
                 letters = []
         for letter in letters:
             metrics.deadletters_written.labels(self._name(letter.write_key), letter.reason, "").inc()

@@ -1,17 +1,27 @@
-"""Writing outcomes: per destination group, every message's outcome and the ack of its entry, in one MULTI.
+"""Writing outcomes: per destination group, every message's outcome and the ack of its entry.
 
 :meth:`OutcomeWriter.commit` turns each message's record verdicts into its outcome
-(:func:`worker.delivery.policy.decide`) and queues, on one transaction: the dead letters
-(:meth:`~worker.store.deadletters.DeadLetterStore.add`), the retry-schedule items (only the records still to
-send), the removal of finished retry items, the token markers of delivered push tokens, and the XACK of
-the stream entries. An entry is acknowledged only by the transaction that makes its outcome durable. When Redis
-is full, only what frees memory is written (:meth:`OutcomeWriter.commit`), so that delivery frees memory.
+(:func:`worker.delivery.policy.decide`) and writes, in this order (:func:`~worker.store.ordered.write_in_order`:
+one MULTI on a single Redis; on a Redis Cluster, where one transaction cannot span hash tags, one step after the
+other):
+
+1. the dead letters (the ``{dlq}`` keys, :meth:`~worker.store.deadletters.DeadLetterStore.add`);
+2. the token markers of delivered push tokens (single keys);
+3. the partition's own keys (tag ``{p<n>}``): the retry-schedule items (only the records still to send), the
+   removal of finished retry items, and the XACK and XDEL of the stream entries.
+
+An entry is acknowledged only together with, or after, the write that makes its outcome durable. On a cluster a
+crash (or a Redis error) between the steps leaves the entries pending: they are read and uploaded again (a repeat),
+and their dead letters written again, replacing themselves (a letter's id is derived from write key and
+messageId); nothing is lost. When Redis is full, only what frees memory is written (:meth:`OutcomeWriter.commit`),
+so that delivery frees memory.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 import structlog
@@ -23,6 +33,7 @@ from worker.delivery.policy import DeadLetter, Delivered, RetryPolicy, Verdict, 
 from worker.delivery.work import Tally, Work
 from worker.store.deadletters import DeadLetterStore
 from worker.store.letters import Letter
+from worker.store.ordered import Step, write_in_order
 from worker.store.retries import RetryItem, RetrySchedule
 from worker.store.streams import ack_and_delete, free_done
 
@@ -54,8 +65,9 @@ class OutcomeWriter:
     def commit(
         self, partition: int, schedule: RetrySchedule, destination: Destination, group: list[Work], tally: Tally
     ) -> None:
-        """Decide every message's outcome; write it and ack its entry, in one MULTI. Safe to call again after a
-        connection error (the tally and the counters move only once the outcomes are written).
+        """Decide every message's outcome; write it, then ack its entry (the two steps of the module docstring).
+        Safe to call again after a connection error (the tally and the counters move only once everything is
+        written).
 
         When Redis is full (``noeviction`` OOM: it refuses every command of a MULTI), only what frees memory is
         written: the delivered messages' entries are acknowledged and deleted and their finished retry items
@@ -126,16 +138,14 @@ class OutcomeWriter:
                 acks.append(work.entry_id)
         stream = self.keys.stream(partition)
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                for key, token, window in markers:
-                    pipe.set(key, token, ex=window)
-                for letter in letters:
-                    self.deadletters.add(pipe, letter)
+
+            def partition_keys(pipe: Any) -> None:
                 for item, due in items:
                     schedule.put(pipe, item, due)
                 ack_and_delete(pipe, stream, done_acks + acks)
                 schedule.remove(pipe, done_removals + removals)
-                pipe.execute()
+
+            write_in_order(self.client, *self.outside(letters, markers), (True, partition_keys))
         except redis.OutOfMemoryError:
             free_done(self.client, stream, done_acks, (schedule.items_key, schedule.due_key), done_removals)
             log.warning(
@@ -155,21 +165,38 @@ class OutcomeWriter:
         for letter in letters:
             metrics.deadletters_written.labels(destination.name, letter.reason, str(letter.code or "")).inc()
 
+    def outside(self, letters: list[Letter], markers: Sequence[tuple[str, str, int]] = ()) -> list[Step]:
+        """The steps before the partition's: the dead letters (tag ``{dlq}``), the token markers (key, token,
+        window; single keys)."""
+
+        def deadletters(pipe: Any) -> None:
+            for letter in letters:
+                self.deadletters.add(pipe, letter)
+
+        def tokens(pipe: Any) -> None:
+            for key, token, window in markers:
+                pipe.set(key, token, ex=window)
+
+        return [(True, deadletters), (False, tokens)]
+
     def dead_letter(
         self, schedule: RetrySchedule, group: list[Work], reason: str, error: str, tally: Tally, *, name: str
     ) -> None:
-        """Dead-letter every message of ``group`` with ``reason`` (and remove their retry items), in one MULTI;
-        ``name`` is the destination's name in the metrics (never its write key)."""
+        """Dead-letter every message of ``group`` with ``reason`` and remove their retry items (in that order; on a
+        cluster a crash between leaves the items, dead-lettered again later, replacing their letters); ``name`` is
+        the destination's name in the metrics (never its write key)."""
         now = self.clock()
-        with self.client.pipeline(transaction=True) as pipe:
-            for work in group:
-                first = work.retry.first_failure if work.retry else None
-                attempts = work.retry.attempts if work.retry else 1
-                letter = Letter.of(
+        letters = []
+        for work in group:
+            first = work.retry.first_failure if work.retry else None
+            attempts = work.retry.attempts if work.retry else 1
+            letters.append(
+                Letter.of(
                     work.write_key, work.message, reason, now=now, error=error, attempts=attempts, first_failure=first
                 )
-                self.deadletters.add(pipe, letter)
-                metrics.deadletters_written.labels(name, reason, "").inc()
-            schedule.remove(pipe, [work.retry.id for work in group if work.retry is not None])
-            pipe.execute()
+            )
+        ids = [work.retry.id for work in group if work.retry is not None]
+        write_in_order(self.client, *self.outside(letters), (True, lambda pipe: schedule.remove(pipe, ids)))
+        for _ in letters:
+            metrics.deadletters_written.labels(name, reason, "").inc()
         tally.deadlettered += len(group)

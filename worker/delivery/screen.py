@@ -8,8 +8,13 @@ A deletion (a ``Delete User`` track, or one queued by ``ctrelay users delete`` /
   replayed letter, an unsuppress before it ran; an active window is kept), so that the user's other messages of
   the same batch, before or after it, are dropped too;
 - every message with a record whose ``identity`` or ``objectId`` is suppressed is dropped: its stream entry
-  acknowledged, or its retry item removed, in one MULTI, and counted as
-  ``ctrelay_messages_skipped_total{reason="deleted_user"}``. Deletion records themselves are never dropped.
+  acknowledged, or its retry item removed, and counted as ``ctrelay_messages_skipped_total{reason="deleted_user"}``.
+  Deletion records themselves are never dropped.
+
+Suppressions and acknowledgements are one MULTI on a single Redis; on a cluster (the suppressions' hashes have tags
+of their own) the suppressions are written first, then the partition's MULTI (:mod:`worker.store.ordered`). A crash
+between the two leaves the users suppressed and the entries pending: the batch is screened again (the renewal
+keeps an active window), so a repeat, never a loss.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import structlog
 from worker.core.keys import Keys
 from worker.delivery import metrics
 from worker.delivery.work import Tally, Work
+from worker.store.ordered import write_in_order
 from worker.store.retries import RetrySchedule
 from worker.store.streams import ack_and_delete
 from worker.store.suppressions import Suppressions, fields_of
@@ -84,13 +90,18 @@ class Screen:
         if not new and not dropped:
             return works
         acks = [work.entry_id for work in dropped if work.entry_id is not None]
-        with self.client.pipeline(transaction=True) as pipe:
+        retried = [work.retry.id for work in dropped if work.retry is not None]
+
+        def suppress(pipe: Any) -> None:
             for work in works:
                 if is_deletion(work) and work.retry is None:
                     self.suppressions.add(pipe, work.write_key, work.records[0], now, _via(work.message), renew=True)
+
+        def drop(pipe: Any) -> None:
             ack_and_delete(pipe, self.keys.stream(partition), acks)
-            schedule.remove(pipe, [work.retry.id for work in dropped if work.retry is not None])
-            pipe.execute()
+            schedule.remove(pipe, retried)
+
+        write_in_order(self.client, (False, suppress), (True, drop))
         counts: dict[str, int] = {}
         for work in dropped:
             counts[work.write_key] = counts.get(work.write_key, 0) + 1

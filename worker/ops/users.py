@@ -6,6 +6,11 @@ user, lift a suppression, list the suppressed users.
 ``context.ctrelay.deletion`` = ``cli`` or ``admin``) in the user's partition stream. The worker then makes
 CleverTap's delete call for it in the partition's order, after any upload of that user already in flight,
 with the retries and dead letters of any upload (a dead-lettered deletion is replayed like any letter).
+
+On a Redis Cluster (the suppressions' hash and the stream have different hash tags) the two are ordered writes
+(:mod:`worker.store.ordered`): the suppression first, the XADD after. A failure between them is reported to the
+operator (an error, exit 2 or a 5xx) with the user suppressed and no deletion queued: running the command again
+queues it. Nothing accepted is lost.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import redis
 from worker.core.destinations import Destination
 from worker.core.errors import OperatorError
 from worker.core.keys import Keys
+from worker.store.ordered import write_in_order
 from worker.store.producer import Producer
 from worker.store.suppressions import Suppressions, fields_of
 from worker.transform.deletions import MARK, Delete
@@ -82,7 +88,7 @@ def delete_user(
     via: str,
     now: float | None = None,
 ) -> Deletion:
-    """Suppress the user and queue their deletion, in one MULTI (see the module docstring)."""
+    """Suppress the user and queue their deletion (one MULTI, or ordered writes: see the module docstring)."""
     now = time.time() if now is None else now
     message = deletion_message(destination, _ids(user_id, anonymous_id), via, now)
     result = transform(message, destination, now)
@@ -90,10 +96,12 @@ def delete_user(
         raise OperatorError(f"the deletion message was not read as a deletion: {result!r}")
     record = result.record()
     suppressions = Suppressions(client, keys, window_s, lambda: now)
-    with client.pipeline(transaction=True) as pipe:
-        until = suppressions.add(pipe, destination.write_key, record, now, via)
-        producer.add(pipe, [producer.entry(destination.write_key, message)])
-        pipe.execute()
+    until = now + window_s
+    write_in_order(
+        client,
+        (False, lambda pipe: suppressions.add(pipe, destination.write_key, record, now, via)),
+        (True, lambda pipe: producer.add(pipe, [producer.entry(destination.write_key, message)])),
+    )
     suppressions.active(destination.write_key, now)  # prune expired suppressions of this destination
     return Deletion(destination.name, message["messageId"], record["identity"], record["guid"], until)
 

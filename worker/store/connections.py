@@ -1,6 +1,12 @@
-"""Connections: every Redis client of the relay is made here, from the settings, in one of two modes.
+"""Connections: every Redis client of the relay is made here, from the settings, in one of three modes.
 
 - **Standalone** (default): ``REDIS_URL`` names the Redis.
+- **Cluster** (``CTRELAY_REDIS_CLUSTER=true``): ``REDIS_URL`` names any node of a Redis Cluster (its password too);
+  redis-py's ``RedisCluster`` learns the others and follows the slots' moves and failovers. Celery's broker must then
+  be named by ``CTRELAY_BROKER_URL`` (kombu has no Redis Cluster transport), and ``CTRELAY_MIN_REPLICAS`` is refused
+  (a ``WAIT`` answers for one node's connection only). The keys' hash tags keep every script and transaction within
+  one slot (:mod:`worker.core.keys`). The clients are typed as ``redis.Redis``: the commands the relay sends are
+  the same on both.
 - **Sentinel**: ``CTRELAY_REDIS_SENTINELS=host:port,...`` names Redis Sentinels and ``CTRELAY_REDIS_SENTINEL_MASTER``
   (``mymaster``) the primary they watch; every client asks the Sentinels where the primary is, and asks again
   after a failover. ``REDIS_URL`` still gives the password and the database number of the primary.
@@ -13,15 +19,17 @@ The Redis broker's keys live under ``<prefix>:celery``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel
 
@@ -48,11 +56,26 @@ class Target:
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = "mymaster"
+    cluster: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> Target:
+        """The target of ``settings``; ConfigError for a combination no mode supports."""
         sentinels = tuple(sentinels_of(settings.redis_sentinels)) if settings.redis_sentinels else ()
-        return cls(settings.redis_url, sentinels, settings.redis_sentinel_master)
+        if settings.redis_cluster:
+            if sentinels:
+                raise ConfigError("CTRELAY_REDIS_CLUSTER and CTRELAY_REDIS_SENTINELS: choose one mode")
+            if settings.min_replicas:
+                raise ConfigError(
+                    "CTRELAY_MIN_REPLICAS is not supported with CTRELAY_REDIS_CLUSTER (a WAIT covers one node only): "
+                    "unset it, or use Sentinel mode"
+                )
+            if "{" in settings.redis_prefix or "}" in settings.redis_prefix:
+                raise ConfigError(
+                    f"CTRELAY_REDIS_PREFIX {settings.redis_prefix!r} has a brace: in cluster mode it would put every "
+                    "key in one slot (the keys' own hash tags come after the prefix)"
+                )
+        return cls(settings.redis_url, sentinels, settings.redis_sentinel_master, settings.redis_cluster)
 
     def credentials(self) -> dict[str, Any]:
         """The password, user and database of ``url`` (for the primary behind the Sentinels)."""
@@ -72,6 +95,8 @@ class Target:
         if self.sentinels:
             where = ",".join(f"{host}:{port}" for host, port in self.sentinels)
             return f"primary {self.master!r} of Sentinels {where}"
+        if self.cluster:
+            return f"Redis Cluster of {self.url.rpartition('@')[2]}"
         return self.url.rpartition("@")[2]
 
 
@@ -83,8 +108,8 @@ def connect(
     health_check_interval_s: int = 0,
     retry_once: bool = False,
 ) -> redis.Redis:
-    """A synchronous client on the queue's Redis (standalone or the Sentinels' primary); ``retry_once``: one
-    reconnect attempt and no backoff (fail fast, as ingest does), instead of redis-py's default retries."""
+    """A synchronous client on the queue's Redis (standalone, the Sentinels' primary, or a cluster); ``retry_once``:
+    one reconnect attempt and no backoff (fail fast, as ingest does), instead of redis-py's default retries."""
     target = Target.of(settings)
     options: dict[str, Any] = {
         "socket_timeout": timeout_s,
@@ -100,6 +125,8 @@ def connect(
             target.master, **options, **target.credentials()
         )
         return client
+    if target.cluster:
+        return cast("redis.Redis", RedisCluster.from_url(target.url, **options))
     return redis.Redis.from_url(target.url, **options)
 
 
@@ -128,6 +155,11 @@ def connect_async(settings: Settings, *, timeout_s: float) -> redis.asyncio.Redi
             **target.credentials(),
         )
         return client
+    if target.cluster:
+        cluster = AsyncRedisCluster.from_url(
+            target.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
+        )
+        return cast("redis.asyncio.Redis", cluster)
     pool = redis.asyncio.ConnectionPool.from_url(
         target.url,
         socket_timeout=timeout_s,
@@ -151,9 +183,15 @@ class Broker:
 
 
 def broker(settings: Settings) -> Broker:
-    """Celery's broker for ``settings``: ``CTRELAY_BROKER_URL``, else the queue's Redis (or its Sentinels)."""
+    """Celery's broker for ``settings``: ``CTRELAY_BROKER_URL``, else the queue's Redis (or its Sentinels); in
+    cluster mode ``CTRELAY_BROKER_URL`` must be set (ConfigError)."""
     queue = Keys(settings.redis_prefix).celery()
     target = Target.of(settings)
+    if target.cluster and not settings.broker_url:
+        raise ConfigError(
+            "CTRELAY_REDIS_CLUSTER=true needs CTRELAY_BROKER_URL: Celery cannot use a Redis Cluster as its broker "
+            "(kombu has no cluster transport); name RabbitMQ (amqp://...) or a plain Redis (redis://...)"
+        )
     if settings.broker_url:
         url = settings.broker_url
         options: dict[str, Any] = {}
@@ -173,10 +211,15 @@ def broker(settings: Settings) -> Broker:
     return result
 
 
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` (or a pipeline of it) talks to a Redis Cluster."""
+    return isinstance(client, RedisCluster | AsyncRedisCluster) or type(client).__name__ == "ClusterPipeline"
+
+
 def close(client: redis.Redis) -> None:
     """Close ``client``, and the Sentinel connections it asked (Sentinel mode)."""
     client.close()
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):
         sentinel.close()
 
@@ -184,6 +227,6 @@ def close(client: redis.Redis) -> None:
 async def aclose(client: redis.asyncio.Redis) -> None:
     """Close an asyncio ``client``, and the Sentinel connections it asked (Sentinel mode)."""
     await client.aclose()
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):
         await sentinel.aclose()

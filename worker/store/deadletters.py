@@ -6,17 +6,18 @@ code and error text, the last HTTP status, the attempt count and the first and l
 Its id is deterministic per (write key, messageId), so a message dead-lettered twice is one
 letter (the second write replaces the first).
 
-Layout (key names in :class:`worker.core.keys.Keys`)::
+Layout (key names in :class:`worker.core.keys.Keys`; one hash tag, ``{dlq}``)::
 
-    dlq:letters   hash   id → letter JSON
-    dlq:times     zset   id scored by last_failure   (time ranges, newest-first listing, retention)
-    dlq:reasons   hash   id → reason                 (keeps the counts right on replace and remove)
-    dlq:counts    hash   reason → count              (the ctrelay_deadletters{reason} gauge, O(1))
+    {dlq}:letters   hash   id → letter JSON
+    {dlq}:times     zset   id scored by last_failure   (time ranges, newest-first listing, retention)
+    {dlq}:reasons   hash   id → reason                 (keeps the counts right on replace and remove)
+    {dlq}:counts    hash   reason → count              (the ctrelay_deadletters{reason} gauge, O(1))
 
 The four keys change together, inside Lua scripts, so they never disagree. :meth:`DeadLetterStore.add`
-and :meth:`DeadLetterStore.remove` only *queue* commands on the caller's pipeline: the worker writes
-a letter and XACKs the stream entry in one MULTI. :meth:`DeadLetterStore.requeue` (replay) removes
-letters and XADDs their messages back in one atomic script. Retention is lazy (each ``add`` drops up
+and :meth:`DeadLetterStore.remove` only *queue* commands on the caller's pipeline: the worker writes a letter
+and XACKs its stream entry in one MULTI (on a cluster, in that order: :mod:`worker.store.ordered`).
+:meth:`DeadLetterStore.requeue` (replay) removes letters and XADDs their messages back in one atomic script
+(on a cluster, ordered writes: see there). Retention is lazy (each ``add`` drops up
 to 100 letters older than the retention) and periodic (:meth:`DeadLetterStore.expire`, for the scheduler).
 """
 
@@ -28,8 +29,10 @@ import redis
 from redis.client import Pipeline
 
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys
+from worker.store.connections import is_cluster
 from worker.store.letters import REASONS, Filter, Letter
 from worker.store.producer import Entry
+from worker.store.scripts import on_pipeline
 
 DEFAULT_RETENTION_S = 14 * 86_400
 LAZY_EXPIRE_LIMIT = 100
@@ -92,6 +95,22 @@ end
 return moved
 """
 )
+# Cluster mode (the streams have other tags than the letters): after the XADDs, ARGV: per letter: id, the letter JSON
+# read before its replay. Drops each letter still equal to what was read (one
+# written again since, by a worker that failed its replayed message already, is kept). Returns the ids dropped.
+_REMOVE_SAME = (
+    _DROP
+    + """
+local removed = {}
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    drop(ARGV[i])
+    removed[#removed + 1] = ARGV[i]
+  end
+end
+return removed
+"""
+)
 
 
 class DeadLetterStore:
@@ -101,11 +120,12 @@ class DeadLetterStore:
         self.client = client
         self.keys = keys
         self.retention_s = retention_s
-        self._keys = [keys.deadletters(), keys.deadletter_times(), keys.deadletter_reasons(), keys.deadletter_counts()]
+        self._keys = keys.deadletter_keys()
         self._add = client.register_script(_ADD)
         self._remove = client.register_script(_REMOVE)
         self._expire = client.register_script(_EXPIRE)
         self._requeue = client.register_script(_REQUEUE)
+        self._remove_same = client.register_script(_REMOVE_SAME)
 
     # -- writes that join the caller's transaction ---------------------------------------------------------
 
@@ -125,30 +145,52 @@ class DeadLetterStore:
             repr(cutoff),
             LAZY_EXPIRE_LIMIT,
         ]
-        self._add(keys=self._keys, args=args, client=pipe)
+        on_pipeline(self._add, pipe, self._keys, args)
 
     def remove(self, pipe: Pipeline, ids: Iterable[str]) -> None:
         """Queue the removal of the letters ``ids`` on ``pipe`` (its result: how many existed)."""
         ids = list(ids)
         if ids:
-            self._remove(keys=self._keys, args=ids, client=pipe)
+            on_pipeline(self._remove, pipe, self._keys, ids)
 
     def requeue(self, moves: Sequence[tuple[str, Entry]]) -> list[str]:
-        """Put letters back into the queue: for each (letter id, producer entry), atomically, remove the letter
-        if it is still here and XADD the entry to its stream. Returns the ids moved (a letter already gone,
-        replayed or purged by someone else, is not sent again).
+        """Put letters back into the queue: for each (letter id, producer entry), remove the letter if it is still
+        here and XADD the entry to its stream. Returns the ids moved (a letter already gone, replayed or purged by
+        someone else, is not sent again).
 
-        One script, so a letter leaves the store only together with its XADD, without WATCH: workers writing
-        letters at the same time cannot starve it.
+        On a single Redis one script, so a letter leaves the store only together with its XADD, without WATCH:
+        workers writing letters at the same time cannot starve it. On a Redis Cluster (the streams and the letters
+        have different hash tags) ordered writes: the letters are read, their entries XADDed, and only then each
+        letter removed, and only if it is still the one read (a worker that already failed the replayed message
+        again has written a newer letter, which stays). A crash between the XADDs and the removal leaves the letters
+        in the store with their messages queued: a second replay sends them again (a repeat, never a loss); so may
+        two operators replaying the same letters at the same moment.
         """
         if not moves:
             return []
+        if is_cluster(self.client):
+            return self._requeue_in_order(moves)
         keys = self._keys + [entry.stream for _, entry in moves]
         args: list[str | bytes] = [FIELD_WRITE_KEY, FIELD_MESSAGE]
         for moved_id, entry in moves:
             args += (moved_id, entry.write_key, entry.message)
         moved: list[bytes] = self._requeue(keys=keys, args=args)
         return [item.decode() for item in moved]
+
+    def _requeue_in_order(self, moves: Sequence[tuple[str, Entry]]) -> list[str]:
+        raws: list[bytes | None] = self.client.hmget(self.keys.deadletters(), [moved for moved, _ in moves])  # type: ignore[assignment]
+        present = [(moved, entry, raw) for (moved, entry), raw in zip(moves, raws, strict=True) if raw is not None]
+        if not present:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for _, entry, _ in present:
+                pipe.xadd(entry.stream, {FIELD_WRITE_KEY: entry.write_key, FIELD_MESSAGE: entry.message})
+            pipe.execute()
+        args: list[str | bytes] = []
+        for moved, _, raw in present:
+            args += (moved, raw)
+        self._remove_same(keys=self._keys, args=args)
+        return [moved for moved, _, _ in present]
 
     # -- standalone operations -----------------------------------------------------------------------------
 

@@ -3,10 +3,17 @@
 Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write is one Lua
 script per request that sets each message's dedup marker and XADDs it only when the marker was new. Ingest's
 backlog figure is read here too, with the one measure of :mod:`worker.store.streams`.
+
+On a Redis Cluster a script may touch one slot only: the dedup marker of a message carries its partition's hash tag
+(beside its stream), and the request's entries are written by one script call per partition, sent concurrently
+(one round trip per node). A deleted user's suppression fields (their hash has its own tag) are written after the
+XADD of their entry, by a script of their own: a crash between the two answers the client an error, and the
+worker suppresses the user anyway when it reads the deletion (:mod:`worker.delivery.screen`), so nothing is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -16,6 +23,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from worker.core.errors import NotReplicated
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys, partition_of
+from worker.store.connections import is_cluster
 from worker.store.streams import measure_backlog, queue_backlog, read_backlogs
 
 # KEYS: (dedup marker, stream) per entry; ARGV: window, then w and m per entry. A message whose marker is new is
@@ -72,6 +80,14 @@ return out
 """
 
 
+# KEYS: the suppressions' hash. ARGV: the version field, then field/value pairs. (Cluster mode, after the XADDs.)
+_SUPPRESS_LUA = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+return 1
+"""
+
+
 class Entry(NamedTuple):
     """One envelope ready to write: its stream, its dedup marker, and the encoded fields.
 
@@ -108,9 +124,10 @@ class Producer:
     def entry(self, write_key: str, message: dict[str, Any], encoded: bytes | None = None) -> Entry:
         """Prepare one envelope; ``message`` must carry ``messageId``. ``encoded`` saves a second dumps."""
         user = str(message.get("userId") or message.get("anonymousId") or "")
+        partition = partition_of(user, self.partitions)
         return Entry(
-            self._streams[partition_of(user, self.partitions)],
-            self.keys.dedup(write_key, str(message["messageId"])),
+            self._streams[partition],
+            self.keys.dedup(write_key, str(message["messageId"]), partition),
             write_key.encode("utf-8"),
             encoded if encoded is not None else orjson.dumps(message),
         )
@@ -145,6 +162,8 @@ class Producer:
         """
         if not entries:
             return []
+        if is_cluster(client):
+            return await self._enqueue_by_partition(client, entries, suppress)
         if suppress is not None:
             return await self._enqueue_suppressing(client, entries, *suppress)
         keys: list[str] = []
@@ -187,6 +206,40 @@ class Producer:
         keys.append(hash_key)
         args.append(version)
         return await self._run(client, _ENQUEUE_SUPPRESSING_LUA, keys, args)
+
+    async def _enqueue_by_partition(
+        self,
+        client: AsyncRedis,
+        entries: Sequence[Entry],
+        suppress: tuple[str, str, Mapping[int, Mapping[str, str]]] | None,
+    ) -> list[bytes | None]:
+        """:meth:`enqueue` on a Redis Cluster: one script call per partition (concurrent), then the suppressions of
+        the new entries (see the module docstring)."""
+        groups: dict[str, list[int]] = {}
+        for index, entry in enumerate(entries):
+            groups.setdefault(entry.stream, []).append(index)
+        calls = []
+        for indexes in groups.values():
+            keys: list[str] = []
+            args: list[bytes | int] = [self.dedup_window]
+            for index in indexes:
+                keys += (entries[index].dedup, entries[index].stream)
+                args += (entries[index].write_key, entries[index].message)
+            calls.append(self._run(client, _ENQUEUE_LUA, keys, args))
+        found: list[bytes | None] = [None] * len(entries)
+        for indexes, written in zip(groups.values(), await asyncio.gather(*calls), strict=True):
+            for index, entry_id in zip(indexes, written, strict=True):
+                found[index] = entry_id
+        if suppress is not None:
+            hash_key, version, fields = suppress
+            pairs: list[str] = []
+            for index, named in fields.items():
+                if found[index] is not None:  # a duplicate re-suppresses nobody
+                    for name, value in named.items():
+                        pairs += (name, value)
+            if pairs:
+                await self._script(client, _SUPPRESS_LUA)(keys=[hash_key], args=[version, *pairs], client=client)
+        return found
 
     def add(self, pipe: Any, entries: Sequence[Entry]) -> None:
         """Queue one XADD per entry on the caller's (sync or async) pipeline; no dedup marker is checked."""

@@ -3,8 +3,8 @@
 A message whose records failed transiently is acknowledged in the stream and kept here instead (in
 the same MULTI), so that it never blocks the partition's other users. Per partition::
 
-    retry:due:<p>    zset   item id scored by its due time (epoch s)
-    retry:items:<p>  hash   item id → the item, JSON
+    {p<n>}:retry:due    zset   item id scored by its due time (epoch s)
+    {p<n>}:retry:items  hash   item id → the item, JSON
 
 An item keeps the message as accepted (for a dead letter), the records still to send (only the
 failing ones), the attempt count and the first and last failure. Its id is derived from

@@ -1,4 +1,10 @@
-"""Lua scripts that Redis runs even at ``maxmemory`` (``#!lua flags=allow-oom``), where it refuses ordinary writes.
+"""Lua scripts: run on pipelines in every mode (:func:`on_pipeline`), and run even at ``maxmemory``.
+
+A registered script queued on a pipeline runs as ``EVALSHA``; redis-py's plain pipeline loads it first where the
+server lacks it, but a cluster pipeline cannot (after a node restart its script cache is empty: ``NOSCRIPT``), so on a
+cluster pipeline :func:`on_pipeline` queues ``EVAL`` with the source instead.
+
+Scripts that Redis runs even at ``maxmemory`` (``#!lua flags=allow-oom``), where it refuses ordinary writes:
 
 Delivering is what frees memory when Redis is full, so the few bytes a drain needs to start and go on (its lease,
 an upload slot, the cap) are written by such scripts. A server that knows no script flags (Redis before 7, the
@@ -12,6 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.commands.core import Script
+
+from worker.store.connections import is_cluster
 
 ALLOW_OOM = "#!lua flags=allow-oom\n"
 
@@ -47,3 +56,12 @@ def eval_allow_oom(client: redis.Redis, source: str, keys: Sequence[Any], args: 
         if not _no_flags(exc):
             raise
         return client.eval(source, len(keys), *keys, *args)
+
+
+def on_pipeline(script: Script, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    """Queue ``script`` on ``pipe`` (a plain or a cluster pipeline, transactional or not): ``EVALSHA`` where the
+    pipeline loads missing scripts itself, ``EVAL`` of the source on a cluster pipeline."""
+    if is_cluster(pipe):
+        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)  # a cluster pipeline's eval() is not EVAL
+    else:
+        script(keys=keys, args=args, client=pipe)

@@ -1,6 +1,6 @@
 """Suppressed users (user deletion), per destination, in Redis: a suppression as a value and its store.
 
-One hash per destination (:meth:`worker.core.keys.Keys.suppressed`)::
+One hash per destination (:meth:`worker.core.keys.Keys.suppressed`, a hash tag of its own)::
 
     i:<identity> | g:<guid>  →  "<until>|<at>|<via>"     (epoch seconds; via: track, cli, admin)
     v                        →  a version, raised (HINCRBY) by every change in the same transaction
@@ -9,6 +9,9 @@ A field is active while ``until`` is in the future (compared with the caller's c
 Redis TTL and is testable); expired fields are pruned when a deletion is added or the list is read. A reader
 keeps a copy of each hash and re-reads it only when ``v`` moved (:meth:`Suppressions.view`); past
 :data:`LARGE` ids a destination is not copied: each batch asks for its own ids with one ``HMGET``.
+
+Every write of a suppression is one script on its hash (fields and version together), so that on a Redis Cluster
+it needs no transaction with the caller's other writes (other tags: streams, token markers).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from worker.core.keys import Keys
+from worker.store.scripts import on_pipeline
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -84,6 +88,12 @@ end
 if changed then redis.call('HINCRBY', KEYS[1], 'v', 1) end
 return 1
 """
+# As _RENEW_LUA, but every field is (re)written: a new deletion starts the window anew.
+_SET_LUA = """
+for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return 1
+"""
 _UNKNOWN = object()
 LARGE = 50_000
 """A destination with more suppressed ids than this is not copied: each batch asks for its own ids (``HMGET``)."""
@@ -99,29 +109,32 @@ class Suppressions:
         self.window_s = window_s
         self.clock = clock
         self._renew = client.register_script(_RENEW_LUA)
+        self._set = client.register_script(_SET_LUA)
         self._cache: dict[str, tuple[object, dict[str, float]]] = {}
         self.large = LARGE
 
     def add(
         self, pipe: Pipeline, write_key: str, record: Mapping[str, Any], now: float, via: str, *, renew: bool = False
     ) -> float:
-        """Queue (on the caller's MULTI pipeline) the suppression of a deletion record's ids; returns its end.
+        """Queue (on the caller's pipeline: a MULTI on a single Redis, a plain pipeline on a cluster, where the keys'
+        tags differ) the suppression of a deletion record's ids, one script on the destination's hash; returns its
+        end.
 
         A new deletion (ingest, the operator) starts the window anew; with ``renew`` (the worker reading a
         deletion), only ids not suppressed any more are suppressed: an active window is kept as it is. The
-        push-token markers of the deleted guids go too: a user who comes back registers their token again."""
+        push-token markers of the deleted guids go too (after it): a user who comes back registers their token
+        again."""
         until = now + self.window_s
         fields = fields_of(record)
-        for guid in record.get("guid") or ():
-            pipe.delete(self.keys.token_sent(write_key, guid))
         if fields:
             key = self.keys.suppressed(write_key)
             value = Suppression("", until, now, via).encode()
             if renew:
-                self._renew(keys=[key], args=[now, value, *fields], client=pipe)
+                on_pipeline(self._renew, pipe, [key], [now, value, *fields])
             else:
-                pipe.hset(key, mapping=dict.fromkeys(fields, value))
-                pipe.hincrby(key, VERSION_FIELD, 1)
+                on_pipeline(self._set, pipe, [key], [value, *fields])
+        for guid in record.get("guid") or ():
+            pipe.delete(self.keys.token_sent(write_key, guid))
         return until
 
     def active(self, write_key: str, now: float) -> list[Suppression]:
