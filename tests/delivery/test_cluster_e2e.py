@@ -191,6 +191,8 @@ def test_a_primary_restarted_under_load_loses_nothing(relay: Relay, cluster: Clu
     worker = relay.start_worker()
     sender = Sender(url)
     sender.start()
+    ready = lambda: "worker_ready" in worker.log.read_text(errors="replace")  # noqa: E731
+    wait_for(ready, 60, "the worker to be ready (its ticker running)", worker)
     wait_for(lambda: len(sender.accepted) >= 400, 30, "400 messages accepted before the fault", worker)
 
     victim = cluster.owner(relay.keys.stream(0))

@@ -7,6 +7,7 @@ import itertools
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -59,6 +60,23 @@ def _check_partitions(settings: Settings) -> None:
         close(client)
 
 
+def _ensure_groups(client: Any, keys: Any, partitions: int) -> None:
+    """The consumer groups, waiting while Redis (or a cluster node) does not answer: a Redis restart while the worker
+    starts must not leave it running without its ticker."""
+    import time
+
+    import redis
+
+    for attempt in itertools.count():
+        try:
+            ensure_groups(client, keys, partitions)
+            return
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError) as exc:
+            if attempt % 10 == 0:
+                log.warning("consumer groups not created yet: Redis does not answer", error=type(exc).__name__)
+            time.sleep(0.5)
+
+
 def run_worker(argv: list[str]) -> None:
     """``ctrelay worker [celery worker options]``: drain the streams into CleverTap until stopped."""
     settings = Settings()
@@ -89,7 +107,7 @@ def run_worker(argv: list[str]) -> None:
     def _ready(**_: object) -> None:
         gc.freeze()
         main = runtime()
-        ensure_groups(main.client, main.keys, settings.partitions)
+        _ensure_groups(main.client, main.keys, settings.partitions)
         if settings.metrics_port:
             collector = metrics.ClusterCollector(
                 main.client,

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
+import redis
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
@@ -226,8 +227,14 @@ class Producer:
                 keys += (entries[index].dedup, entries[index].stream)
                 args += (entries[index].write_key, entries[index].message)
             calls.append(self._run(client, _ENQUEUE_LUA, keys, args))
+        try:
+            answers = await asyncio.gather(*calls)
+        except (AttributeError, RuntimeError) as exc:
+            # redis-py's asyncio cluster client, when a node fails, closes that node's connections under the feet of
+            # commands in flight on them ("'NoneType' object has no attribute 'writelines'", "the handler is closed")
+            raise redis.ConnectionError(f"Redis Cluster connection reset: {exc}") from exc
         found: list[bytes | None] = [None] * len(entries)
-        for indexes, written in zip(groups.values(), await asyncio.gather(*calls), strict=True):
+        for indexes, written in zip(groups.values(), answers, strict=True):
             for index, entry_id in zip(indexes, written, strict=True):
                 found[index] = entry_id
         if suppress is not None:
