@@ -14,7 +14,7 @@ worker suppresses the user anyway when it reads the deletion (:mod:`worker.deliv
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -87,6 +87,16 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 return 1
 """
+
+
+async def _reset_is_connection_error(call: Awaitable[Any]) -> Any:
+    """``await call``; an AttributeError or RuntimeError raised by redis-py's asyncio cluster client is a
+    ConnectionError: when a node fails, that client closes the node's connections under the feet of commands in
+    flight on them ("'NoneType' object has no attribute 'writelines'", "the handler is closed")."""
+    try:
+        return await call
+    except (AttributeError, RuntimeError) as exc:
+        raise redis.ConnectionError(f"Redis Cluster connection reset: {exc}") from exc
 
 
 class Entry(NamedTuple):
@@ -227,12 +237,7 @@ class Producer:
                 keys += (entries[index].dedup, entries[index].stream)
                 args += (entries[index].write_key, entries[index].message)
             calls.append(self._run(client, _ENQUEUE_LUA, keys, args))
-        try:
-            answers = await asyncio.gather(*calls)
-        except (AttributeError, RuntimeError) as exc:
-            # redis-py's asyncio cluster client, when a node fails, closes that node's connections under the feet of
-            # commands in flight on them ("'NoneType' object has no attribute 'writelines'", "the handler is closed")
-            raise redis.ConnectionError(f"Redis Cluster connection reset: {exc}") from exc
+        answers = await _reset_is_connection_error(asyncio.gather(*calls))
         found: list[bytes | None] = [None] * len(entries)
         for indexes, written in zip(groups.values(), answers, strict=True):
             for index, entry_id in zip(indexes, written, strict=True):
@@ -262,7 +267,8 @@ class Producer:
         pipe = client.pipeline(transaction=False)
         for partition in range(self.partitions):
             queue_backlog(pipe, self.keys, partition)
-        answers = await pipe.execute(raise_on_error=False)
+        executed = pipe.execute(raise_on_error=False)
+        answers = await (_reset_is_connection_error(executed) if is_cluster(client) else executed)
         return sum(part.total for part in read_backlogs(answers, self.partitions))
 
     def backlog_sync(self, client: Redis) -> int:
