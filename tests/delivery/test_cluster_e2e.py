@@ -84,6 +84,7 @@ def assert_spread(cluster: Cluster, relay: Relay) -> None:
 
 
 def test_mixed_workload_on_a_cluster(relay: Relay, cluster: Cluster, broker: str) -> None:
+    relay.env_extra["CTRELAY_ADMIN_TOKEN"] = "admin-secret"
     relay.start_sandbox("--accounts", ",".join(f"{acc}:{pw}" for acc, pw in ACCOUNTS.values()))
     relay.destinations([{"write_key": wk, "account_id": acc, "passcode": pw} for wk, (acc, pw) in ACCOUNTS.items()])
     _, url = relay.start_ingest()
@@ -119,6 +120,12 @@ def test_mixed_workload_on_a_cluster(relay: Relay, cluster: Cluster, broker: str
         done = relay.ctrelay(*command, timeout_s=60)
         assert done.returncode == 0, (command, done.stdout[-1000:], done.stderr[-1000:])
     assert user in done.stdout  # the deletion's suppression, read back
+    admin = {"Authorization": "Bearer admin-secret"}
+    listed = httpx.get(f"{url}/admin/users/suppressed", params={"destination": "wk-a"}, headers=admin, timeout=10)
+    assert listed.status_code == 200
+    assert user in listed.text
+    letters = httpx.get(f"{url}/admin/deadletters", headers=admin, timeout=10)
+    assert letters.status_code == 200, letters.text
     deletions = lambda: relay.sandbox("/_sandbox/deletions?account_id=ACC-A")["deletions"]  # noqa: E731
     wait_for(lambda: any(user in str(d) for d in deletions()), 30, "CleverTap's delete call for the user", worker)
     assert worker.process.poll() is None, worker.tail()
