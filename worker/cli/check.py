@@ -134,15 +134,17 @@ def check_command(
     typer.echo(f"ok    settings: {settings.destinations} ({len(destinations)} destinations)")
     failed = False
     where = Target.of(settings).describe()  # never the password
-    client = connect(settings, timeout_s=CHECK_TIMEOUT_S)
+    client = None
     try:
+        client = connect(settings, timeout_s=CHECK_TIMEOUT_S)  # a cluster client asks a node at once
         client.ping()
         typer.echo(f"ok    redis: {where} answers")
     except (redis.RedisError, OSError) as exc:
         typer.echo(f"FAIL  redis: {where}: {exc}")
         failed = True
     finally:
-        close(client)
+        if client is not None:
+            close(client)
     chosen = [d for key, d in destinations.items() if not only or key in only]
     unknown = sorted(set(only or ()) - set(destinations))
     for key in unknown:

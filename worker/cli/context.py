@@ -96,7 +96,10 @@ def session() -> Iterator[Session]:
         raise fail(f"settings: {exc}") from None
     from worker.store.streams import claim_partitions
 
-    client = connect(settings, timeout_s=REDIS_TIMEOUT_S, connect_timeout_s=5)
+    try:
+        client = connect(settings, timeout_s=REDIS_TIMEOUT_S, connect_timeout_s=5)  # a cluster client asks at once
+    except redis.RedisError as exc:
+        raise fail(f"Redis ({Target.of(settings).describe()}): {exc}") from None
     try:
         claim_partitions(client, Keys(settings.redis_prefix), settings.partitions)  # another count: refuse
         yield Session(settings, Keys(settings.redis_prefix), client)

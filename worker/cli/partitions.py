@@ -23,7 +23,10 @@ def partitions_command(new: int | None) -> None:
     except ValidationError as exc:
         raise fail(f"settings: {exc}") from None
     keys = Keys(settings.redis_prefix)
-    client = connect(settings, timeout_s=30, connect_timeout_s=5)
+    try:
+        client = connect(settings, timeout_s=30, connect_timeout_s=5)  # a cluster client asks a node at once
+    except redis.RedisError as exc:
+        raise fail(f"Redis ({Target.of(settings).describe()}): {exc}") from None
     try:
         if new is None:
             stored = client.get(keys.partitions())

@@ -109,7 +109,11 @@ def status_command(json_output: bool, watch: float, show_all: bool) -> int:
         destinations: Mapping[str, Destination] = load(settings).destinations
     except ConfigError as exc:  # a bad file is an error here as in every command (not a partial status)
         raise fail(str(exc)) from None
-    client = connect(settings, timeout_s=5, connect_timeout_s=2)
+    try:
+        client = connect(settings, timeout_s=5, connect_timeout_s=2)  # a cluster client asks a node at once
+    except redis.ConnectionError as exc:
+        console.print(f"[red]Redis ({Target.of(settings).describe()}) does not answer: {exc}[/]")
+        return 1
     keys = Keys(settings.redis_prefix)
     try:
         check_partitions(client, keys, settings.partitions)

@@ -14,6 +14,7 @@ import structlog
 from worker.core.settings import Settings, load
 from worker.delivery.app import create_app
 from worker.delivery.drain import Ticker
+from worker.store.connections import broker
 from worker.store.streams import ensure_groups
 
 log = structlog.get_logger("ctrelay.worker")
@@ -43,10 +44,11 @@ def _check_partitions(settings: Settings) -> None:
     from worker.store.connections import close, connect
     from worker.store.streams import claim_partitions
 
-    client = connect(settings, timeout_s=10, connect_timeout_s=5)
+    client = None
     try:
         for attempt in itertools.count():
             try:
+                client = client or connect(settings, timeout_s=10, connect_timeout_s=5)  # a cluster answers at once
                 claim_partitions(client, Keys(settings.redis_prefix), settings.partitions)
                 return
             except ConfigError as exc:
@@ -57,7 +59,8 @@ def _check_partitions(settings: Settings) -> None:
                     log.warning("partitions not checked yet: Redis does not answer", error=type(exc).__name__)
                 time.sleep(1.0)
     finally:
-        close(client)
+        if client is not None:
+            close(client)
 
 
 def _ensure_groups(client: Any, keys: Any, partitions: int) -> None:
@@ -85,6 +88,7 @@ def run_worker(argv: list[str]) -> None:
         multiproc_dir = Path(tempfile.mkdtemp(prefix="ctrelay-worker-metrics-"))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)  # read by prometheus-client in every child
     config = load(settings)
+    broker(settings)  # a mode without a usable broker (a cluster without CTRELAY_BROKER_URL) stops here, clearly
     from worker.core.logs import configure
 
     configure(settings.log_level, settings.log_format)

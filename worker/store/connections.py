@@ -30,6 +30,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel
 
@@ -126,7 +127,10 @@ def connect(
         )
         return client
     if target.cluster:
-        return cast("redis.Redis", RedisCluster.from_url(target.url, **options))
+        try:  # the synchronous cluster client asks a node for the slots at once
+            return cast("redis.Redis", RedisCluster.from_url(target.url, **options))
+        except RedisClusterException as exc:  # no node answered: a connection error like any other mode's
+            raise redis.ConnectionError(str(exc)) from exc
     return redis.Redis.from_url(target.url, **options)
 
 
@@ -139,6 +143,18 @@ class _HiredisPacking(redis.asyncio.Connection):
         if isinstance(name, str) and " " in name:
             args = (*name.split(), *args[1:])
         return [hiredis.pack_command(args)]
+
+
+class _AsyncCluster(AsyncRedisCluster):
+    """The asyncio cluster client learns the slots on its first command; no node answering is then a connection
+    error, as in the other modes (redis-py raises its own RedisClusterException, which callers would not expect)."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> _AsyncCluster:
+        try:
+            await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(str(exc)) from exc
+        return self
 
 
 def connect_async(settings: Settings, *, timeout_s: float) -> redis.asyncio.Redis:
@@ -156,7 +172,7 @@ def connect_async(settings: Settings, *, timeout_s: float) -> redis.asyncio.Redi
         )
         return client
     if target.cluster:
-        cluster = AsyncRedisCluster.from_url(
+        cluster = _AsyncCluster.from_url(
             target.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
         )
         return cast("redis.asyncio.Redis", cluster)
