@@ -88,7 +88,7 @@ def test_mixed_workload_on_a_cluster(relay: Relay, cluster: Cluster, broker: str
     relay.start_sandbox("--accounts", ",".join(f"{acc}:{pw}" for acc, pw in ACCOUNTS.values()))
     relay.destinations([{"write_key": wk, "account_id": acc, "passcode": pw} for wk, (acc, pw) in ACCOUNTS.items()])
     _, url = relay.start_ingest()
-    worker = relay.start_worker()
+    worker = relay.start_worker("-n", f"{relay.prefix}@%h")  # its own name: RabbitMQ is shared
     expected: dict[str, list[dict[str, Any]]] = {}
     for write_key, (account, passcode) in ACCOUNTS.items():
         calls = workload(write_key)
@@ -195,7 +195,7 @@ def test_a_primary_restarted_under_load_loses_nothing(relay: Relay, cluster: Clu
     relay.start_sandbox("--accounts", f"{ACCOUNT}:{PASSCODE}")
     relay.destinations([{"write_key": WRITE_KEY, "account_id": ACCOUNT, "passcode": PASSCODE}])
     _, url = relay.start_ingest()
-    worker = relay.start_worker()
+    worker = relay.start_worker("-n", f"{relay.prefix}@%h")  # its own name: RabbitMQ is shared
     sender = Sender(url)
     sender.start()
     ready = lambda: "worker_ready" in worker.log.read_text(errors="replace")  # noqa: E731

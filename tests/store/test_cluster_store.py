@@ -153,3 +153,19 @@ def test_an_operator_deletion_suppresses_then_queues(client: Any, keys: Keys) ->
     assert [s.field for s in active] == ["g:anon-1"]
     assert not client.exists(keys.token_sent("wk", "anon-1"))
     assert client.xlen(keys.stream(partition_of("anon-1", PARTITIONS))) == 1
+
+
+def test_the_workers_gauges_read_a_cluster(client: Any, keys: Keys) -> None:
+    from worker.delivery.metrics import ClusterCollector
+
+    producer = Producer(keys, PARTITIONS, dedup_window=600)
+    with client.pipeline(transaction=False) as pipe:
+        producer.add(pipe, [producer.entry("wk", track(f"u{n}", f"m{n}")) for n in range(10)])
+        pipe.execute()  # some partitions have a stream, others none yet (an error answer, read as empty)
+    DeadLetterStore(client, keys).put([Letter.of("wk", track("u", "d1"), "rejected", now=1_800_000_000.0)])
+    collector = ClusterCollector(
+        client, keys, partitions=PARTITIONS, accounts=["ACC"], destinations={"wk": "dest"}, max_cap=15
+    )
+    gauges = {family.name: family.samples for family in collector.collect()}
+    assert sum(sample.value for sample in gauges["ctrelay_stream_lag"]) == 10
+    assert [sample.value for sample in gauges["ctrelay_deadletters"]] == [1]
