@@ -10,6 +10,7 @@ lease refuses it; a stream already in use by today's ingest gets the old entries
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -164,3 +165,34 @@ def test_a_stream_already_in_use_gets_the_old_entries_appended(
     assert done.letters == 3
     assert redis_client.hlen(keys.deadletters()) == 4
     assert not any(redis_client.exists(key) for key in LegacyKeys(keys.prefix).deadletter_keys())
+
+
+def test_the_command_prints_what_it_moved_and_then_that_nothing_is_left(
+    legacy_code: Path, redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    write_legacy(legacy_code, redis_url, keys.prefix)
+    destinations = tmp_path / "destinations.toml"
+    destinations.write_text('[[destinations]]\nwrite_key = "wk"\naccount_id = "ACC"\npasscode = "p"\n')
+    env = dict(
+        os.environ, REDIS_URL=redis_url, CTRELAY_REDIS_PREFIX=keys.prefix, CTRELAY_PARTITIONS=str(PARTITIONS),
+        CTRELAY_DESTINATIONS=str(destinations),
+    )  # fmt: skip
+
+    def migrate_command(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from worker.cli import app; app(prog_name='ctrelay')", "migrate"],
+            env={**env, **extra}, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    first = migrate_command()
+    assert first.returncode == 0, first.stderr
+    assert "streams: 4 moved (40 entries" in first.stdout
+    assert "dead letters: 3 moved" in first.stdout
+    assert first.stdout.rstrip().endswith("migrated")
+    second = migrate_command()
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.rstrip().endswith("nothing to migrate: the data is in today's layout")
+    refused = migrate_command(CTRELAY_REDIS_CLUSTER="true", CTRELAY_BROKER_URL="amqp://x")
+    assert refused.returncode == 2
+    assert "error:" in refused.stderr
+    assert "Traceback" not in refused.stderr
