@@ -34,18 +34,24 @@ _ASCII_CAPITAL = re.compile(r"(?<=.)([A-Z])", re.DOTALL)
 _NON_WORD_RUN = re.compile(r"[\W_]+")
 
 
+def _capital(char: str) -> bool:
+    """An upper-case letter that lower-casing changes (``𝐴``, a mathematical capital, has no lower case: lower-casing
+    keeps it, so it is never split off, or a converted key would not be a fixed point of the conversion)."""
+    return char.isupper() and char.lower() != char
+
+
 def _has_camel(key: str) -> bool:
     """A lower-to-upper or upper-to-lower boundary anywhere in ``key`` (Unicode case)."""
     if key.isascii():
         return _ASCII_CAMEL.search(key) is not None
-    return any((a.islower() and b.isupper()) or (a.isupper() and b.islower()) for a, b in pairwise(key))
+    return any((a.islower() and _capital(b)) or (_capital(a) and b.islower()) for a, b in pairwise(key))
 
 
 def _split_capitals(key: str) -> str:
     """A space before each capital letter (a run of capitals is split letter by letter)."""
     if key.isascii():
         return _ASCII_CAPITAL.sub(r" \1", key)
-    return "".join(" " + char if char.isupper() else char for char in key)
+    return "".join(" " + char if _capital(char) else char for char in key)
 
 
 def convert(key: object) -> str:
