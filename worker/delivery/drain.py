@@ -83,7 +83,12 @@ class Drainer:
         self.keeper = LeaseKeeper(lease_ttl_s / 3)
 
     def drain(self, partition: int) -> DrainResult:
-        """Drain ``partition`` if nobody else is; returns what was done."""
+        """Drain ``partition`` if nobody else is; returns what was done. Runs inside the process's gate
+        (:mod:`worker.delivery.gate`): one drain at a time works, the others wait for CleverTap or a slot."""
+        with self.deliverer.gate.inside():
+            return self._drain(partition)
+
+    def _drain(self, partition: int) -> DrainResult:
         lease = Lease.acquire(self.client, self.keys.lease(partition), self.lease_ttl_s)
         # Either way the queued drain this marker stood for is now running: clear it, so that a drain that
         # lost the race for the lease leaves no marker to hold back the next tick.

@@ -4,13 +4,16 @@
 (:func:`worker.delivery.policy.decide`) and queues, on one transaction: the dead letters
 (:meth:`~worker.store.deadletters.DeadLetterStore.add`), the retry-schedule items (only the records still to
 send), the removal of finished retry items, the token markers of delivered push tokens, and the XACK of
-the stream entries. An entry is acknowledged only by the transaction that makes its outcome durable. When Redis
-is full, only what frees memory is written (:meth:`OutcomeWriter.commit`), so that delivery frees memory.
+the stream entries; a group that was delivered whole on the fast path is only acknowledged
+(:meth:`OutcomeWriter.commit_delivered`). An entry is acknowledged only by the transaction that makes its outcome
+durable. When Redis is full, only what frees memory is written (:meth:`OutcomeWriter.commit`), so that delivery
+frees memory.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 
 import redis
@@ -154,6 +157,23 @@ class OutcomeWriter:
             metrics.records_retried.labels(destination.name, reason).inc(count)
         for letter in letters:
             metrics.deadletters_written.labels(destination.name, letter.reason, str(letter.code or "")).inc()
+
+    def commit_delivered(self, partition: int, destination: Destination, group: list[Work], tally: Tally) -> None:
+        """The fast path's commit: every message of the plain ``group`` (read from the stream, one event or profile
+        record each, see :meth:`~worker.delivery.uploads.Uploader.send_plain`) was delivered, so its outcome is the
+        acknowledgement alone: one MULTI on the partition's stream (one hash tag), no verdict read, no decision.
+        When Redis is full it is written as :meth:`commit` writes delivered messages then (it only frees memory)."""
+        stream = self.keys.stream(partition)
+        acks = [work.entry_id for work in group if work.entry_id is not None]
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                ack_and_delete(pipe, stream, acks)
+                pipe.execute()
+        except redis.OutOfMemoryError:
+            free_done(self.client, stream, acks, ("", ""), [])
+        tally.delivered += len(group)
+        for kind, count in Counter(str(work.records[0].get("type")) for work in group).items():
+            metrics.records_delivered.labels(destination.name, kind).inc(count)
 
     def dead_letter(
         self, schedule: RetrySchedule, group: list[Work], reason: str, error: str, tally: Tally, *, name: str
