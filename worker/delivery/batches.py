@@ -110,10 +110,10 @@ class Deliverer:
             else:
                 group.append(work)
         for write_key, group in groups.items():
-            if keepalive is not None and keepalive() is False:
-                raise DrainStopped("partition lease lost")
             destination = self.destinations.get(write_key)
             if destination is None:  # a retry item whose destination was removed from the configuration
+                if keepalive is not None and keepalive() is False:  # (uploads and commits ask it themselves)
+                    raise DrainStopped("partition lease lost")
                 error = f"unknown write key {write_key!r}"
                 self.outcomes.dead_letter(schedule, group, "invalid_message", error, tally, name=self._name(write_key))
                 continue

@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,12 +81,18 @@ class Drainer:
         self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
         self.consumer = consumer or consumer_name()
         self.keeper = LeaseKeeper(lease_ttl_s / 3)
+        self.active: set[int] = set()
+        """The partitions this process is draining now (the ticker need not look at them)."""
 
     def drain(self, partition: int) -> DrainResult:
         """Drain ``partition`` if nobody else is; returns what was done. Runs inside the process's gate
         (:mod:`worker.delivery.gate`): one drain at a time works, the others wait for CleverTap or a slot."""
-        with self.deliverer.gate.inside():
-            return self._drain(partition)
+        self.active.add(partition)
+        try:
+            with self.deliverer.gate.inside():
+                return self._drain(partition)
+        finally:
+            self.active.discard(partition)
 
     def _drain(self, partition: int) -> DrainResult:
         lease = Lease.acquire(self.client, self.keys.lease(partition), self.lease_ttl_s)
@@ -176,15 +182,23 @@ class Drainer:
 
 
 def partitions_with_work(
-    client: redis.Redis, keys: Keys, partitions: int, *, reclaim_idle_s: float, now: float | None = None
+    client: redis.Redis,
+    keys: Keys,
+    partitions: int,
+    *,
+    reclaim_idle_s: float,
+    now: float | None = None,
+    skip: Collection[int] = (),
 ) -> list[int]:
     """Partitions that have unread entries, reclaimable pending entries or due retries, and no drain yet.
 
     Unread entries are counted as :class:`~worker.store.streams.PartitionBacklog` counts them (the stream's length
-    less its pending entries), never from the group's lag, which is wrong after a Redis restart."""
+    less its pending entries), never from the group's lag, which is wrong after a Redis restart. ``skip``: partitions
+    known to be drained now (this process's own drains), not looked at."""
     now = time.time() if now is None else now
+    looked = [partition for partition in range(partitions) if partition not in skip]
     pipe = client.pipeline(transaction=False)
-    for partition in range(partitions):
+    for partition in looked:
         pipe.exists(keys.lease(partition), keys.dispatched(partition))
         queue_backlog(pipe, keys, partition)
         pipe.xpending_range(keys.stream(partition), GROUP, min="-", max="+", count=1, idle=int(reclaim_idle_s * 1000))
@@ -192,8 +206,8 @@ def partitions_with_work(
     results: list[Any] = pipe.execute(raise_on_error=False)
     busy: list[int] = []
     step = 3 + BACKLOG_COMMANDS
-    for partition in range(partitions):
-        answers = results[step * partition : step * partition + step]
+    for number, partition in enumerate(looked):
+        answers = results[step * number : step * number + step]
         taken, backlog, pending, due = answers[0], read_backlog(answers[1:-2]), answers[-2], answers[-1]
         if taken != 0:
             continue
