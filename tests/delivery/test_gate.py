@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
+from worker.delivery.drain import Keepalive
 from worker.delivery.gate import Gate
 
 
@@ -45,3 +47,35 @@ def test_outside_without_holding_is_a_no_op() -> None:
         with gate.inside():
             pass
     assert gate._lock.acquire(blocking=False)
+
+
+class FakeLease:
+    def __init__(self) -> None:
+        self.held = True
+        self.renewed_at = time.monotonic()
+        self.renewals = 0
+        self.lost = False
+
+    def renew(self) -> bool:
+        self.renewals += 1
+        self.held = not self.lost
+        if self.held:
+            self.renewed_at = time.monotonic()
+        return self.held
+
+
+def test_the_keepalive_asks_redis_after_every_wait_and_not_twice_in_a_row() -> None:
+    gate, lease = Gate(), FakeLease()
+    keepalive = Keepalive(lease, gate)  # type: ignore[arg-type]
+    with gate.inside():
+        assert keepalive()  # just taken, no wait since: held, no round trip
+        assert keepalive()
+        assert lease.renewals == 0
+        with gate.outside():  # an upload: the lease may be taken over meanwhile
+            lease.lost = True
+        assert keepalive() is False  # asked, and found lost
+        assert lease.renewals == 1
+        assert keepalive() is False  # lost stays lost (and is never "fresh")
+    lease.lost, lease.held, lease.renewed_at = False, True, time.monotonic() - 2
+    assert keepalive()  # renewed long ago: asked again
+    assert lease.renewals == 3

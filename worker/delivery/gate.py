@@ -28,6 +28,11 @@ class Gate:
     def _depth(self) -> int:
         return int(getattr(self._local, "depth", 0))
 
+    def waits(self) -> int:
+        """How many waits (:meth:`outside`) this thread has begun: what a drain compares to know whether it waited
+        since it last asked Redis something (:class:`worker.delivery.drain.Keepalive`)."""
+        return int(getattr(self._local, "waits", 0))
+
     @contextmanager
     def inside(self) -> Iterator[None]:
         """Hold the gate for the block (a drain's whole run; nested holds by the same thread count once)."""
@@ -46,6 +51,7 @@ class Gate:
     def outside(self) -> Iterator[None]:
         """Let go of the gate for the block (a wait), and take it back after; nothing when this thread does not
         hold it (a caller outside any drain: tests, the CLI)."""
+        self._local.waits = self.waits() + 1
         depth = self._depth()
         if depth == 0:
             yield

@@ -46,6 +46,8 @@ class Lease:
         self.token = token
         self.ttl_ms = ttl_ms
         self.held = True
+        self.renewed_at = time.monotonic()
+        """When it was last taken or renewed (monotonic): it is held for its TTL from then at least."""
 
     @classmethod
     def acquire(cls, client: redis.Redis, key: str, ttl_s: float) -> Lease | None:
@@ -59,7 +61,10 @@ class Lease:
     def renew(self) -> bool:
         """Extend the lease by its TTL; False (and :attr:`held` False) if it was lost (expired, taken over)."""
         if self.held:
+            asked = time.monotonic()
             self.held = bool(int(eval_allow_oom(self.client, _RENEW, [self.key], [self.token, self.ttl_ms])))
+            if self.held:
+                self.renewed_at = asked
         return self.held
 
     def release(self) -> None:
