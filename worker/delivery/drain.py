@@ -1,7 +1,7 @@
 """Draining partitions: who drains which partition when, under a lease, and how a dead worker's work is reclaimed.
 
 Scheduling is self-contained (no beat): every ``ctrelay worker`` runs a :class:`Ticker` thread that,
-every ``tick_interval_s``, looks at all partitions in one pipelined round trip (:func:`partitions_with_work`:
+every ``tick_interval_s``, looks at the partitions in two pipelined round trips (:func:`partitions_with_work`:
 unread entries (the stream's length less its pending entries), pending entries idle past
 ``reclaim_idle_s``, due retries; no lease held, no drain already queued) and queues one Celery ``drain`` task
 per such partition, marking it *dispatched* (``SET NX PX``) so that several workers' tickers never queue it twice.
@@ -237,23 +237,30 @@ def partitions_with_work(
 
     Unread entries are counted as :class:`~worker.store.streams.PartitionBacklog` counts them (the stream's length
     less its pending entries), never from the group's lag, which is wrong after a Redis restart. ``skip``: partitions
-    known to be drained now (this process's own drains), not looked at."""
+    known to be drained now (this process's own drains), not looked at.
+
+    Two round trips: which partitions have no lease and no queued drain (``EXISTS``), then the work of those alone,
+    so that a busy relay, whose partitions are mostly held, reads little more than the first."""
     now = time.time() if now is None else now
     looked = [partition for partition in range(partitions) if partition not in skip]
     pipe = client.pipeline(transaction=False)
     for partition in looked:
         pipe.exists(keys.lease(partition), keys.dispatched(partition))
+    taken: list[Any] = pipe.execute(raise_on_error=False)
+    free = [partition for partition, held in zip(looked, taken, strict=True) if held == 0]
+    if not free:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for partition in free:
         queue_backlog(pipe, keys, partition)
         pipe.xpending_range(keys.stream(partition), GROUP, min="-", max="+", count=1, idle=int(reclaim_idle_s * 1000))
         pipe.zrangebyscore(keys.retry_due(partition), "-inf", now, start=0, num=1)
     results: list[Any] = pipe.execute(raise_on_error=False)
     busy: list[int] = []
-    step = 3 + BACKLOG_COMMANDS
-    for number, partition in enumerate(looked):
+    step = 2 + BACKLOG_COMMANDS
+    for number, partition in enumerate(free):
         answers = results[step * number : step * number + step]
-        taken, backlog, pending, due = answers[0], read_backlog(answers[1:-2]), answers[-2], answers[-1]
-        if taken != 0:
-            continue
+        backlog, pending, due = read_backlog(answers[:-2]), answers[-2], answers[-1]
         if backlog.unread > 0 or (isinstance(pending, list) and pending) or (isinstance(due, list) and due):
             busy.append(partition)
     return busy
