@@ -10,7 +10,7 @@ from worker.delivery.gate import Gate
 
 
 def test_one_thread_at_a_time_inside_and_a_wait_lets_another_in() -> None:
-    gate = Gate()
+    gate = Gate(patience_s=60)
     log: list[str] = []
     waiting, answered = threading.Event(), threading.Event()
 
@@ -79,3 +79,24 @@ def test_the_keepalive_asks_redis_after_every_wait_and_not_twice_in_a_row() -> N
     lease.lost, lease.held, lease.renewed_at = False, True, time.monotonic() - 2
     assert keepalive()  # renewed long ago: asked again
     assert lease.renewals == 3
+
+
+def test_a_drain_waits_for_its_turn_only_so_long() -> None:
+    gate = Gate(patience_s=0.05)
+    held, done = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with gate.inside():  # a holder stuck in Redis retries
+            held.set()
+            done.wait(5)
+
+    thread = threading.Thread(target=stuck)
+    thread.start()
+    held.wait(5)
+    with gate.inside(), gate.outside():  # goes on beside it after the patience
+        pass
+    done.set()
+    thread.join(5)
+    with gate.inside():  # and the gate works as before afterwards
+        assert not gate._lock.acquire(blocking=False)
+    assert gate._lock.acquire(blocking=False)
