@@ -18,6 +18,7 @@ connections, every body built before the clock starts, Basic auth with the write
   request sent); the steady state is records/s between 10 % and 90 % of them arriving. Per process: CPU
   microseconds per message (user + system from ``/proc/<pid>/stat``, children included: uvicorn, Celery's pool)
   over the whole scenario, every message having gone through each process once.
+- CPU-bound: the same load at a sandbox latency of 0 ms (``--zero-messages``): the worker's CPU per message at 0 ms.
 - single calls: ``/v1/track`` with one message per request, ``Content-Type: text/plain`` (analytics.js standard
   mode), workers stopped (so Redis's CPU is the enqueue alone): requests/s and CPU microseconds per request.
 
@@ -245,6 +246,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="ctrelay worker processes per side")
     parser.add_argument("--processes", type=int, default=2, help="load processes")
     parser.add_argument("--connections", type=int, default=8, help="connections per load process")
+    parser.add_argument("--zero-messages", type=int, default=100_000, help="messages at 0 ms (worker CPU); 0: none")
     args = parser.parse_args()
     base_rev = args.base or subprocess.run(
         ["git", "merge-base", "HEAD", SESSION_START], cwd=ROOT, capture_output=True, text=True, check=True
@@ -266,6 +268,10 @@ def main() -> None:
                 figures[(one.name, f"{latency_ms}")] = one.send(
                     "batch", count, args.processes, args.connections, poll=True
                 )
+        if args.zero_messages:
+            for one in (base, head):
+                one.latency(0)
+                figures[(one.name, "0")] = one.send("batch", args.zero_messages, args.processes, args.connections, True)
         singles = int(SINGLES_PER_SECOND * args.seconds)
         for one in (base, head):
             for worker in one.workers:
@@ -295,6 +301,15 @@ def main() -> None:
             ("steady state (10-90 %) msgs/s", "n", b["steady"], h["steady"]),
             ("relay / ceiling", "x", b["rate"] / ceiling, h["rate"] / ceiling),
             ("steady state / ceiling", "x", b["steady"] / ceiling, h["steady"] / ceiling),
+        ])  # fmt: skip
+    if args.zero_messages:
+        b, h = figures[("base", "0")], figures[("head", "0")]
+        print(f"  latency 0 ms (CPU-bound), {args.zero_messages:,} messages via /v1/batch x100:")
+        table([
+            ("ingest CPU us/msg", "f", b["ingest_us"], h["ingest_us"]),
+            ("worker CPU us/msg", "f", b["worker_us"], h["worker_us"]),
+            ("redis-server CPU us/msg", "f", b["redis_us"], h["redis_us"]),
+            ("relay msgs/s", "n", b["rate"], h["rate"]),
         ])  # fmt: skip
     b, h = figures[("base", "single")], figures[("head", "single")]
     print(f"  single calls: {int(SINGLES_PER_SECOND * args.seconds):,} x /v1/track, one message, text/plain, "

@@ -364,3 +364,24 @@ def test_a_commit_that_cannot_be_written_counts_its_duplicates(
     monkeypatch.setattr(redis.client.Pipeline, "execute", original)
     assert metrics.duplicates_suspected.labels("commit_failed")._value.get() == before + 5
     assert pending(redis_client, keys) == 5  # left for the next drain: sent again, and counted
+
+
+def test_the_fast_path_falls_back_mid_group_and_loses_nothing(redis_client: redis.Redis, keys: Keys) -> None:
+    """2,500 plain messages: the first request is delivered whole (fast path), the second answers 503, the third is
+    not sent (it would fail alike); the first 1,000 are acknowledged, the other 1,500 are in the retry schedule."""
+    fake, clock = FakeCleverTap(), Clock()
+    answers = iter([None, httpx.Response(503)])
+    fake.rule = lambda records, passcode: next(answers, None)
+    drainer = build(redis_client, keys, DESTS, fake, clock=clock)
+    drainer.read_batch = 3000
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(2500)])
+    result = drainer.drain(0)
+    assert [count for _, count in fake.requests] == [1000, 1000]
+    assert (result.tally.delivered, result.tally.retried) == (1000, 1500)
+    assert RetrySchedule(redis_client, keys, 0).size() == 1500
+    assert pending(redis_client, keys) == 0
+    assert redis_client.xlen(keys.stream(0)) == 0
+    clock.now += 20  # the retries are due: they go the ordinary way (retry items), all delivered
+    assert build(redis_client, keys, DESTS, fake, clock=clock).drain(0).tally.delivered == 1500
+    assert len(fake.received) == 2500
+    assert RetrySchedule(redis_client, keys, 0).size() == 0

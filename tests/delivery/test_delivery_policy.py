@@ -20,6 +20,7 @@ from worker.delivery.policy import (
     Retry,
     RetryPolicy,
     Verdict,
+    all_delivered,
     backoff,
     classify,
     decide,
@@ -254,3 +255,30 @@ def test_the_seam_bounds_each_phase_of_a_request() -> None:
     seam.upload(DEST, [event(0)])
     assert seen[0].extensions["timeout"] == {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 5.0}
     assert seam.longest_request_s == 70.0
+
+
+REPORTS = [
+    Report(count=3, status=200, body_status="success"),
+    Report(count=3, status=200, body_status="partial"),
+    Report(count=3, status=206, body_status="success"),
+    Report(count=3, status=200, body_status="fail"),
+    Report(count=3, status=200, body_status="fail", body_code=401),
+    Report(count=3, status=200, body_status=None),
+    Report(count=3, status=200, body_status="partial", failures={1: Failure(555, "later")}),
+    Report(count=3, status=200, body_status="partial", failures={0: Failure(512, "no")}),
+    Report(count=3, status=200, body_status="success", unmatched=(Failure(512, "?"),)),
+    Report(count=3, status=None, error="timeout"),
+    Report(count=3, status=429),
+    Report(count=3, status=500, body_status="success"),
+    Report(count=3, status=400, body_status="fail"),
+    Report(count=1, status=400),
+    Report(count=3, status=401),
+    Report(count=3, status=302, body_status="success"),
+    Report(count=0, status=200, body_status="success"),
+]
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=[f"{r.status}-{r.body_status}-{len(r.failures)}" for r in REPORTS])
+def test_the_fast_path_takes_exactly_the_answers_classify_reads_as_all_delivered(report: Report) -> None:
+    verdicts = classify(report)
+    assert all_delivered(report) == (isinstance(verdicts, list) and all(v is DELIVERED for v in verdicts))

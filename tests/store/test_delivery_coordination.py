@@ -120,6 +120,7 @@ def test_partitions_with_work_and_dispatch_markers(redis_client: redis.Redis, ke
     redis_client.set(keys.lease(2), "busy")
     redis_client.zadd(keys.retry_due(3), {"item": time.time() - 1})
     assert partitions_with_work(redis_client, keys, 4, reclaim_idle_s=60) == [1, 3]
+    assert partitions_with_work(redis_client, keys, 4, reclaim_idle_s=60, skip={1}) == [3]  # this process drains 1
     sent: list[int] = []
     assert dispatch(redis_client, keys, [1, 3], sent.append, 10) == [1, 3]
     assert dispatch(redis_client, keys, [1, 3], sent.append, 10) == []

@@ -117,7 +117,11 @@ class Runtime:
         except redis.OutOfMemoryError:
             pass  # another tick, once memory is back
         busy = partitions_with_work(
-            self.client, self.keys, self.settings.partitions, reclaim_idle_s=self.reclaim_idle_s
+            self.client,
+            self.keys,
+            self.settings.partitions,
+            reclaim_idle_s=self.reclaim_idle_s,
+            skip=set(self.drainer.active),
         )
         if not busy:
             return []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import redis
 import structlog
@@ -28,6 +29,7 @@ from worker.core.errors import DrainStopped
 from worker.core.keys import Envelope, Keys
 from worker.delivery import metrics
 from worker.delivery.clevertap import CleverTap
+from worker.delivery.gate import Gate
 from worker.delivery.outcomes import OutcomeWriter
 from worker.delivery.policy import DELIVERED, RetryPolicy
 from worker.delivery.screen import Screen
@@ -72,7 +74,8 @@ class Deliverer:
         self.clock = clock
         self.suppressions = Suppressions(client, keys, suppression_window_s, clock)
         self.screen = Screen(client, keys, self.suppressions, clock, self._name)
-        self.uploader = Uploader(client, keys, clevertap=clevertap, slots=slots, policy=policy)
+        self.gate = Gate()  # the drain's turns at the process's Python (worker.delivery.gate)
+        self.uploader = Uploader(client, keys, clevertap=clevertap, slots=slots, policy=policy, gate=self.gate)
         self.outcomes = OutcomeWriter(
             client, keys, deadletters=deadletters, policy=policy, clock=clock, rng=rng or random.Random()
         )
@@ -94,73 +97,97 @@ class Deliverer:
         ``False`` or no upload slot comes by ``deadline`` (monotonic): the entries not committed stay pending."""
         schedule = schedule if schedule is not None else RetrySchedule(self.client, self.keys, partition)
         tally = Tally()
-        works = self._prepare(partition, entries, tally)
-        works += [Work(item.write_key, item.message, list(item.records), retry=item) for item in retries]
+        works, mixed = self._prepare(partition, entries, tally)
+        for item in retries:
+            works.append(Work(item.write_key, item.message, list(item.records), retry=item))
+            mixed.add(item.write_key)
         works = self.screen.screen(partition, works, tally, schedule)  # deleted users: suppress, drop their work
-        self._drop_sent_tokens(works)
+        if mixed:
+            self._drop_sent_tokens(works)
         groups: dict[str, list[Work]] = {}
         for work in works:
-            groups.setdefault(work.write_key, []).append(work)
+            group = groups.get(work.write_key)
+            if group is None:
+                groups[work.write_key] = [work]
+            else:
+                group.append(work)
         for write_key, group in groups.items():
-            if keepalive is not None and keepalive() is False:
-                raise DrainStopped("partition lease lost")
             destination = self.destinations.get(write_key)
             if destination is None:  # a retry item whose destination was removed from the configuration
+                if keepalive is not None and keepalive() is False:  # (uploads and commits ask it themselves)
+                    raise DrainStopped("partition lease lost")
                 error = f"unknown write key {write_key!r}"
                 self.outcomes.dead_letter(schedule, group, "invalid_message", error, tally, name=self._name(write_key))
                 continue
+            # the fast path: a plain group (no retries, tokens or deletions) that CleverTap took whole
+            delivered = False
             try:
-                tally.uploads += self.uploader.send(destination, group, keepalive, deadline)
+                if write_key in mixed:
+                    tally.uploads += self.uploader.send(destination, group, keepalive, deadline)
+                else:
+                    requests, delivered = self.uploader.send_plain(destination, group, keepalive, deadline)
+                    tally.uploads += requests
             except DrainStopped:  # what this group already delivered is sent again with its entries
                 _suspect(group, "stopped")
                 raise
-            self._commit(partition, schedule, destination, group, tally, keepalive=keepalive)
+            if delivered:
+                write = partial(self.outcomes.commit_delivered, partition, destination, group, tally)
+                self._commit(group, keepalive, destination.name, write, sent=len(group))
+            else:
+                write = partial(self.outcomes.commit, partition, schedule, destination, group, tally)
+                self._commit(group, keepalive, destination.name, write)
         return tally
 
     def _commit(
         self,
-        partition: int,
-        schedule: RetrySchedule,
-        destination: Destination,
         group: list[Work],
-        tally: Tally,
-        *,
         keepalive: Callable[[], object] | None,
+        name: str,
+        write: Callable[[], None],
+        sent: int | None = None,
     ) -> None:
-        """Write the group's outcomes; while Redis does not answer, try again (up to ``commit_patience_s``, as long
-        as the lease is not known lost), so that what CleverTap took is not sent again after a Redis blip."""
+        """Write the group's outcomes (``write``); while Redis does not answer, try again (up to
+        ``commit_patience_s``, as long as the lease is not known lost), so that what CleverTap took is not sent
+        again after a Redis blip. ``sent``: the records CleverTap took, when their verdicts are not set (fast path)."""
         until = time.monotonic() + self.commit_patience_s
         wait = 0.05
         while True:
             try:
                 if keepalive is not None and keepalive() is False:  # another holder now has these entries
-                    _suspect(group, "lease_lost")
+                    _suspect(group, "lease_lost", sent)
                     raise DrainStopped("partition lease lost")
-                self.outcomes.commit(partition, schedule, destination, group, tally)
+                write()
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() >= until:
-                    _suspect(group, "commit_failed")
+                    _suspect(group, "commit_failed", sent)
                     raise DrainStopped(f"outcomes not written in {self.commit_patience_s} s: {exc}") from exc
-                log.warning("commit_retrying", destination=destination.name, error=f"{type(exc).__name__}: {exc}")
-                time.sleep(wait)
+                log.warning("commit_retrying", destination=name, error=f"{type(exc).__name__}: {exc}")
+                with self.gate.outside():
+                    time.sleep(wait)
                 wait = min(wait * 2, 1.0)
 
     # -- before any upload ---------------------------------------------------------------------------------
 
-    def _prepare(self, partition: int, entries: Sequence[StreamEntry], tally: Tally) -> list[Work]:
-        """Decode and transform; skip or dead-letter what cannot be sent (committed at once)."""
+    def _prepare(self, partition: int, entries: Sequence[StreamEntry], tally: Tally) -> tuple[list[Work], set[str]]:
+        """Decode and transform; skip or dead-letter what cannot be sent (committed at once). Returns the works and
+        the write keys of the *mixed* ones (a token or a deletion record among them: not for the fast path).
+
+        One pass over the entries; a plain message (one event or profile record) costs a decode, its transform and
+        one :class:`Work`."""
         now = self.clock()
         works: list[Work] = []
+        mixed: set[str] = set()
         acks: list[bytes] = []
         skipped_acks: list[bytes] = []
         letters: list[Letter] = []
         skipped: list[tuple[str, str]] = []
         stats = TransformStats()
+        destinations = self.destinations
         for entry_id, fields in entries:
             try:
-                envelope = Envelope.decode(fields)
-                if not isinstance(envelope.message, dict):
+                write_key, message = Envelope.read(fields)
+                if message.__class__ is not dict:
                     raise TypeError("message is not an object")
             except (KeyError, ValueError, TypeError):
                 raw = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
@@ -168,8 +195,7 @@ class Deliverer:
                 letters.append(Letter.of(raw.get("w", ""), {"entry": raw}, "invalid_message", now=now, error=error))
                 acks.append(entry_id)
                 continue
-            write_key, message = envelope.write_key, envelope.message
-            destination = self.destinations.get(write_key)
+            destination = destinations.get(write_key)
             if destination is None:
                 error = f"unknown write key {write_key!r}"
                 letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=error))
@@ -183,8 +209,11 @@ class Deliverer:
                 letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=error))
                 acks.append(entry_id)
                 continue
-            if isinstance(result, Delete):
+            if result.__class__ is list and len(result) == 1:  # the common message
+                works.append(Work(write_key, message, result, entry_id))
+            elif isinstance(result, Delete):
                 works.append(Work(write_key, message, [result.record()], entry_id=entry_id))
+                mixed.add(write_key)
             elif isinstance(result, Invalid):
                 letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=result.reason))
                 acks.append(entry_id)
@@ -194,6 +223,7 @@ class Deliverer:
                 skipped_acks.append(entry_id)
             else:
                 works.append(Work(write_key, message, result, entry_id=entry_id))
+                mixed.add(write_key)
         if acks:  # the letters, then the acks (in one MULTI, or in that order on a cluster: worker/store/ordered.py)
             stream = self.keys.stream(partition)
             try:
@@ -213,7 +243,7 @@ class Deliverer:
             metrics.transform_values_truncated.inc(stats.values_truncated)
         tally.deadlettered += len(letters)
         tally.skipped += len(skipped)
-        return works
+        return works, mixed
 
     def _name(self, write_key: str) -> str:
         """A destination's name for metrics and logs; ``unknown`` for a write key no longer configured (a write
@@ -225,6 +255,8 @@ class Deliverer:
         """Mark token records already delivered for their objectId within the window (or earlier in this batch)."""
         checks: list[tuple[Work, int, str, str]] = []
         for work in works:
+            if work.retry is None and len(work.records) == 1:  # a token record comes second, after the message's own
+                continue
             destination = self.destinations.get(work.write_key)
             if destination is None or destination.token_dedup_window <= 0:
                 continue
@@ -246,13 +278,15 @@ class Deliverer:
             seen.add((key, token))
 
 
-def _suspect(group: list[Work], cause: str) -> None:
-    """Count the records of ``group`` CleverTap took that will be sent again (their outcome is not written)."""
-    sent = sum(
-        1
-        for work in group
-        for i, verdict in enumerate(work.verdicts)
-        if verdict is not None and verdict.kind == "delivered" and i not in work.deduped
-    )
+def _suspect(group: list[Work], cause: str, sent: int | None = None) -> None:
+    """Count the records of ``group`` CleverTap took that will be sent again (their outcome is not written);
+    ``sent``: that count, when the verdicts were not set (the fast path)."""
+    if sent is None:
+        sent = sum(
+            1
+            for work in group
+            for i, verdict in enumerate(work.verdicts)
+            if verdict is not None and verdict.kind == "delivered" and i not in work.deduped
+        )
     if sent:
         metrics.duplicates_suspected.labels(cause).inc(sent)

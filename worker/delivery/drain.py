@@ -1,7 +1,7 @@
 """Draining partitions: who drains which partition when, under a lease, and how a dead worker's work is reclaimed.
 
 Scheduling is self-contained (no beat): every ``ctrelay worker`` runs a :class:`Ticker` thread that,
-every ``tick_interval_s``, looks at all partitions in one pipelined round trip (:func:`partitions_with_work`:
+every ``tick_interval_s``, looks at the partitions in two pipelined round trips (:func:`partitions_with_work`:
 unread entries (the stream's length less its pending entries), pending entries idle past
 ``reclaim_idle_s``, due retries; no lease held, no drain already queued) and queues one Celery ``drain`` task
 per such partition, marking it *dispatched* (``SET NX PX``) so that several workers' tickers never queue it twice.
@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +33,15 @@ from worker.core.errors import DrainStopped
 from worker.core.keys import GROUP, Keys
 from worker.delivery import metrics
 from worker.delivery.batches import Deliverer
+from worker.delivery.gate import Gate
 from worker.delivery.work import StreamEntry, Tally
 from worker.store.lease import Lease, LeaseKeeper
-from worker.store.retries import RetrySchedule
+from worker.store.retries import RetryItem, RetrySchedule
 from worker.store.streams import BACKLOG_COMMANDS, ensure_group, queue_backlog, read_backlog
 
 log = structlog.get_logger("ctrelay.drain")
+FRESH_S = 1.0
+"""A lease renewed this recently, with no wait since, is known held (:class:`Keepalive`); its TTL is seconds."""
 
 
 def consumer_name() -> str:
@@ -81,9 +84,20 @@ class Drainer:
         self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
         self.consumer = consumer or consumer_name()
         self.keeper = LeaseKeeper(lease_ttl_s / 3)
+        self.active: set[int] = set()
+        """The partitions this process is draining now (the ticker need not look at them)."""
 
     def drain(self, partition: int) -> DrainResult:
-        """Drain ``partition`` if nobody else is; returns what was done."""
+        """Drain ``partition`` if nobody else is; returns what was done. Runs inside the process's gate
+        (:mod:`worker.delivery.gate`): one drain at a time works, the others wait for CleverTap or a slot."""
+        self.active.add(partition)
+        try:
+            with self.deliverer.gate.inside():
+                return self._drain(partition)
+        finally:
+            self.active.discard(partition)
+
+    def _drain(self, partition: int) -> DrainResult:
         lease = Lease.acquire(self.client, self.keys.lease(partition), self.lease_ttl_s)
         # Either way the queued drain this marker stood for is now running: clear it, so that a drain that
         # lost the race for the lease leaves no marker to hold back the next tick.
@@ -97,6 +111,7 @@ class Drainer:
         deadline = time.monotonic() + self.budget_s
         cursor: str | None = "0-0"
         own = True  # first, what this process read earlier and did not finish (a drain that raised)
+        keepalive = Keepalive(lease, self.deliverer.gate)
         try:
             while True:
                 entries: list[StreamEntry] = []
@@ -107,9 +122,10 @@ class Drainer:
                 if not entries and cursor is not None:
                     cursor, entries = self._reclaim(stream, cursor)
                     result.reclaimed += len(entries)
-                if not entries:
-                    entries = self._read(stream, ">")
-                retries = schedule.due(self.deliverer.clock(), self.read_batch)
+                if entries:
+                    retries = schedule.due(self.deliverer.clock(), self.read_batch)
+                else:  # new entries and the due retries, in one round trip
+                    entries, retries = self._read_new(stream, schedule)
                 if not entries and not retries:
                     break
                 result.entries += len(entries)
@@ -117,14 +133,14 @@ class Drainer:
                 batch_deadline = time.monotonic() + self.budget_s  # the longest a batch waits for upload slots
                 try:
                     tally = self.deliverer.deliver(
-                        partition, entries, retries, keepalive=lease.renew, deadline=batch_deadline, schedule=schedule
+                        partition, entries, retries, keepalive=keepalive, deadline=batch_deadline, schedule=schedule
                     )
                 except DrainStopped as exc:  # nothing more sent or committed: the entries stay pending
                     log.warning("drain_stopped", partition=partition, reason=str(exc), lease_held=lease.held)
                     result.more = lease.held  # no slot in time: try again soon; a lost lease: the new holder drains
                     break
                 result.tally.add(tally)
-                if not lease.renew():
+                if not keepalive():
                     log.warning("lease_lost", partition=partition)
                     break
                 if time.monotonic() >= deadline:
@@ -153,13 +169,30 @@ class Drainer:
             metrics.duplicates_suspected.labels("reclaimed").inc(len(entries))
         return (None if next_cursor == "0-0" else next_cursor), entries
 
+    def _read_new(self, stream: str, schedule: RetrySchedule) -> tuple[list[StreamEntry], list[RetryItem]]:
+        """New entries (``>``) and the due retries, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.read_batch)
+        schedule.queue_due(pipe, self.deliverer.clock(), self.read_batch)
+        answer, due = pipe.execute(raise_on_error=False)
+        if isinstance(due, Exception):
+            raise due
+        return self._entries(stream, answer), schedule.items(due)
+
     def _read(self, stream: str, start: str) -> list[StreamEntry]:
         """New entries (``>``), or this consumer's own pending ones (``0``)."""
         try:
             answer: Any = self.client.xreadgroup(GROUP, self.consumer, {stream: start}, count=self.read_batch)
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
+            answer = exc
+        return self._entries(stream, answer)
+
+    def _entries(self, stream: str, answer: Any) -> list[StreamEntry]:
+        """The entries of an ``XREADGROUP`` answer (a NOGROUP error, after a Redis restart lost the group: none,
+        the group made again); pending entries whose entry was deleted are acknowledged."""
+        if isinstance(answer, Exception):
+            if not isinstance(answer, redis.ResponseError) or "NOGROUP" not in str(answer):
+                raise answer
             ensure_group(self.client, stream)
             return []
         if not answer:
@@ -170,28 +203,64 @@ class Drainer:
         return [(entry_id, fields) for entry_id, fields in answer[0][1] if fields]
 
 
+class Keepalive:
+    """A drain's keepalive (asked before every upload and commit): whether the partition's lease is still held.
+
+    It renews the lease (one round trip), except when the lease was taken or renewed less than :data:`FRESH_S` ago
+    and the drain has not waited since (for a slot, for CleverTap, :meth:`worker.delivery.gate.Gate.waits`): a lease
+    renewed a moment ago with a TTL of seconds is held, and it can only be lost while its holder waits. So a batch
+    asks Redis once, after its upload, instead of before and after each step."""
+
+    def __init__(self, lease: Lease, gate: Gate) -> None:
+        self.lease = lease
+        self.gate = gate
+        self.waits = gate.waits()
+
+    def __call__(self) -> bool:
+        waits = self.gate.waits()
+        if self.lease.held and waits == self.waits and time.monotonic() - self.lease.renewed_at < FRESH_S:
+            return True
+        self.waits = waits
+        return self.lease.renew()
+
+
 def partitions_with_work(
-    client: redis.Redis, keys: Keys, partitions: int, *, reclaim_idle_s: float, now: float | None = None
+    client: redis.Redis,
+    keys: Keys,
+    partitions: int,
+    *,
+    reclaim_idle_s: float,
+    now: float | None = None,
+    skip: Collection[int] = (),
 ) -> list[int]:
     """Partitions that have unread entries, reclaimable pending entries or due retries, and no drain yet.
 
     Unread entries are counted as :class:`~worker.store.streams.PartitionBacklog` counts them (the stream's length
-    less its pending entries), never from the group's lag, which is wrong after a Redis restart."""
+    less its pending entries), never from the group's lag, which is wrong after a Redis restart. ``skip``: partitions
+    known to be drained now (this process's own drains), not looked at.
+
+    Two round trips: which partitions have no lease and no queued drain (``EXISTS``), then the work of those alone,
+    so that a busy relay, whose partitions are mostly held, reads little more than the first."""
     now = time.time() if now is None else now
+    looked = [partition for partition in range(partitions) if partition not in skip]
     pipe = client.pipeline(transaction=False)
-    for partition in range(partitions):
+    for partition in looked:
         pipe.exists(keys.lease(partition), keys.dispatched(partition))
+    taken: list[Any] = pipe.execute(raise_on_error=False)
+    free = [partition for partition, held in zip(looked, taken, strict=True) if held == 0]
+    if not free:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for partition in free:
         queue_backlog(pipe, keys, partition)
         pipe.xpending_range(keys.stream(partition), GROUP, min="-", max="+", count=1, idle=int(reclaim_idle_s * 1000))
         pipe.zrangebyscore(keys.retry_due(partition), "-inf", now, start=0, num=1)
     results: list[Any] = pipe.execute(raise_on_error=False)
     busy: list[int] = []
-    step = 3 + BACKLOG_COMMANDS
-    for partition in range(partitions):
-        answers = results[step * partition : step * partition + step]
-        taken, backlog, pending, due = answers[0], read_backlog(answers[1:-2]), answers[-2], answers[-1]
-        if taken != 0:
-            continue
+    step = 2 + BACKLOG_COMMANDS
+    for number, partition in enumerate(free):
+        answers = results[step * number : step * number + step]
+        backlog, pending, due = read_backlog(answers[:-2]), answers[-2], answers[-1]
         if backlog.unread > 0 or (isinstance(pending, list) and pending) or (isinstance(due, list) and due):
             busy.append(partition)
     return busy

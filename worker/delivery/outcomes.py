@@ -14,12 +14,14 @@ An entry is acknowledged only together with, or after, the write that makes its 
 crash (or a Redis error) between the steps leaves the entries pending: they are read and uploaded again (a repeat),
 and their dead letters written again, replacing themselves (a letter's id is derived from write key and
 messageId); nothing is lost. When Redis is full, only what frees memory is written (:meth:`OutcomeWriter.commit`),
-so that delivery frees memory.
+so that delivery frees memory. A group that was delivered whole on the fast path is only acknowledged
+(:meth:`OutcomeWriter.commit_delivered`: the partition's keys alone, one MULTI in every mode).
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -178,6 +180,23 @@ class OutcomeWriter:
                 pipe.set(key, token, ex=window)
 
         return [(True, deadletters), (False, tokens)]
+
+    def commit_delivered(self, partition: int, destination: Destination, group: list[Work], tally: Tally) -> None:
+        """The fast path's commit: every message of the plain ``group`` (read from the stream, one event or profile
+        record each, see :meth:`~worker.delivery.uploads.Uploader.send_plain`) was delivered, so its outcome is the
+        acknowledgement alone: one MULTI on the partition's stream (one hash tag), no verdict read, no decision.
+        When Redis is full it is written as :meth:`commit` writes delivered messages then (it only frees memory)."""
+        stream = self.keys.stream(partition)
+        acks = [work.entry_id for work in group if work.entry_id is not None]
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                ack_and_delete(pipe, stream, acks)
+                pipe.execute()
+        except redis.OutOfMemoryError:
+            free_done(self.client, stream, acks, ("", ""), [])
+        tally.delivered += len(group)
+        for kind, count in Counter(str(work.records[0].get("type")) for work in group).items():
+            metrics.records_delivered.labels(destination.name, kind).inc(count)
 
     def dead_letter(
         self, schedule: RetrySchedule, group: list[Work], reason: str, error: str, tally: Tally, *, name: str

@@ -137,6 +137,21 @@ def classify(report: Report) -> list[Verdict] | _Split:
     return verdicts
 
 
+def all_delivered(report: Report) -> bool:
+    """Whether :func:`classify` answers :data:`DELIVERED` for every record of ``report`` (a 2xx with a body, not a
+    request-level ``fail``, nothing ``unprocessed``): the common answer, which the batch's fast path takes without
+    a verdict per record."""
+    status = report.status
+    return (
+        status is not None
+        and 200 <= status < 300
+        and report.body_status is not None
+        and report.body_status != "fail"
+        and not report.failures
+        and not report.unmatched
+    )
+
+
 def backoff(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
     """Delay before retry number ``attempt`` (1, 2, ...): full jitter under min·2^(attempt−1), capped at max."""
     ceiling = min(policy.backoff_max_s, policy.backoff_min_s * 2.0 ** min(max(attempt - 1, 0), 62))

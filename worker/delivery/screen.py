@@ -19,7 +19,7 @@ keeps an active window), so a repeat, never a loss.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -43,11 +43,22 @@ def is_deletion(work: Work) -> bool:
     return bool(work.records) and work.records[0].get("type") == "delete"
 
 
-def _records_by_destination(works: list[Work]) -> dict[str, list[dict[str, Any]]]:
-    found: dict[str, list[dict[str, Any]]] = {}
-    for work in works:
-        found.setdefault(work.write_key, []).extend(work.records)
-    return found
+class _RecordsByDestination(Mapping[str, list[dict[str, Any]]]):
+    """The batch's records by write key, gathered only for the destinations asked for (the suppressions' view asks
+    only for those with many suppressed ids): a batch costs one pass over its works for their write keys."""
+
+    def __init__(self, works: list[Work]) -> None:
+        self._works = works
+        self._names = list(dict.fromkeys(work.write_key for work in works))
+
+    def __getitem__(self, write_key: str) -> list[dict[str, Any]]:
+        return [record for work in self._works if work.write_key == write_key for record in work.records]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 class Screen:
@@ -76,7 +87,7 @@ class Screen:
         for work in works:
             if work.retry is None and is_deletion(work):  # read from the stream (a retry was seen when first read)
                 new.setdefault(work.write_key, set()).update(fields_of(work.records[0]))
-        view = self.suppressions.view(_records_by_destination(works))
+        view = self.suppressions.view(_RecordsByDestination(works))
         if not new and not any(view.values()):
             return works
         kept: list[Work] = []

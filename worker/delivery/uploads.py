@@ -15,6 +15,9 @@ Deletion records (:mod:`worker.delivery.screen`) go the same way, as CleverTap's
 (:meth:`~worker.delivery.clevertap.CleverTap.delete`, ≤ 100 identities and ≤ 100 guids per request,
 :func:`delete_chunks`), after the destination's uploads (one structlog line ``delete`` per request).
 
+A *plain* group (the common one: read from the stream, one event or profile record per message) takes
+:meth:`Uploader.send_plain`: while CleverTap answers every record delivered, no verdict is set per record.
+
 Before each request, split halves included, the drain's ``keepalive`` is asked and the slot wait ends at its
 ``deadline``: see :class:`~worker.core.errors.DrainStopped`.
 """
@@ -33,7 +36,8 @@ from worker.core.errors import DrainStopped
 from worker.core.keys import Keys
 from worker.delivery import metrics
 from worker.delivery.clevertap import MAX_DELETE_IDS, MAX_RECORDS, MAX_TOKENS, CleverTap, Report
-from worker.delivery.policy import SPLIT, RetryPolicy, Verdict, classify
+from worker.delivery.gate import Gate
+from worker.delivery.policy import DELIVERED, SPLIT, RetryPolicy, Verdict, all_delivered, classify
 from worker.delivery.work import Work
 from worker.store.slots import AccountSlots
 
@@ -82,8 +86,16 @@ class Uploader:
     """Sends a destination's records to CleverTap and reads the answers into per-record verdicts."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, *, clevertap: CleverTap, slots: AccountSlots, policy: RetryPolicy
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        clevertap: CleverTap,
+        slots: AccountSlots,
+        policy: RetryPolicy,
+        gate: Gate | None = None,
     ) -> None:
+        self.gate = gate if gate is not None else Gate()
         self.client = client
         self.keys = keys
         self.clevertap = clevertap
@@ -102,19 +114,76 @@ class Uploader:
         Raises :class:`~worker.core.errors.DrainStopped` before a request when ``keepalive`` answers ``False`` (the
         lease is lost) or no slot comes by ``deadline`` (monotonic)."""
         items = [(work, i) for work in group for i, verdict in enumerate(work.verdicts) if verdict is None]
-        paused = self.client.get(self.keys.paused(destination.write_key))
-        if paused is not None:
-            status = int(paused)
-            verdict = Verdict("auth", "auth", status, None, f"destination paused after HTTP {status}")
-            for work, index in items:
-                work.verdicts[index] = verdict
+        if self._paused(destination, items):
             return 0
-        requests = 0
         deletes = [item for item in items if item[0].records[item[1]].get("type") == "delete"]
         if deletes:
             items = [item for item in items if item[0].records[item[1]].get("type") != "delete"]
         pending: list[tuple[Call, Slice]] = [(self.clevertap.upload, chunk) for chunk in chunks(items)]
         pending += [(self.clevertap.delete, chunk) for chunk in delete_chunks(deletes)]
+        return self._send(destination, pending, keepalive, deadline)
+
+    def send_plain(
+        self,
+        destination: Destination,
+        group: list[Work],
+        keepalive: Callable[[], object] | None,
+        deadline: float | None = None,
+    ) -> tuple[int, bool]:
+        """:meth:`send` for a *plain* group (read from the stream, one event or profile record per message: no
+        retries, tokens or deletions), the fast path: requests are slices of the group, and while CleverTap answers
+        every record delivered (:func:`~worker.delivery.policy.all_delivered`) no verdict is set. Returns (requests,
+        all delivered); when not all were, every record's verdict is set as :meth:`send` sets them (the requests
+        before the first other answer delivered, that answer read as usual, the rest sent or not as usual)."""
+        if self._paused(destination, [(work, 0) for work in group]):
+            return 0, False
+        requests = 0
+        for start in range(0, len(group), MAX_RECORDS):
+            part = group[start : start + MAX_RECORDS]
+            try:
+                report = self._request(destination, [work.records[0] for work in part], keepalive, None, deadline)
+            except DrainStopped:  # the requests before this one were delivered: say so (duplicates counted)
+                _delivered(group[:start])
+                raise
+            requests += 1
+            if all_delivered(report):
+                self._observe(destination, report, "delivered")
+                self._adjust(destination, report)
+                continue
+            _delivered(group[:start])
+            chunk: Slice = [(work, 0) for work in part]
+            failure, sent = self._answer(destination, chunk, report, keepalive, call=None, deadline=deadline)
+            requests += sent - 1
+            rest: Slice = [(work, 0) for work in group[start + MAX_RECORDS :]]
+            if failure is not None:
+                for work, index in rest:
+                    work.verdicts[index] = failure
+            elif rest:
+                more: list[tuple[Call, Slice]] = [(self.clevertap.upload, c) for c in chunks(rest)]
+                requests += self._send(destination, more, keepalive, deadline)
+            return requests, False
+        return requests, True
+
+    def _paused(self, destination: Destination, items: Slice) -> bool:
+        """Whether the destination is paused (a 401/403 earlier): then every item's verdict is ``auth``."""
+        paused = self.client.get(self.keys.paused(destination.write_key))
+        if paused is None:
+            return False
+        status = int(paused)
+        verdict = Verdict("auth", "auth", status, None, f"destination paused after HTTP {status}")
+        for work, index in items:
+            work.verdicts[index] = verdict
+        return True
+
+    def _send(
+        self,
+        destination: Destination,
+        pending: list[tuple[Call, Slice]],
+        keepalive: Callable[[], object] | None,
+        deadline: float | None,
+    ) -> int:
+        """Send ``pending`` requests in order; after a request-wide failure, the rest get its verdict unsent."""
+        requests = 0
         for number, (call, chunk) in enumerate(pending):
             failure, sent = self._upload(destination, chunk, keepalive, call, deadline)
             requests += sent
@@ -125,6 +194,23 @@ class Uploader:
                 break
         return requests
 
+    def _request(
+        self,
+        destination: Destination,
+        records: list[dict[str, Any]],
+        keepalive: Callable[[], object] | None,
+        call: Call | None,
+        deadline: float | None,
+    ) -> Report:
+        """One request under an account slot, once the lease is known held."""
+        call = call if call is not None else self.clevertap.upload
+        # a batch may take several requests (splits): keep the partition's lease, and send nothing once it is lost
+        if keepalive is not None and keepalive() is False:
+            raise DrainStopped("partition lease lost")
+        timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+        with self.gate.outside(), self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s):
+            return call(destination, records)  # the wait for a slot and for the answer: other drains run meanwhile
+
     def _upload(
         self,
         destination: Destination,
@@ -134,23 +220,33 @@ class Uploader:
         deadline: float | None = None,
     ) -> tuple[Verdict | None, int]:
         """One request (halved recursively on a whole-batch 4xx). Returns (batch-wide failure or None, requests)."""
-        call = call if call is not None else self.clevertap.upload
-        records = [work.records[index] for work, index in chunk]
-        # a batch may take several requests (splits): keep the partition's lease, and send nothing once it is lost
-        if keepalive is not None and keepalive() is False:
-            raise DrainStopped("partition lease lost")
-        timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
-        with self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s):
-            report = call(destination, records)
-        # answered: logged and counted once, before anything that needs Redis (which may fail now)
-        verdicts = classify(report)
-        self._observe(destination, report, verdicts, "delete" if call == self.clevertap.delete else "upload")
-        if report.status is None:  # no answer: CleverTap may have processed it; the retry may be a second copy
-            metrics.duplicates_suspected.labels("no_answer").inc(len(records))
+        report = self._request(destination, [work.records[index] for work, index in chunk], keepalive, call, deadline)
+        return self._answer(destination, chunk, report, keepalive, call=call, deadline=deadline)
+
+    def _adjust(self, destination: Destination, report: Report) -> None:
+        """Adapt the account's cap to the answer (best effort)."""
         try:
             self.slots.record(destination.account_id, throttled=report.status == 429)
         except redis.RedisError as exc:  # the cap adapts on the next answer
             log.warning("cap_not_adjusted", account=destination.account_id, error=f"{type(exc).__name__}: {exc}")
+
+    def _answer(
+        self,
+        destination: Destination,
+        chunk: Slice,
+        report: Report,
+        keepalive: Callable[[], object] | None,
+        *,
+        call: Call | None,
+        deadline: float | None,
+    ) -> tuple[Verdict | None, int]:
+        """Read one request's answer into its records' verdicts (halving a whole-batch 4xx); see :meth:`_upload`."""
+        # answered: logged and counted once, before anything that needs Redis (which may fail now)
+        verdicts = classify(report)
+        self._observe(destination, report, _outcome(verdicts), "delete" if call == self.clevertap.delete else "upload")
+        if report.status is None:  # no answer: CleverTap may have processed it; the retry may be a second copy
+            metrics.duplicates_suspected.labels("no_answer").inc(len(chunk))
+        self._adjust(destination, report)
         if verdicts is SPLIT:
             middle = len(chunk) // 2
             first, sent_first = self._upload(destination, chunk[:middle], keepalive, call, deadline)
@@ -186,15 +282,7 @@ class Uploader:
             )
         return (first_verdict if batch_wide else None), 1
 
-    def _observe(
-        self, destination: Destination, report: Report, verdicts: list[Verdict] | object, event: str = "upload"
-    ) -> None:
-        if verdicts is SPLIT:
-            outcome = "split"
-        else:
-            assert isinstance(verdicts, list)
-            kinds = {v.kind for v in verdicts}
-            outcome = kinds.pop() if len(kinds) == 1 else "partial"
+    def _observe(self, destination: Destination, report: Report, outcome: str, event: str = "upload") -> None:
         metrics.uploads.labels(destination.name, report.label).inc()
         metrics.upload_duration.labels(destination.name).observe(report.duration_s)
         log.info(
@@ -208,3 +296,18 @@ class Uploader:
             duration_ms=round(report.duration_s * 1000, 1),
             error=report.error or None,
         )
+
+
+def _outcome(verdicts: list[Verdict] | object) -> str:
+    """The ``outcome`` of an ``upload`` line: ``split``, the one kind of every verdict, or ``partial``."""
+    if verdicts is SPLIT:
+        return "split"
+    assert isinstance(verdicts, list)
+    kinds = {v.kind for v in verdicts}
+    return kinds.pop() if len(kinds) == 1 else "partial"
+
+
+def _delivered(works: list[Work]) -> None:
+    """Set the verdict of plain works whose requests CleverTap answered all delivered (:meth:`Uploader.send_plain`)."""
+    for work in works:
+        work.verdicts[0] = DELIVERED

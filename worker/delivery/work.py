@@ -5,7 +5,7 @@ Every room of delivery (uploads, outcomes, the deletion screen, the batch itself
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from worker.delivery.policy import Verdict
@@ -15,20 +15,32 @@ StreamEntry = tuple[bytes, dict[bytes, bytes]]
 """One entry as ``XREADGROUP`` returns it: its id and its fields."""
 
 
-@dataclass
 class Work:
-    """One message being delivered: from the stream (``entry_id``) or from the retry schedule (``retry``)."""
+    """One message being delivered: from the stream (``entry_id``) or from the retry schedule (``retry``).
 
-    write_key: str
-    message: dict[str, Any]
-    records: list[dict[str, Any]]
-    entry_id: bytes | None = None
-    retry: RetryItem | None = None
-    verdicts: list[Verdict | None] = field(default_factory=list)
-    deduped: set[int] = field(default_factory=set)
+    ``verdicts``: one per record, set as answers come (None: not sent); ``deduped``: indices of token records
+    dropped as already sent. A plain class with slots: one is made per message, on the worker's hot path."""
 
-    def __post_init__(self) -> None:
-        self.verdicts = [None] * len(self.records)
+    __slots__ = ("deduped", "entry_id", "message", "records", "retry", "verdicts", "write_key")
+
+    def __init__(
+        self,
+        write_key: str,
+        message: dict[str, Any],
+        records: list[dict[str, Any]],
+        entry_id: bytes | None = None,
+        retry: RetryItem | None = None,
+    ) -> None:
+        self.write_key = write_key
+        self.message = message
+        self.records = records
+        self.entry_id = entry_id
+        self.retry = retry
+        self.verdicts: list[Verdict | None] = [None] * len(records)
+        self.deduped: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"Work({self.write_key!r}, entry_id={self.entry_id!r}, records={len(self.records)})"
 
     @property
     def id(self) -> str:

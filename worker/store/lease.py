@@ -1,8 +1,8 @@
 """Partition leases: at most one drain per partition at a time, cluster-wide, crash-safe.
 
 A lease is a Redis string holding a random token with a TTL. It is taken with ``SET NX PX``,
-renewed and released only by its holder (Lua compares the token), and expires by itself when the
-holder dies, so another worker can take over the partition after ``lease_ttl_s``. While a drain works,
+renewed and released only by its holder (Lua compares the token; the scripts run by ``EVALSHA``), and expires by
+itself when the holder dies, so another worker can take over the partition after ``lease_ttl_s``. While a drain works,
 :class:`LeaseKeeper` renews its lease every third of the TTL, however long one request takes.
 
 The keeper renews anything :class:`Renewable` (upload slots, :mod:`worker.store.slots`, use it too), optionally
@@ -46,6 +46,8 @@ class Lease:
         self.token = token
         self.ttl_ms = ttl_ms
         self.held = True
+        self.renewed_at = time.monotonic()
+        """When it was last taken or renewed (monotonic): it is held for its TTL from then at least."""
 
     @classmethod
     def acquire(cls, client: redis.Redis, key: str, ttl_s: float) -> Lease | None:
@@ -59,12 +61,15 @@ class Lease:
     def renew(self) -> bool:
         """Extend the lease by its TTL; False (and :attr:`held` False) if it was lost (expired, taken over)."""
         if self.held:
-            self.held = bool(int(self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)))
+            asked = time.monotonic()
+            self.held = bool(int(eval_allow_oom(self.client, _RENEW, [self.key], [self.token, self.ttl_ms])))
+            if self.held:
+                self.renewed_at = asked
         return self.held
 
     def release(self) -> None:
         if self.held:
-            self.client.eval(_RELEASE, 1, self.key, self.token)
+            eval_allow_oom(self.client, _RELEASE, [self.key], [self.token])
             self.held = False
 
 

@@ -93,6 +93,15 @@ class RetrySchedule:
     def due(self, now: float, limit: int) -> list[RetryItem]:
         """Up to ``limit`` items due at ``now``, earliest first. Callers hold the partition's lease."""
         ids: Sequence[bytes] = self.client.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
+        return self.items(ids)
+
+    def queue_due(self, pipe: Any, now: float, limit: int) -> None:
+        """Queue, on the caller's pipeline, the first step of :meth:`due` (its answer goes to :meth:`items`), so that
+        a drain asks for the due retries in the round trip of its read."""
+        pipe.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+
+    def items(self, ids: Sequence[bytes]) -> list[RetryItem]:
+        """The items of ``ids`` (due ones, as :meth:`queue_due` found them), in order."""
         if not ids:
             return []
         raws: list[bytes | None] = self.client.hmget(self.items_key, list(ids))  # type: ignore[assignment]

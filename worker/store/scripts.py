@@ -14,6 +14,8 @@ server enforces ``maxmemory`` the way Redis 7 does).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,14 +50,24 @@ class OomScript:
         return self._plain(keys=keys, args=args, client=client)
 
 
+_SCRIPTS: weakref.WeakKeyDictionary[Any, dict[str, OomScript]] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def script(client: Any, source: str) -> OomScript:
+    """The :class:`OomScript` of ``source`` for ``client``, made once per client: it runs by ``EVALSHA`` (the text
+    goes only when the server does not know it yet: after a restart, or the first time)."""
+    with _LOCK:
+        scripts = _SCRIPTS.setdefault(client, {})
+        found = scripts.get(source)
+        if found is None:
+            found = scripts[source] = OomScript(client, source)
+        return found
+
+
 def eval_allow_oom(client: redis.Redis, source: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-    """``EVAL`` of ``source`` with ``allow-oom`` where the server supports script flags."""
-    try:
-        return client.eval(ALLOW_OOM + source, len(keys), *keys, *args)
-    except redis.ResponseError as exc:
-        if not _no_flags(exc):
-            raise
-        return client.eval(source, len(keys), *keys, *args)
+    """Run ``source`` with ``allow-oom`` where the server supports script flags (``EVALSHA``, see :func:`script`)."""
+    return script(client, source)(keys=keys, args=args)
 
 
 def on_pipeline(script: Script, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:

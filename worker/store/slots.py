@@ -39,7 +39,7 @@ log = structlog.get_logger("ctrelay.slots")
 SLOT_TTL_S = 5.0
 """How long a slot outlives its holder's last renewal (renewed every third of it while a request runs)."""
 
-# KEYS: slots, cap. ARGV: token, ttl ms, max cap. Returns 1 when the slot was taken.
+# KEYS: slots, cap. ARGV: token, ttl ms, max cap. Returns 0, or {1, 1 when the cap is at its maximum else 0}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -49,7 +49,8 @@ cap = math.max(1, math.min(cap, tonumber(ARGV[3])))
 if redis.call('ZCARD', KEYS[1]) < math.floor(cap) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-  return 1
+  if cap >= tonumber(ARGV[3]) then return {1, 1} end
+  return {1, 0}
 end
 return 0
 """
@@ -125,13 +126,17 @@ class AccountSlots:
         self._acquire = OomScript(client, _ACQUIRE)
         self._renew = OomScript(client, _RENEW)
         self._adjust = OomScript(client, _ADJUST)
+        self._at_max: dict[str, bool] = {}  # per account: the cap was at its maximum when this process last took a slot
 
     def try_acquire(self, account_id: str) -> str | None:
         """Take a slot now if one is free; returns its token, or None."""
         token = uuid.uuid4().hex
         keys = [self.keys.slots(account_id), self.keys.cap(account_id)]
         taken = self._acquire(keys=keys, args=[token, self.slot_ttl_ms, self.max_cap])
-        return token if int(taken) == 1 else None
+        if not isinstance(taken, list):
+            return None
+        self._at_max[account_id] = int(taken[1]) == 1
+        return token
 
     def acquire(
         self,
@@ -194,7 +199,12 @@ class AccountSlots:
                 log.warning("slot_release_failed", account=account_id, error=f"{type(exc).__name__}: {exc}")
 
     def record(self, account_id: str, *, throttled: bool) -> float:
-        """Adapt the cap after an upload: lower it on a 429, raise it slowly otherwise. Returns the new cap."""
+        """Adapt the cap after an upload: lower it on a 429, raise it slowly otherwise. Returns the new cap.
+
+        A success when the cap was at its maximum as this process took its last slot changes nothing: no round
+        trip (were the cap lowered since, by another worker's 429, the successes that take slots raise it again)."""
+        if not throttled and self._at_max.get(account_id):
+            return float(self.max_cap)
         cap = self._adjust(keys=[self.keys.cap(account_id)], args=["1" if throttled else "0", self.max_cap])
         return float(cap)
 
