@@ -1,0 +1,303 @@
+"""Dedup markers and the enqueue script, old layout against new, side by side in one run on a Redis of its own.
+
+Run: ``.venv/bin/python tests/bench/bench_dedup.py [--markers 540000] [--messages 40000] [--rounds 3]``
+
+Starts a ``redis-server`` of its own on a free port (so that ``used_memory`` and its CPU are this benchmark's).
+
+- **Bytes per dedup marker**, measured as the change of ``used_memory`` (the streams the scripts also write are
+  trimmed as it goes and deleted before measuring). ``--markers`` is one partition's share of one window: 540,000
+  = 100 msgs/s x 86,400 s / 16 partitions. Old: the old script (kept here: ``SET NX EX`` key per message + XADD).
+  New, through the real :class:`~worker.store.producer.Producer` (its clock set): the first bucket (sized without
+  a predecessor: 64 sets), then the next one, sized from it (the steady state). At 10,000 msgs/s a partition's
+  bucket holds 100x as many, split into 100x as many sets: the bench writes ``--markers`` of them into the first
+  1 % of those sets (its sizes hash set so), i.e. the same sets Redis would hold, a hundredth of them.
+  The new layout holds between 1 and 2 windows of markers (buckets expire as a whole): per message accepted in
+  the window that is 1.5x the bytes per marker on average, 2x at worst; the old one holds exactly one window.
+- **Bytes per queued message**: ``MEMORY USAGE`` of the streams / entries (the envelope is the same in both).
+- **Redis CPU per message** of the enqueue (``used_cpu_user + used_cpu_sys`` deltas): requests of 100 messages over
+  16 partitions, markers in steady state (a previous bucket filled to the sizing's target); old script (one call
+  per request) vs new (a script per partition, one MULTI); a plain pipelined XADD beside them. Rounds interleave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import code_version, load_average  # noqa: E402
+
+from worker.cli.embedded import free_port  # noqa: E402
+from worker.core.keys import Keys  # noqa: E402
+from worker.store.dedup import TARGET_FILL  # noqa: E402
+from worker.store.producer import Entry, Producer  # noqa: E402
+
+WINDOW = 86_400
+PARTITIONS = 16
+
+# The enqueue script of the old layout (a dedup key per message), as it was (commit 9eb7d65).
+OLD_ENQUEUE_LUA = """
+local window = ARGV[1]
+local out = {}
+for i = 1, #KEYS / 2 do
+  if redis.call('SET', KEYS[2 * i - 1], '1', 'NX', 'EX', window) then
+    local id = redis.pcall('XADD', KEYS[2 * i], '*', 'w', ARGV[2 * i], 'm', ARGV[2 * i + 1])
+    if type(id) == 'table' and id.err then
+      redis.call('DEL', KEYS[2 * i - 1])
+      return id
+    end
+    out[i] = id
+  else
+    out[i] = false
+  end
+end
+return out
+"""
+
+
+def message(i: int) -> dict[str, Any]:
+    """The typical track of bench_redis_memory.py (~420 bytes as accepted)."""
+    return {
+        "type": "track",
+        "event": "Product Viewed",
+        "userId": f"user-{i % 5000}",
+        "anonymousId": str(uuid.uuid4()),
+        "messageId": str(uuid.uuid4()),
+        "timestamp": "2026-11-28T20:00:00.000Z",
+        "receivedAt": "2026-11-28T20:00:00.120Z",
+        "properties": {"product_id": f"p-{i % 977}", "price": 19.99, "currency": "EUR", "category": "Shoes"},
+        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}, "ip": "203.0.113.7"},
+    }
+
+
+def used(client: redis.Redis) -> int:
+    time.sleep(0.2)  # lazy frees settle
+    return int(client.info("memory")["used_memory"])
+
+
+def cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def drop_streams(client: redis.Redis, keys: Keys) -> None:
+    client.delete(*[keys.stream(p) for p in range(PARTITIONS)])
+
+
+def old_markers(client: redis.Redis, keys: Keys, count: int) -> float:
+    """B/marker of the old layout: the old script, a request of 100 at a time."""
+    drop_streams(client, keys)
+    before = used(client)
+    script = client.register_script(OLD_ENQUEUE_LUA)
+    body = Producer(keys, 1, WINDOW).entry("wk_live_1", message(0)).message
+    for start in range(0, count, 100):
+        names: list[str] = []
+        args: list[Any] = [WINDOW]
+        for _ in range(min(100, count - start)):
+            names += (keys.dedup("wk_live_1", str(uuid.uuid4())), keys.stream(0))
+            args += (b"wk_live_1", body)
+        script(keys=names, args=args)
+        if start % 10_000 == 0:
+            client.xtrim(keys.stream(0), maxlen=0)
+    drop_streams(client, keys)
+    return (used(client) - before) / count
+
+
+def new_bucket(url: str, producer: Producer, entries: list[Entry], client: redis.Redis) -> float:
+    """B/marker of one bucket written through the real producer (streams trimmed as it goes)."""
+    keys = producer.keys
+
+    async def go() -> None:
+        async_client = redis.asyncio.Redis.from_url(url)
+        for start in range(0, len(entries), 100):
+            await producer.enqueue(async_client, entries[start : start + 100])
+            if start % 10_000 == 0:
+                await async_client.xtrim(keys.stream(0), maxlen=0)
+        await async_client.aclose()
+
+    drop_streams(client, keys)
+    before = used(client)
+    asyncio.run(go())
+    drop_streams(client, keys)
+    return (used(client) - before) / len(entries)
+
+
+def memory(url: str, client: redis.Redis, count: int) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    keys = Keys(f"bench-dedup-{uuid.uuid4().hex[:6]}")
+    figures["old"] = old_markers(client, keys, count)
+    producer = Producer(keys, 1, WINDOW)
+    day = 20_000
+    producer.clock = lambda: day * WINDOW + 10
+    figures["first"] = new_bucket(
+        url, producer, [producer.entry("wk_live_1", message(i)) for i in range(count)], client
+    )
+    producer.clock = lambda: (day + 1) * WINDOW + 10
+    figures["steady_100"] = new_bucket(
+        url, producer, [producer.entry("wk_live_1", message(i)) for i in range(count)], client
+    )
+    figures["sets_100"] = float(int(client.hget(keys.seen_sizes(0), day + 1) or 0))
+    # 10,000 msgs/s: 100x the markers in 100x the sets; the first 1 % of those sets, as Redis would hold them
+    big = Keys(f"bench-dedup-{uuid.uuid4().hex[:6]}")
+    sets = int(client.hget(keys.seen_sizes(0), day + 1) or 1) * 100
+    client.hset(big.seen_sizes(0), day + 5, sets)
+    sampled = Producer(big, 1, WINDOW)
+    sampled.clock = lambda: (day + 5) * WINDOW + 10
+    entries = []
+    for i in range(count):
+        entry = sampled.entry("wk_live_1", message(i))
+        entries.append(entry._replace(shard=entry.shard % (sets // 100)))
+    figures["steady_10k"] = new_bucket(url, sampled, entries, client)
+    figures["sets_10k"] = float(sets)
+    encodings: dict[str, int] = {}
+    for name in client.scan_iter(match=f"{big.prefix}:*:seen:*", count=1000):
+        kind = client.object("encoding", name)
+        encodings[str(kind)] = encodings.get(str(kind), 0) + 1
+    figures["intsets_10k"] = encodings.get("b'intset'", 0) / max(1, sum(encodings.values()))
+    for prefix in (keys.prefix, big.prefix):
+        for name in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.delete(name)
+    return figures
+
+
+def queued(client: redis.Redis) -> float:
+    keys = Keys(f"bench-dedup-{uuid.uuid4().hex[:6]}")
+    producer = Producer(keys, PARTITIONS, WINDOW)
+    pipe = client.pipeline(transaction=False)
+    producer.add(pipe, [producer.entry("wk_live_1", message(i)) for i in range(20_000)])
+    pipe.execute()
+    usage = sum(int(client.memory_usage(keys.stream(p), samples=0) or 0) for p in range(PARTITIONS))
+    drop_streams(client, keys)
+    return usage / 20_000
+
+
+def cpu_rounds(url: str, client: redis.Redis, messages: int, rounds: int) -> dict[str, list[float]]:
+    keys = Keys(f"bench-dedup-{uuid.uuid4().hex[:6]}")
+    producer = Producer(keys, PARTITIONS, WINDOW)
+    day = 30_000
+    # steady state: a previous bucket of sets filled to the target (random members), this bucket sized from it
+    sets = 512
+    pipe = client.pipeline(transaction=False)
+    for p in range(PARTITIONS):
+        client.hset(keys.seen_sizes(p), day - 1, sets)
+        for shard in range(sets):
+            members = [random.getrandbits(63) + 1 for _ in range(TARGET_FILL)]
+            pipe.sadd(keys.seen(p, day - 1, shard), 0, *members)
+        pipe.execute()
+    producer.clock = lambda: day * WINDOW + 10
+    batches = [
+        [producer.entry("wk_live_1", message(i)) for i in range(start, start + 100)]
+        for start in range(0, messages, 100)
+    ]
+    old = client.register_script(OLD_ENQUEUE_LUA)
+    results: dict[str, list[float]] = {"xadd": [], "old": [], "new": []}
+
+    def run_xadd() -> None:
+        for batch in batches:
+            pipe = client.pipeline(transaction=False)
+            producer.add(pipe, batch)
+            pipe.execute()
+
+    def run_old() -> None:
+        for batch in batches:
+            names: list[str] = []
+            args: list[Any] = [WINDOW]
+            for entry in batch:
+                names += (keys.dedup("wk_live_1", str(uuid.uuid4())), entry.stream)
+                args += (entry.write_key, entry.message)
+            old(keys=names, args=args)
+
+    def run_new() -> None:
+        async def go() -> None:
+            async_client = redis.asyncio.Redis.from_url(url)
+            for batch in batches:
+                fresh = [entry._replace(member=str(random.getrandbits(63) + 1).encode()) for entry in batch]
+                await producer.enqueue(async_client, fresh)
+            await async_client.aclose()
+
+        asyncio.run(go())
+
+    for _ in range(rounds):
+        for name, run in (("xadd", run_xadd), ("old", run_old), ("new", run_new)):
+            before = cpu(client)
+            run()
+            results[name].append((cpu(client) - before) / messages * 1e6)
+            drop_streams(client, keys)
+    for name in client.scan_iter(match=f"{keys.prefix}:*", count=1000):
+        client.delete(name)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--markers", type=int, default=540_000, help="markers per bucket (one partition's share)")
+    parser.add_argument("--messages", type=int, default=40_000, help="messages per CPU round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved CPU rounds (median shown)")
+    args = parser.parse_args()
+    load_before = load_average()
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-") as scratch:
+        server = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", scratch],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        try:
+            for _ in range(100):
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            version = client.info("server")["redis_version"]
+            mem = memory(url, client, args.markers)
+            entry = queued(client)
+            rounds = cpu_rounds(url, client, args.messages, args.rounds)
+        finally:
+            client.close()
+            server.terminate()
+            server.wait()
+    median = {name: statistics.median(values) for name, values in rounds.items()}
+    print(f"dedup markers and enqueue, old layout vs new: {code_version()}, redis-server {version}")
+    print(f"  load average {load_before} before, {load_average()} after; {os.cpu_count()} cores")
+    print(f"  bytes per dedup marker (used_memory), {args.markers:,} markers per partition and bucket:")
+    print(f"    old layout (a key per message):                 {mem['old']:6.1f} B/marker")
+    print(f"    new, first bucket (64 sets, no predecessor):    {mem['first']:6.1f} B/marker")
+    print(f"    new, 100 msgs/s ({mem['sets_100']:,.0f} sets/partition):        {mem['steady_100']:6.1f} B/marker")
+    print(
+        f"    new, 10,000 msgs/s ({mem['sets_10k']:,.0f} sets, 1 % written): {mem['steady_10k']:6.1f} B/marker"
+        f" ({mem['intsets_10k']:.0%} intsets)"
+    )
+    for label, key in (("100 msgs/s", "steady_100"), ("10,000 msgs/s", "steady_10k")):
+        print(
+            f"  per message accepted in the window at {label}: old {mem['old']:.1f} B, new {1.5 * mem[key]:.1f} B"
+            f" on average (1.5 windows held), {2 * mem[key]:.1f} B at most; new/old {1.5 * mem[key] / mem['old']:.2f}"
+        )
+    print(f"  bytes per queued message (stream entry, same envelope old and new): {entry:.0f} B")
+    print(f"  Redis CPU us/msg of the enqueue, requests of 100 over {PARTITIONS} partitions (median of {args.rounds}):")
+    print(f"    plain pipelined XADD (no dedup):   {median['xadd']:5.2f}   rounds {rounds['xadd']}")
+    print(f"    old script (one per request):      {median['old']:5.2f}   rounds {rounds['old']}")
+    print(f"    new scripts (per partition, MULTI): {median['new']:5.2f}   rounds {rounds['new']}")
+    print(f"    new/old {median['new'] / median['old']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
