@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import orjson
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys, partition_of
@@ -22,44 +23,56 @@ from worker.store.dedup import Markers, digest
 from worker.store.evalsha import run_scripts
 from worker.store.streams import measure_backlog, queue_backlog, read_backlogs
 
-# One partition's write: its stream, its marker sets (worker/store/dedup.py). KEYS: the sizes hash, the stream, per
-# entry its set of the current bucket and of the previous one, then a pending key per deletion. ARGV: the bucket,
-# the previous one, their S as the writer computed the sets with (refused when stale), the TTL of a new set, the
-# write key, the number of deletions, the pending keys' TTL, per entry its member and message, then per deletion
-# its entry's number. A message is added when its member is new in both sets; a failed XADD (a key of the wrong
-# type) removes the member again and fails the script, so that the client's retry is not taken for a duplicate.
-# A deletion that is added sets its pending key; the answer ends with a flag per deletion: write its suppression
-# (added now, or a duplicate whose pending key is still there: an earlier attempt did not finish).
+# The write of one or more partitions (a cluster: one, whose keys share its tag; one Redis: all of a request's).
+# KEYS per partition: its sizes hash, its stream, per entry its marker set of the current bucket and of the previous
+# one, then a pending key per deletion. ARGV: the bucket, the previous one, the TTL of a new set, the write key, the
+# pending keys' TTL, then per partition: the S of both buckets as the writer computed the sets with (the call is
+# refused before it writes anything when one is stale), the number of entries and of deletions, per entry its
+# member and message, per deletion its entry's number. A message is added when its member is new in both sets; a
+# failed XADD (a key of the wrong type) removes the member again and fails the script, so that the client's retry
+# is not taken for a duplicate. A deletion that is added sets its pending key. The answer, per partition: a stream
+# id (or false: a duplicate) per entry, then a flag per deletion: write its suppression (added now, or a duplicate
+# whose pending key is still there: an earlier attempt did not finish).
 _ENQUEUE_LUA = """
-local sizes = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2])
-if (sizes[1] or '0') ~= ARGV[3] or (sizes[2] or '0') ~= ARGV[4] then
-  return redis.error_reply('STALE dedup sizes')
-end
-local stream, ttl, w, check = KEYS[2], ARGV[5], ARGV[6], ARGV[4] ~= '0'
-local deletions = tonumber(ARGV[7])
-local n = (#KEYS - 2 - deletions) / 2
-local pending = {}
-for j = 1, deletions do pending[tonumber(ARGV[8 + 2 * n + j])] = KEYS[2 + 2 * n + j] end
-local out = {}
-for e = 1, n do
-  local set, member = KEYS[2 * e + 1], ARGV[2 * e + 7]
-  local added = redis.call('SADD', set, '0', member)
-  if added == 0 or (check and redis.call('SISMEMBER', KEYS[2 * e + 2], member) == 1) then
-    out[e] = false
-  else
-    if added == 2 then redis.call('EXPIRE', set, ttl) end
-    local id = redis.pcall('XADD', stream, '*', 'w', w, 'm', ARGV[2 * e + 8])
-    if type(id) == 'table' and id.err then
-      redis.call('SREM', set, member)
-      return id
-    end
-    out[e] = id
-    if pending[e] then redis.call('SET', pending[e], '1', 'EX', ARGV[8]) end
+local bucket, before, ttl, w, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local groups = {}
+local a, k = 6, 1
+while a <= #ARGV do
+  local n, d = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local sizes = redis.call('HMGET', KEYS[k], bucket, before)
+  if (sizes[1] or '0') ~= ARGV[a] or (sizes[2] or '0') ~= ARGV[a + 1] then
+    return redis.error_reply('STALE dedup sizes')
   end
+  groups[#groups + 1] = {a, k, n, d}
+  a = a + 4 + 2 * n + d
+  k = k + 2 + 2 * n + d
 end
-for j = 1, deletions do
-  local e = tonumber(ARGV[8 + 2 * n + j])
-  out[n + j] = (out[e] or redis.call('EXISTS', KEYS[2 + 2 * n + j]) == 1) and 1 or 0
+local out = {}
+for g = 1, #groups do
+  local a, k, n, d = unpack(groups[g])
+  local stream, check, first = KEYS[k + 1], ARGV[a + 1] ~= '0', #out
+  local pending = {}
+  for j = 1, d do pending[tonumber(ARGV[a + 3 + 2 * n + j])] = KEYS[k + 1 + 2 * n + j] end
+  for e = 1, n do
+    local set, member = KEYS[k + 2 * e], ARGV[a + 2 + 2 * e]
+    local added = redis.call('SADD', set, '0', member)
+    if added == 0 or (check and redis.call('SISMEMBER', KEYS[k + 2 * e + 1], member) == 1) then
+      out[first + e] = false
+    else
+      if added == 2 then redis.call('EXPIRE', set, ttl) end
+      local id = redis.pcall('XADD', stream, '*', 'w', w, 'm', ARGV[a + 3 + 2 * e])
+      if type(id) == 'table' and id.err then
+        redis.call('SREM', set, member)
+        return id
+      end
+      out[first + e] = id
+      if pending[e] then redis.call('SET', pending[e], '1', 'EX', hold) end
+    end
+  end
+  for j = 1, d do
+    local e = tonumber(ARGV[a + 3 + 2 * n + j])
+    out[first + n + j] = (out[first + e] or redis.call('EXISTS', KEYS[k + 1 + 2 * n + j]) == 1) and 1 or 0
+  end
 end
 return out
 """
@@ -176,34 +189,39 @@ class Producer:
         written: list[bytes | None] = [None] * len(entries)
         pending: set[int] = set()
         markers = self.markers
+        alone = isinstance(client, AsyncRedisCluster)  # a script per partition; on one Redis, one per write key
         todo = list(groups)
         for _ in range(_ATTEMPTS):
             now = self.clock()
             bucket = markers.bucket(now)
-            ttl = markers.ttl(bucket, now)
             await markers.load(client, {partition for partition, _ in todo}, bucket)
-            calls = []
-            scripts = []
+            calls: dict[Any, list[tuple[int, bytes]]] = {}
             for group in todo:
-                indexes = groups[group]
-                asks = [index for index in indexes if index in deletions] if deletions else []
-                calls.append((group, indexes, asks))
-                scripts.append((_ENQUEUE_LUA, *self._call(entries, indexes, asks, group[0], bucket=bucket, ttl=ttl)))
+                calls.setdefault(group if alone else group[1], []).append(group)
+            scripts = [self._call(entries, groups, deletions, m, bucket=bucket, now=now) for m in calls.values()]
             answers = await self._execute(client, scripts)
             stale: list[tuple[int, bytes]] = []
             failure: BaseException | None = None
-            for (group, indexes, asks), answer in zip(calls, answers, strict=True):
+            for members, answer in zip(calls.values(), answers, strict=True):
                 if isinstance(answer, NoScriptError):  # a restarted Redis: loaded again by _execute
-                    stale.append(group)
+                    stale += members
                 elif isinstance(answer, ResponseError) and str(answer).startswith("STALE"):
-                    markers.forget(group[0])
-                    stale.append(group)
+                    for partition, _ in members:
+                        markers.forget(partition)
+                    stale += members
                 elif isinstance(answer, BaseException):
                     failure = failure or answer
                 else:
-                    for index, stream_id in zip(indexes, answer, strict=False):
-                        written[index] = stream_id
-                    pending.update(index for index, flag in zip(asks, answer[len(indexes) :], strict=True) if flag)
+                    at = 0
+                    for group in members:
+                        indexes = groups[group]
+                        for index, stream_id in zip(indexes, answer[at : at + len(indexes)], strict=True):
+                            written[index] = stream_id
+                        at += len(indexes)
+                        asks = [index for index in indexes if index in deletions]
+                        flags = answer[at : at + len(asks)]
+                        pending.update(index for index, flag in zip(asks, flags, strict=True) if flag)
+                        at += len(asks)
             if failure is not None:
                 raise failure
             if not stale:
@@ -212,27 +230,38 @@ class Producer:
         raise ResponseError("dedup sizes kept changing: retry")
 
     def _call(
-        self, entries: Sequence[Entry], indexes: list[int], asks: list[int], partition: int, *, bucket: int, ttl: int
-    ) -> tuple[list[str], list[bytes | int | str]]:
-        """KEYS and ARGV of one partition's script (``asks``: the entries that are deletions)."""
-        sizes = self.markers.cached(partition, bucket)
-        assert sizes is not None  # loaded by the caller
-        shards, previous = sizes
-        stem = self.keys.seen_stem(partition, bucket)
-        before = self.keys.seen_stem(partition, bucket - 1)
-        keys = [self._sizes[partition], self._streams[partition]]
-        args: list[bytes | int | str] = [bucket, bucket - 1, shards, previous, ttl, entries[indexes[0]].write_key]
-        args += (len(asks), self.dedup_window)
-        for index in indexes:
-            entry = entries[index]
-            shard = entry.shard
-            current = f"{stem}{shard % shards}"
-            keys += (current, f"{before}{shard % previous}" if previous else current)
-            args += (entry.member, entry.message)
-        if asks:
-            keys += [self.keys.seen_pending(partition, entries[index].member.decode("ascii")) for index in asks]
-            args += [indexes.index(index) + 1 for index in asks]
-        return keys, args
+        self,
+        entries: Sequence[Entry],
+        groups: Mapping[tuple[int, bytes], list[int]],
+        deletions: set[int],
+        members: list[tuple[int, bytes]],
+        *,
+        bucket: int,
+        now: float,
+    ) -> tuple[str, list[str], list[Any]]:
+        """The script, KEYS and ARGV of one call, for the partitions ``members`` (of one write key)."""
+        keys: list[str] = []
+        args: list[Any] = [bucket, bucket - 1, self.markers.ttl(bucket, now), members[0][1], self.dedup_window]
+        for partition, write_key in members:
+            indexes = groups[(partition, write_key)]
+            sizes = self.markers.cached(partition, bucket)
+            assert sizes is not None  # loaded by the caller
+            shards, previous = sizes
+            stem = self.keys.seen_stem(partition, bucket)
+            before = self.keys.seen_stem(partition, bucket - 1)
+            asks = [index for index in indexes if index in deletions] if deletions else []
+            keys += (self._sizes[partition], self._streams[partition])
+            args += (shards, previous, len(indexes), len(asks))
+            for index in indexes:
+                entry = entries[index]
+                shard = entry.shard
+                current = f"{stem}{shard % shards}"
+                keys += (current, f"{before}{shard % previous}" if previous else current)
+                args += (entry.member, entry.message)
+            if asks:
+                keys += [self.keys.seen_pending(partition, entries[index].member.decode("ascii")) for index in asks]
+                args += [indexes.index(index) + 1 for index in asks]
+        return _ENQUEUE_LUA, keys, args
 
     async def _execute(self, client: AsyncRedis, scripts: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         return await run_scripts(client, scripts, self.replicas, self.replicas_timeout_ms)
