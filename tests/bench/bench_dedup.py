@@ -1,16 +1,18 @@
-"""Dedup markers and the enqueue script, old layout against new, side by side in one run on a Redis of its own.
+r"""Dedup markers and the enqueue script, old layout against new, side by side in one run on a Redis of its own.
 
 Run: ``.venv/bin/python tests/bench/bench_dedup.py [--markers 540000] [--messages 40000] [--rounds 3]``
 
-Starts a ``redis-server`` of its own on a free port (so that ``used_memory`` and its CPU are this benchmark's).
+Starts ``redis-server``\s of its own on free ports, a fresh one per memory case (so that ``used_memory`` and the
+CPU are this benchmark's, and no dict still rehashing from an earlier case is counted).
 
 - **Bytes per dedup marker**, measured as the change of ``used_memory`` (the streams the scripts also write are
   trimmed as it goes and deleted before measuring). ``--markers`` is one partition's share of one window: 540,000
   = 100 msgs/s x 86,400 s / 16 partitions. Old: the old script (kept here: ``SET NX EX`` key per message + XADD).
-  New, through the real :class:`~worker.store.producer.Producer` (its clock set): the first bucket (sized without
-  a predecessor: 64 sets), then the next one, sized from it (the steady state). At 10,000 msgs/s a partition's
-  bucket holds 100x as many, split into 100x as many sets: the bench writes ``--markers`` of them into the first
-  1 % of those sets (its sizes hash set so), i.e. the same sets Redis would hold, a hundredth of them.
+  New, through the real :class:`~worker.store.producer.Producer` (its clock set), in a bucket sized as sizing
+  from a predecessor of as many markers decides (the steady state); and a partition's first bucket (no
+  predecessor: 64 sets), with the size the next bucket then gets. At 10,000 msgs/s a partition's bucket holds
+  100x as many, split into 100x as many sets: the bench writes ``--markers`` of them into the first 1 % of those
+  sets (its sizes hash set so), i.e. the same sets Redis would hold, a hundredth of them.
   The new layout holds between 1 and 2 windows of markers (buckets expire as a whole): per message accepted in
   the window that is 1.5x the bytes per marker on average, 2x at worst; the old one holds exactly one window.
 - **Bytes per queued message**: ``MEMORY USAGE`` of the streams / entries (the envelope is the same in both), at
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import math
 import os
 import random
 import statistics
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,42 +147,81 @@ def new_bucket(url: str, producer: Producer, entries: list[Entry], client: redis
     return (used(client) - before) / len(entries)
 
 
-def memory(url: str, client: redis.Redis, count: int) -> dict[str, float]:
+@contextlib.contextmanager
+def server() -> Iterator[tuple[str, redis.Redis]]:
+    """A fresh ``redis-server`` (no persistence) on a free port: nothing else in its memory; stopped after."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-") as scratch:
+        process = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", scratch],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        try:
+            for _ in range(200):
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            yield url, client
+        finally:
+            client.close()
+            process.terminate()
+            process.wait()
+
+
+def sets_usage(client: redis.Redis, keys: Keys) -> tuple[float, float]:
+    """MEMORY USAGE of the marker sets under ``keys``, and the share of them that are intsets."""
+    total, intsets, count = 0, 0, 0
+    for name in client.scan_iter(match=f"{keys.prefix}:*:seen:*:*", count=1000):
+        total += int(client.memory_usage(name, samples=0) or 0)
+        intsets += client.object("encoding", name) == b"intset"
+        count += 1
+    return float(total), intsets / max(1, count)
+
+
+def memory(count: int) -> dict[str, float]:
+    """Each layout and case in a Redis of its own (a dict still rehashing from a previous case would count)."""
     figures: dict[str, float] = {}
     keys = Keys(f"bench-dedup-{uuid.uuid4().hex[:6]}")
-    figures["old"] = old_markers(client, keys, count)
-    producer = Producer(keys, 1, WINDOW)
     day = 20_000
-    producer.clock = lambda: day * WINDOW + 10
-    figures["first"] = new_bucket(
-        url, producer, [producer.entry("wk_live_1", message(i)) for i in range(count)], client
-    )
-    producer.clock = lambda: (day + 1) * WINDOW + 10
-    figures["steady_100"] = new_bucket(
-        url, producer, [producer.entry("wk_live_1", message(i)) for i in range(count)], client
-    )
-    figures["sets_100"] = float(int(client.hget(keys.seen_sizes(0), day + 1) or 0))
-    # 10,000 msgs/s: 100x the markers in 100x the sets; the first 1 % of those sets, as Redis would hold them
-    big = Keys(f"bench-dedup-{uuid.uuid4().hex[:6]}")
-    sets = int(client.hget(keys.seen_sizes(0), day + 1) or 1) * 100
-    client.hset(big.seen_sizes(0), day + 5, sets)
-    sampled = Producer(big, 1, WINDOW)
-    sampled.clock = lambda: (day + 5) * WINDOW + 10
-    entries = []
-    for i in range(count):
-        entry = sampled.entry("wk_live_1", message(i))
-        entries.append(entry._replace(shard=entry.shard % (sets // 100)))
-    figures["steady_10k"] = new_bucket(url, sampled, entries, client)
-    figures["sets_10k"] = float(sets)
-    encodings: dict[str, int] = {}
-    for name in client.scan_iter(match=f"{big.prefix}:*:seen:*", count=1000):
-        kind = client.object("encoding", name)
-        encodings[str(kind)] = encodings.get(str(kind), 0) + 1
-    figures["intsets_10k"] = encodings.get("b'intset'", 0) / max(1, sum(encodings.values()))
-    for prefix in (keys.prefix, big.prefix):
-        for name in client.scan_iter(match=f"{prefix}:*", count=1000):
-            client.delete(name)
+    with server() as (_, client):
+        figures["old"] = old_markers(client, keys, count)
+    sets = math.ceil(count / TARGET_FILL)  # what sizing from a predecessor of ``count`` markers decides
+    for name, factor in (("100", 1), ("10k", 100)):
+        # 10,000 msgs/s: 100x the markers in 100x the sets; the first 1 % of those sets, as Redis would hold them
+        with server() as (url, client):
+            producer = Producer(keys, 1, WINDOW)
+            producer.clock = lambda: day * WINDOW + 10
+            client.hset(keys.seen_sizes(0), day, sets * factor)
+            entries = []
+            for i in range(count):
+                entry = producer.entry("wk_live_1", message(i))
+                entries.append(entry._replace(shard=entry.shard % sets) if factor > 1 else entry)
+            figures[f"steady_{name}"] = new_bucket(url, producer, entries, client)
+            figures[f"usage_{name}"], figures[f"intsets_{name}"] = sets_usage(client, keys)
+            figures[f"usage_{name}"] /= count
+            figures[f"sets_{name}"] = float(sets * factor)
+    with server() as (url, client):  # a partition's first bucket: no predecessor to size from (64 sets)
+        producer = Producer(keys, 1, WINDOW)
+        producer.clock = lambda: day * WINDOW + 10
+        figures["first"] = new_bucket(
+            url, producer, [producer.entry("wk_live_1", message(i)) for i in range(count)], client
+        )
+        producer.clock = lambda: (day + 1) * WINDOW + 10
+        asyncio.run(sized(url, producer))
+        figures["sized"] = float(int(client.hget(keys.seen_sizes(0), day + 1) or 0))
     return figures
+
+
+async def sized(url: str, producer: Producer) -> None:
+    """The next bucket sized (from the first) as ingest sizes it."""
+    client = redis.asyncio.Redis.from_url(url)
+    await producer.markers.load(client, [0], producer.markers.bucket(producer.clock()))
+    await client.aclose()
 
 
 def queued(client: redis.Redis, node_bytes: int = 4096) -> float:
@@ -283,41 +327,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved CPU rounds (median shown)")
     args = parser.parse_args()
     load_before = load_average()
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-dedup-") as scratch:
-        server = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", scratch],
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        try:
-            for _ in range(100):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            version = client.info("server")["redis_version"]
-            mem = memory(url, client, args.markers)
-            entry = queued(client)
-            entry_16k = queued(client, 16_384)
-            rounds = cpu_rounds(url, client, args.messages, args.rounds)
-        finally:
-            client.close()
-            server.terminate()
-            server.wait()
+    mem = memory(args.markers)
+    with server() as (url, client):
+        version = client.info("server")["redis_version"]
+        entry = queued(client)
+        entry_16k = queued(client, 16_384)
+        rounds = cpu_rounds(url, client, args.messages, args.rounds)
     median = {name: statistics.median(values) for name, values in rounds.items()}
     print(f"dedup markers and enqueue, old layout vs new: {code_version()}, redis-server {version}")
     print(f"  load average {load_before} before, {load_average()} after; {os.cpu_count()} cores")
-    print(f"  bytes per dedup marker (used_memory), {args.markers:,} markers per partition and bucket:")
-    print(f"    old layout (a key per message):                 {mem['old']:6.1f} B/marker")
-    print(f"    new, first bucket (64 sets, no predecessor):    {mem['first']:6.1f} B/marker")
-    print(f"    new, 100 msgs/s ({mem['sets_100']:,.0f} sets/partition):        {mem['steady_100']:6.1f} B/marker")
+    print(f"  bytes per dedup marker (used_memory delta; MEMORY USAGE of the sets), {args.markers:,} per bucket:")
+    print(f"    old layout (a key per message):                     {mem['old']:6.1f} B/marker")
+    for label, name in (("100 msgs/s", "100"), ("10,000 msgs/s", "10k")):
+        print(
+            f"    new, {label}, {mem[f'sets_{name}']:,.0f} sets per partition and bucket: {mem[f'steady_{name}']:6.1f}"
+            f" B/marker; MEMORY USAGE {mem[f'usage_{name}']:.1f} B ({mem[f'intsets_{name}']:.0%} intsets)"
+        )
     print(
-        f"    new, 10,000 msgs/s ({mem['sets_10k']:,.0f} sets, 1 % written): {mem['steady_10k']:6.1f} B/marker"
-        f" ({mem['intsets_10k']:.0%} intsets)"
+        f"    new, a partition's first bucket (64 sets, no predecessor): {mem['first']:6.1f} B/marker; the next"
+        f" bucket is sized to {mem['sized']:,.0f} sets from it (target {math.ceil(args.markers / TARGET_FILL):,})"
     )
     for label, key in (("100 msgs/s", "steady_100"), ("10,000 msgs/s", "steady_10k")):
         print(
