@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -47,6 +48,8 @@ MAX_SHARDS = 1 << 22
 SAMPLES = 8
 """Sets of the previous bucket whose sizes are read to size a new bucket (shards 0..7)."""
 SENTINEL = b"0"
+_SPLIT = struct.Struct("<qI").unpack
+"""A digest's 12 bytes: the member (signed 64-bit) and the shard hash (unsigned 32-bit), little-endian."""
 
 # KEYS: the sizes hash, then shards 0..SAMPLES-1 of the previous bucket. ARGV: bucket, previous bucket, the one
 # before (forgotten), initial, target, max, the hash's TTL, the least S. Answers {S of bucket, S of previous or 0}.
@@ -79,9 +82,8 @@ return {tonumber(cur), prev}
 def digest(write_key: bytes, message_id: str) -> tuple[bytes, int]:
     """The marker of a message: its member (a 64-bit integer, as Redis reads it: decimal, never 0) and the hash
     that picks its shard."""
-    raw = hashlib.blake2b(write_key + b"\n" + message_id.encode("utf-8"), digest_size=12).digest()
-    member = int.from_bytes(raw[:8], "little", signed=True) or 1
-    return str(member).encode("ascii"), int.from_bytes(raw[8:], "little")
+    member, shard = _SPLIT(hashlib.blake2b(write_key + b"\n" + message_id.encode("utf-8"), digest_size=12).digest())
+    return str(member or 1).encode("ascii"), shard
 
 
 class Markers:
