@@ -1,9 +1,9 @@
 """The producer: how accepted messages are written into their partition streams (ingest; dead-letter replay).
 
-Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write is one Lua
-script per partition a request touches (pipelined: one round trip) that checks and sets each message's compact
-dedup marker (:mod:`worker.store.dedup`) and XADDs it only when the marker was new. Ingest's backlog figure is
-read here too, with the one measure of :mod:`worker.store.streams`.
+Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write is a Lua script
+that checks and sets each message's compact dedup marker (:mod:`worker.store.dedup`) and XADDs it only when the
+marker was new: one call per request on one Redis, one per partition the request touches on a cluster.
+Ingest's backlog figure is read here too, with the one measure of :mod:`worker.store.streams`.
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ class Entry(NamedTuple):
 class Producer:
     """Writes envelopes into their partition streams, each message its own entry.
 
-    :meth:`enqueue` is ingest's path: per partition a request touches, one script (``EVALSHA``) that, per
-    message and atomically, checks and sets its compact dedup marker (:mod:`worker.store.dedup`) and ``XADD``\\s
-    the entry only when the marker was new; the scripts of all partitions go in one pipeline (one round trip;
-    on a cluster one per node; on one Redis in one MULTI). A conditional XADD needs the script: a plain
+    :meth:`enqueue` is ingest's path: a script (``EVALSHA``) that, per message and atomically, checks and sets
+    its compact dedup marker (:mod:`worker.store.dedup`) and ``XADD``\\s the entry only when the marker was new:
+    on one Redis one call per request, on a cluster one per partition the request touches (its keys share the
+    partition's hash tag), pipelined (one round trip per node). A conditional XADD needs the script: a plain
     pipeline cannot skip the XADD of a duplicate. :meth:`add` queues plain XADDs (no dedup) on the caller's
     pipeline, so that dead-letter replay can re-add a letter and delete it in one MULTI.
     """
@@ -154,8 +154,10 @@ class Producer:
         """Write ``entries``; per entry its stream id, or None for a duplicate (the same write key and messageId
         within the dedup window, in the same partition).
 
-        One script per partition touched (and write key: a request has one), all in one pipeline (a partition's
-        keys share its hash tag, so that a cluster runs each script on one node).
+        On one Redis, one script call per write key (a request has one) for all its partitions: atomic, so that
+        a full Redis refuses a request as a whole. On a cluster, one per partition, all in one pipeline (a
+        partition's keys share its hash tag: each script runs on one node; a request refused midway, 503, may
+        have queued some partitions' entries, which its retry finds duplicates).
 
         ``suppress`` (hash key, version field, {entry index: fields}): a deleted user's suppression fields, written
         in ordered steps after the stream writes (the hash has its own tag), before this returns. A new deletion
