@@ -21,8 +21,9 @@ user, so it lands there). Layout, all under the partition's hash tag (:mod:`work
 - **new sets** are told by a sentinel member ``0``: the script adds ``0`` with each member, and ``SADD`` answering
   2 means the set is new and gets its expiry (one EXPIRE per set, not per message).
 
-The check and the XADD are one script per partition (worker/store/producer.py). Markers of the old layout (a key
-per message, ``Keys.dedup``) are not consulted: :func:`migrate` converts them (``ctrelay migrate``).
+The check and the XADD are one script (worker/store/producer.py: a request's on one Redis, a partition's on a
+cluster). Markers of the old layout (a key per message, ``Keys.dedup``) are not consulted (that would cost an
+EXISTS per message and, on a cluster, a key of another slot): :func:`migrate` converts them (``ctrelay migrate``).
 """
 
 from __future__ import annotations
