@@ -123,6 +123,26 @@ def test_suppressions_follow_the_stream_writes(redis_url: str, keys: Keys, redis
     assert redis_client.hget(hash_key, "i:alice") == b"9e9|2|track"
 
 
+@pytest.mark.parametrize("per_partition", [False, True])
+def test_a_call_per_request_or_per_partition_answers_alike(
+    redis_url: str, keys: Keys, redis_client: redis.Redis, per_partition: bool
+) -> None:
+    """A cluster's way (a script per partition, pipelined) and one Redis's (one for the request) agree."""
+    producer = Producer(keys, 4, dedup_window=WINDOW)
+    producer.per_partition = per_partition
+    users = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    assert len({partition_of(u, 4) for u in users}) > 1
+    entries = [producer.entry("wk", message(u, f"m-{u}")) for u in users]
+    deletion = producer.entry("wk", message("bob", "d1"))
+    hash_key = keys.suppressed("wk")
+    suppress = (hash_key, "v", {len(entries): {"i:bob": "9e9|1|track"}})
+    assert all(run(redis_url, producer, [*entries, deletion], suppress))
+    again = run(redis_url, producer, [entries[2], producer.entry("wk", message("carol", "new")), entries[0]])
+    assert [w is not None for w in again] == [False, True, False]
+    assert redis_client.hget(hash_key, "i:bob") == b"9e9|1|track"
+    assert sum(redis_client.xlen(keys.stream(p)) for p in range(4)) == len(users) + 2
+
+
 def test_migrate_converts_old_markers_keeping_their_window(
     redis_url: str, keys: Keys, redis_client: redis.Redis
 ) -> None:

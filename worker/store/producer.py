@@ -125,6 +125,8 @@ class Producer:
         self.markers = Markers(keys, dedup_window)
         self.clock = time.time
         """The time the dedup buckets are taken from (tests replace it)."""
+        self.per_partition: bool | None = None
+        """A script call per partition (True), per request (False), or as the client says (None: a cluster's)."""
         self.replicas = replicas
         self.replicas_timeout_ms = max(1, int(replicas_timeout_s * 1000))
         self._streams = self.streams()
@@ -191,7 +193,7 @@ class Producer:
         written: list[bytes | None] = [None] * len(entries)
         pending: set[int] = set()
         markers = self.markers
-        alone = isinstance(client, AsyncRedisCluster)  # a script per partition; on one Redis, one per write key
+        alone = isinstance(client, AsyncRedisCluster) if self.per_partition is None else self.per_partition
         todo = list(groups)
         for _ in range(_ATTEMPTS):
             now = self.clock()
