@@ -37,8 +37,10 @@ from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import NoScriptError
 
 from worker.core.keys import Keys
+from worker.store.evalsha import run_scripts
 
 TARGET_FILL = 128
 """Members per marker set a bucket is sized for: a fourth of the intset limit, so that a rate that grows up to ~4x
@@ -114,7 +116,7 @@ class Markers:
     def forget(self, partition: int) -> None:
         self._sizes.pop(partition, None)
 
-    def _size_args(self, partition: int, bucket: int, least: int = 1) -> tuple[list[str], list[int]]:
+    def _size_args(self, partition: int, bucket: int, least: int = 1) -> tuple[list[str], list[Any]]:
         stem = self.keys.seen_stem(partition, bucket - 1)
         keys = [self.keys.seen_sizes(partition), *(f"{stem}{shard}" for shard in range(SAMPLES))]
         ttl = 3 * self.window + 60
@@ -133,17 +135,18 @@ class Markers:
         return sizes
 
     async def load(self, client: AsyncRedis, partitions: Iterable[int], bucket: int) -> None:
-        """Read (or decide, for a bucket that starts now) the sizes of ``partitions``' ``bucket``: one round trip."""
+        """Read (or decide, for a bucket that starts now) the sizes of ``partitions``' ``bucket``: one round trip
+        (EVALSHA, as the enqueue: one script per partition, each on its node on a cluster)."""
         wanted = [p for p in partitions if self.cached(p, bucket) is None]
         if not wanted:
             return
-        script = self._script(client)
-        async with client.pipeline(transaction=False) as pipe:
-            for partition in wanted:
-                keys, args = self._size_args(partition, bucket)
-                await script(keys=keys, args=args, client=pipe)
-            answers = await pipe.execute()
+        scripts = [(_SIZE_LUA, *self._size_args(partition, bucket)) for partition in wanted]
+        answers = await run_scripts(client, scripts)
+        if any(isinstance(answer, NoScriptError) for answer in answers):  # loaded again by run_scripts
+            answers = await run_scripts(client, scripts)
         for partition, answer in zip(wanted, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise answer
             self._remember(partition, bucket, answer)
 
     def load_sync(self, client: Redis, partition: int, bucket: int, least: int = 1) -> tuple[int, int]:
