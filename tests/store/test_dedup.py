@@ -82,7 +82,7 @@ def test_a_bucket_is_sized_from_the_one_before(redis_url: str, keys: Keys, redis
     assert redis_client.hget(sizes, 1_999_999) is None  # forgotten: sizes of gone buckets are deleted
 
 
-def test_stale_sizes_are_reloaded_and_nothing_is_missed(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+def test_stale_sizes_are_reloaded_and_the_write_retried(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
     """A process that cached a bucket's size another process's decision replaced is refused and retries."""
     now = 3_000_000 * WINDOW
     one = at(Producer(keys, 1, dedup_window=WINDOW), now)
