@@ -91,7 +91,7 @@ HEADLINES = [  # (figure, benchmark, pattern, template over the groups)
      "{0} B"),
     ("Redis per Celery task message", "celery_memory", r"one Celery message:\s+used_memory\s+(\d+)", "{0} B"),
     ("Celery message / stream entry", "celery_memory", r"ratio Celery / stream \(used_memory\): ([\d.]+) x", "{0}x"),
-    ("dedup marker per accepted message", "redis_memory", r"dedup marker: MEMORY USAGE (\d+) B/key", "{0} B"),
+    ("dedup marker per accepted message", "redis_memory", r"dedup marker: MEMORY USAGE (\d+) B/\w+", "{0} B"),
     ("dead letter", "redis_memory", r"dead letter: used_memory delta (\d+) B/letter", "{0} B"),
     ("deleted-user screen, none suppressed", "deletion",
      r"screen, none suppressed\s+[\d.]+ us CPU/message.*?screen ([\d.]+) us CPU", "{0} µs of worker CPU per message"),

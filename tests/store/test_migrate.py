@@ -9,6 +9,7 @@ lease refuses it; a stream already in use by today's ingest gets the old entries
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import subprocess
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 
 from worker.core.errors import ConfigError
 from worker.core.keys import GROUP, Envelope, Keys, LegacyKeys, partition_of
 from worker.store.deadletters import DeadLetterStore
 from worker.store.migrate import migrate
+from worker.store.producer import Entry, Producer
 from worker.store.retries import RetrySchedule
 from worker.store.suppressions import Suppressions
 
@@ -32,6 +35,7 @@ pytestmark = pytest.mark.integration
 LEGACY_COMMIT = "9eb7d65"
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
+WINDOW = 600
 
 WRITER = """
 import sys, time
@@ -73,6 +77,8 @@ with client.pipeline(transaction=True) as pipe:
 slots = AccountSlots(client, keys, max_cap=15)
 slots.record("ACC", throttled=True)
 slots.try_acquire("ACC")
+for message_id in ("old1", "old2"):  # the old layout's dedup markers: a key per accepted message
+    client.set(keys.dedup("wk", message_id), "1", ex=600)
 """
 
 
@@ -110,7 +116,7 @@ def test_migrate_moves_what_the_old_layout_holds(
     assert not redis_client.exists(keys.stream(0))
     old_ids = {p: [e for e, _ in redis_client.xrange(legacy.stream(p))] for p in range(PARTITIONS)}
 
-    done = migrate(redis_client, keys, PARTITIONS)
+    done = migrate(redis_client, keys, PARTITIONS, WINDOW)
 
     read = {p: min(2, len(ids)) for p, ids in old_ids.items()}  # what the old worker read of each stream
     assert sum(read.values()) > PARTITIONS
@@ -134,8 +140,23 @@ def test_migrate_moves_what_the_old_layout_holds(
     assert done.removed == 1  # the old slot
     assert not [k for k in redis_client.scan_iter(match=f"{keys.prefix}:*") if b"{" not in k and b":dlq:" in k]
 
-    again = migrate(redis_client, keys, PARTITIONS)
+    assert done.dedup == 2  # the old markers converted: a retry of a message accepted before is still a duplicate
+    producer = Producer(keys, PARTITIONS, WINDOW)
+    retry = [producer.entry("wk", {"type": "track", "userId": "u3", "messageId": m}) for m in ("old1", "old2", "new")]
+    written = asyncio.run(_enqueue(redis_url, producer, retry))
+    assert [entry_id is not None for entry_id in written] == [False, False, True]
+    assert not list(redis_client.scan_iter(match=f"{keys.prefix}:dedup:*"))
+
+    again = migrate(redis_client, keys, PARTITIONS, WINDOW)
     assert not again.moved_anything
+
+
+async def _enqueue(redis_url: str, producer: Producer, entries: list[Entry]) -> list[bytes | None]:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        return await producer.enqueue(client, entries)
+    finally:
+        await client.aclose()
 
 
 def test_migrate_refuses_while_a_worker_holds_a_lease(
@@ -144,7 +165,7 @@ def test_migrate_refuses_while_a_worker_holds_a_lease(
     write_legacy(legacy_code, redis_url, keys.prefix)
     redis_client.set(LegacyKeys(keys.prefix).lease(2), "a-worker", px=30_000)
     with pytest.raises(ConfigError, match="partitions 2"):
-        migrate(redis_client, keys, PARTITIONS)
+        migrate(redis_client, keys, PARTITIONS, WINDOW)
     assert redis_client.exists(LegacyKeys(keys.prefix).stream(0))  # nothing moved
 
 
@@ -156,7 +177,7 @@ def test_a_stream_already_in_use_gets_the_old_entries_appended(
     redis_client.hset(keys.deadletters(), "other", b"{}")  # a letter written by today's worker
     old = redis_client.xlen(LegacyKeys(keys.prefix).stream(0))
 
-    done = migrate(redis_client, keys, PARTITIONS)
+    done = migrate(redis_client, keys, PARTITIONS, WINDOW)
 
     assert done.appended == old
     assert any("already held entries" in note for note in done.notes)

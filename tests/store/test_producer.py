@@ -12,6 +12,7 @@ import redis.asyncio
 from worker.core.keys import GROUP, Envelope, Keys, partition_of
 from worker.core.settings import Settings
 from worker.store.connections import connect_async
+from worker.store.dedup import Markers
 from worker.store.producer import Producer
 from worker.store.retries import RetryItem, RetrySchedule
 
@@ -56,7 +57,10 @@ def test_enqueue_writes_each_message_once_per_write_key(redis_url: str, keys: Ke
     entries = [Envelope.decode(fields) for _, fields in redis_client.xrange(stream)]
     alices = [(e.write_key, e.message["messageId"]) for e in entries if e.message["userId"] == "alice"]
     assert alices == [("wk", "m1"), ("other", "m1")]
-    assert 590 < redis_client.ttl(keys.dedup("wk", "m1", partition_of("alice", 4))) <= 600  # beside its stream
+    # remembered for the window at least, and at most two (its bucket's sets expire as a whole)
+    left = Markers(keys, 600).remembered(redis_client, partition_of("alice", 4), "wk", "m1") or 0
+    assert 600 <= left <= 2 * 600 + 1
+    assert Markers(keys, 600).remembered(redis_client, partition_of("bob", 4), "wk", "m1") is None  # not its partition
     assert asyncio.run(enqueue(redis_url, producer, [])) == []
 
 
@@ -67,8 +71,8 @@ def test_a_failed_xadd_leaves_no_dedup_marker(redis_url: str, keys: Keys, redis_
     redis_client.set(keys.stream(0), "not a stream")  # every XADD fails with WRONGTYPE
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         asyncio.run(enqueue(redis_url, producer, entries))
-    assert not redis_client.exists(keys.dedup("wk", "m1", 0))
-    assert not redis_client.exists(keys.dedup("wk", "m2", 0))
+    assert Markers(keys, 600).remembered(redis_client, 0, "wk", "m1") is None
+    assert Markers(keys, 600).remembered(redis_client, 0, "wk", "m2") is None
     redis_client.delete(keys.stream(0))
     assert all(asyncio.run(enqueue(redis_url, producer, entries)))  # the retry is taken, not dropped
     assert [Envelope.decode(f).message["messageId"] for _, f in redis_client.xrange(keys.stream(0))] == ["m1", "m2"]
@@ -80,7 +84,7 @@ def test_add_queues_plain_xadds_without_dedup(keys: Keys, redis_client: redis.Re
     producer.add(pipe, [producer.entry("wk", message("alice", "m1"))] * 2)
     pipe.execute()
     assert redis_client.xlen(keys.stream(partition_of("alice", 4))) == 2
-    assert not redis_client.exists(keys.dedup("wk", "m1", partition_of("alice", 4)))
+    assert Markers(keys, 600).remembered(redis_client, partition_of("alice", 4), "wk", "m1") is None
 
 
 def test_backlog_is_what_the_streams_hold(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:

@@ -57,12 +57,27 @@ class Keys:
         """The stream of one partition (entries: the envelope)."""
         return f"{self.prefix}:{{p{partition}}}:stream"
 
-    def dedup(self, write_key: str, message_id: str, partition: int | None = None) -> str:
-        """A marker that ``message_id`` was accepted for ``write_key`` (expires after the dedup window); with
-        ``partition`` (the producer's), under the partition's tag, beside the stream its message is added to."""
-        if partition is None:
-            return f"{self.prefix}:dedup:{write_key}:{message_id}"
-        return f"{self.prefix}:{{p{partition}}}:dedup:{write_key}:{message_id}"
+    def dedup(self, write_key: str, message_id: str) -> str:
+        """The old layout's marker that ``message_id`` was accepted for ``write_key`` (a key per message, EX = the
+        window); nothing writes it any more: :func:`worker.store.dedup.migrate` converts what is left of it."""
+        return f"{self.prefix}:dedup:{write_key}:{message_id}"
+
+    # Dedup markers (worker/store/dedup.py): under the partition's hash tag, as the messages they mark.
+    def seen_sizes(self, partition: int) -> str:
+        """Hash: time bucket → the number of marker sets (shards) the bucket of ``partition`` is split into."""
+        return f"{self.prefix}:{{p{partition}}}:seen"
+
+    def seen_stem(self, partition: int, bucket: int) -> str:
+        """The common start of the marker sets of one bucket; a set's key is this stem and its shard number."""
+        return f"{self.prefix}:{{p{partition}}}:seen:{bucket}:"
+
+    def seen_pending(self, partition: int, member: str) -> str:
+        """String (EX): the deletion with this marker member was queued, its suppression not yet confirmed written."""
+        return f"{self.prefix}:{{p{partition}}}:seen:pending:{member}"
+
+    def seen(self, partition: int, bucket: int, shard: int) -> str:
+        """Set (intset): 64-bit digests of the messages accepted in ``bucket`` whose digest falls in ``shard``."""
+        return f"{self.seen_stem(partition, bucket)}{shard}"
 
     # Dead letters (worker/store/deadletters.py): four keys, kept in step by Lua scripts (one tag: {dlq}).
     def deadletters(self) -> str:

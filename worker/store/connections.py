@@ -18,6 +18,7 @@ The Redis broker's keys live under ``<prefix>:celery``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -230,6 +231,16 @@ def broker(settings: Settings) -> Broker:
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` (or a pipeline of it) talks to a Redis Cluster."""
     return isinstance(client, RedisCluster | AsyncRedisCluster) or type(client).__name__ == "ClusterPipeline"
+
+
+async def reset_is_connection_error(call: Awaitable[Any]) -> Any:
+    """``await call``; an AttributeError or RuntimeError raised by redis-py's asyncio cluster client is a
+    ConnectionError: when a node fails, that client closes the node's connections under the feet of commands in
+    flight on them ("'NoneType' object has no attribute 'writelines'", "the handler is closed")."""
+    try:
+        return await call
+    except (AttributeError, RuntimeError) as exc:
+        raise redis.ConnectionError(f"Redis Cluster connection reset: {exc}") from exc
 
 
 def close(client: redis.Redis) -> None:

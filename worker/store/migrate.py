@@ -13,9 +13,9 @@ layout never ran on a cluster). It refuses while a drain holds a partition lease
   added to it, then the old keys removed.
 - **suppressions**: each write key's hash renamed, or merged (fields already there are kept; version raised).
 - **account caps** renamed; upload slots and dispatch markers (they expire within seconds) removed.
-- **dedup markers**: their conversion is not done here; :func:`migrate` calls ``worker.store.dedup.migrate(client,
-  keys, partitions)`` when that module exists, else leaves the old markers to expire with the dedup window (a
-  client's retry of a message accepted just before the upgrade may then be queued again: a repeat).
+- **dedup markers**: the old layout's (a key per message) converted into compact ones by
+  :func:`worker.store.dedup.migrate`, keeping their remaining window (so that a client's retry of a message
+  accepted just before the upgrade is still answered as a duplicate).
 
 Every step checks before it writes, so running it again after a crash or on migrated data moves what is left
 (nothing, the second time).
@@ -23,9 +23,7 @@ Every step checks before it writes, so running it again after a crash or on migr
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +31,7 @@ import redis
 
 from worker.core.errors import ConfigError
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys, LegacyKeys
+from worker.store import dedup
 from worker.store.deadletters import DeadLetterStore
 from worker.store.letters import Letter
 from worker.store.suppressions import VERSION_FIELD
@@ -53,12 +52,13 @@ class Migration:
     suppressions: int = 0
     caps: int = 0
     removed: int = 0
-    dedup: str = ""
+    dedup: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
     def moved_anything(self) -> bool:
-        return bool(self.streams or self.retry_items or self.letters or self.suppressions or self.caps or self.removed)
+        moved = (self.streams, self.retry_items, self.letters, self.suppressions, self.caps, self.removed, self.dedup)
+        return any(moved)
 
     def lines(self) -> list[str]:
         """The report, one line per kind."""
@@ -69,7 +69,7 @@ class Migration:
             f"dead letters: {self.letters} moved",
             f"suppressions: {self.suppressions} destinations moved",
             f"account caps: {self.caps} moved; {self.removed} expiring keys (slots, dispatch markers) removed",
-            f"dedup markers: {self.dedup}",
+            f"dedup markers: {self.dedup} converted",
             *self.notes,
         ]
 
@@ -86,9 +86,11 @@ def _held_leases(client: redis.Redis, keys: Keys, legacy: LegacyKeys, partitions
     return [partition for partition, held in enumerate(pipe.execute()) if held]
 
 
-def migrate(client: redis.Redis, keys: Keys, partitions: int) -> Migration:
+def migrate(
+    client: redis.Redis, keys: Keys, partitions: int, dedup_window: int, write_keys: Sequence[str] = ()
+) -> Migration:
     """Move the data of the layout before hash tags into today's (see the module docstring); ConfigError while a
-    drain holds a lease."""
+    drain holds a lease. ``write_keys``: the destinations' (to read an old marker whose write key holds a ``:``)."""
     legacy = LegacyKeys(keys.prefix)
     held = _held_leases(client, keys, legacy, partitions)
     if held:
@@ -103,7 +105,7 @@ def migrate(client: redis.Redis, keys: Keys, partitions: int) -> Migration:
     _deadletters(client, legacy, keys, done)
     _suppressions(client, legacy, keys, done)
     _accounts(client, legacy, keys, partitions, done)
-    done.dedup = _dedup(client, keys, partitions)
+    done.dedup = dedup.migrate(client, keys, partitions, dedup_window, write_keys)
     return done
 
 
@@ -216,13 +218,3 @@ def _accounts(client: redis.Redis, legacy: LegacyKeys, keys: Keys, partitions: i
     expiring += [legacy.dispatched(p) for p in range(partitions) if client.exists(legacy.dispatched(p))]
     if expiring:
         done.removed += int(client.delete(*expiring))
-
-
-def _dedup(client: redis.Redis, keys: Keys, partitions: int) -> str:
-    """The dedup markers' conversion, owned by ``worker.store.dedup`` when that module exists."""
-    if importlib.util.find_spec("worker.store.dedup") is not None:
-        module = importlib.import_module("worker.store.dedup")
-        convert = getattr(module, "migrate", None)
-        if convert is not None:
-            return str(convert(client, keys, partitions))
-    return "old markers left to expire within the dedup window (a retry of a message accepted before may repeat)"

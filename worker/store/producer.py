@@ -1,87 +1,90 @@
 """The producer: how accepted messages are written into their partition streams (ingest; dead-letter replay).
 
-Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write is one Lua
-script per request that sets each message's dedup marker and XADDs it only when the marker was new. Ingest's
-backlog figure is read here too, with the one measure of :mod:`worker.store.streams`.
+Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write is a Lua script
+that checks and sets each message's compact dedup marker (:mod:`worker.store.dedup`) and XADDs it only when the
+marker was new: one call per request on one Redis, one per partition the request touches on a cluster.
+Ingest's backlog figure is read here too, with the one measure of :mod:`worker.store.streams`.
 
-On a Redis Cluster a script may touch one slot only: the dedup marker of a message carries its partition's hash tag
-(beside its stream), and the request's entries are written by one script call per partition, sent concurrently
-(one round trip per node). A deleted user's suppression fields (their hash has its own tag) are written after the
-XADD of their entry, by a script of their own: a crash between the two answers the client an error, and the
-worker suppresses the user anyway when it reads the deletion (:mod:`worker.delivery.screen`), so nothing is lost.
+Every key a script touches carries the partition's hash tag (:mod:`worker.core.keys`), so a Redis Cluster runs it on
+one node; a deleted user's suppression fields (their hash has its own tag) are written after the stream write, as
+ordered steps (:meth:`Producer._suppress`). On a cluster, redis-py's asyncio client failing a command on a connection
+it reset itself is read as a ConnectionError (ingest answers 503, the client retries).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
-import redis
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import NoScriptError, ResponseError
 
-from worker.core.errors import NotReplicated
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys, partition_of
-from worker.store.connections import is_cluster
+from worker.store.connections import is_cluster, reset_is_connection_error
+from worker.store.dedup import Markers, digest
+from worker.store.evalsha import run_scripts
 from worker.store.streams import measure_backlog, queue_backlog, read_backlogs
 
-# KEYS: (dedup marker, stream) per entry; ARGV: window, then w and m per entry. A message whose marker is new is
-# added; a failed XADD (a key of the wrong type) removes its marker again and fails the script, so that the
-# client's retry is not taken for a duplicate (entries added before it are, rightly).
+# The write of one or more partitions (a cluster: one, whose keys share its tag; one Redis: all of a request's).
+# KEYS per partition: its sizes hash, its stream, per entry its marker set of the current bucket and of the previous
+# one, then a pending key per deletion. ARGV: the bucket, the previous one, the TTL of a new set, the write key, the
+# pending keys' TTL, then per partition: the S of both buckets as the writer computed the sets with (the call is
+# refused before it writes anything when one is stale), the number of entries and of deletions, per entry its
+# member and message, per deletion its entry's number. A message is added when its member is new in both sets; a
+# failed XADD (a key of the wrong type) removes the member again and fails the script, so that the client's retry
+# is not taken for a duplicate. A deletion that is added sets its pending key. The answer, per partition: a stream
+# id (or false: a duplicate) per entry, then a flag per deletion: write its suppression (added now, or a duplicate
+# whose pending key is still there: an earlier attempt did not finish).
 _ENQUEUE_LUA = """
-local window = ARGV[1]
+local bucket, before, ttl, w, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local groups = {}
+local a, k = 6, 1
+while a <= #ARGV do
+  local n, d = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local sizes = redis.call('HMGET', KEYS[k], bucket, before)
+  if (sizes[1] or '0') ~= ARGV[a] or (sizes[2] or '0') ~= ARGV[a + 1] then
+    return redis.error_reply('STALE dedup sizes')
+  end
+  groups[#groups + 1] = {a, k, n, d}
+  a = a + 4 + 2 * n + d
+  k = k + 2 + 2 * n + d
+end
 local out = {}
-for i = 1, #KEYS / 2 do
-  if redis.call('SET', KEYS[2 * i - 1], '1', 'NX', 'EX', window) then
-    local id = redis.pcall('XADD', KEYS[2 * i], '*', 'w', ARGV[2 * i], 'm', ARGV[2 * i + 1])
-    if type(id) == 'table' and id.err then
-      redis.call('DEL', KEYS[2 * i - 1])
-      return id
+for g = 1, #groups do
+  local a, k, n, d = unpack(groups[g])
+  local stream, check, first = KEYS[k + 1], ARGV[a + 1] ~= '0', #out
+  local pending = {}
+  for j = 1, d do pending[tonumber(ARGV[a + 3 + 2 * n + j])] = KEYS[k + 1 + 2 * n + j] end
+  for e = 1, n do
+    local set, member = KEYS[k + 2 * e], ARGV[a + 2 + 2 * e]
+    local added = redis.call('SADD', set, '0', member)
+    if added == 0 or (check and redis.call('SISMEMBER', KEYS[k + 2 * e + 1], member) == 1) then
+      out[first + e] = false
+    else
+      if added == 2 then redis.call('EXPIRE', set, ttl) end
+      local id = redis.pcall('XADD', stream, '*', 'w', w, 'm', ARGV[a + 3 + 2 * e])
+      if type(id) == 'table' and id.err then
+        redis.call('SREM', set, member)
+        return id
+      end
+      out[first + e] = id
+      if pending[e] then redis.call('SET', pending[e], '1', 'EX', hold) end
     end
-    out[i] = id
-  else
-    out[i] = false
+  end
+  for j = 1, d do
+    local e = tonumber(ARGV[a + 3 + 2 * n + j])
+    out[first + n + j] = (out[first + e] or redis.call('EXISTS', KEYS[k + 1 + 2 * n + j]) == 1) and 1 or 0
   end
 end
 return out
 """
 
-# As _ENQUEUE_LUA, and a message that is new (not a duplicate) may carry suppression fields, written (HSET, with
-# the version raised once) in the same script, after its XADD (a failed XADD suppresses nobody; no worker reads
-# between the two). KEYS: (dedup, stream) per entry, then the hash.
-# ARGV: window, then per entry: w, m, the number of field/value pairs, the pairs.
-_ENQUEUE_SUPPRESSING_LUA = """
-local window = ARGV[1]
-local hash = KEYS[#KEYS]
-local out = {}
-local at = 2
-local changed = false
-for i = 1, (#KEYS - 1) / 2 do
-  local pairs_count = tonumber(ARGV[at + 2])
-  if redis.call('SET', KEYS[2 * i - 1], '1', 'NX', 'EX', window) then
-    local id = redis.pcall('XADD', KEYS[2 * i], '*', 'w', ARGV[at], 'm', ARGV[at + 1])
-    if type(id) == 'table' and id.err then
-      redis.call('DEL', KEYS[2 * i - 1])
-      return id
-    end
-    out[i] = id
-    if pairs_count > 0 then
-      redis.call('HSET', hash, unpack(ARGV, at + 3, at + 2 + 2 * pairs_count))
-      changed = true
-    end
-  else
-    out[i] = false
-  end
-  at = at + 3 + 2 * pairs_count
-end
-if changed then redis.call('HINCRBY', hash, ARGV[at], 1) end
-return out
-"""
-
-
-# KEYS: the suppressions' hash. ARGV: the version field, then field/value pairs. (Cluster mode, after the XADDs.)
+# The suppressions of a request's deletions, after their stream writes (the hash has a tag of its own). KEYS: the
+# hash. ARGV: the version field, then field/value pairs; the version is raised once.
 _SUPPRESS_LUA = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
@@ -89,24 +92,21 @@ return 1
 """
 
 
-async def _reset_is_connection_error(call: Awaitable[Any]) -> Any:
-    """``await call``; an AttributeError or RuntimeError raised by redis-py's asyncio cluster client is a
-    ConnectionError: when a node fails, that client closes the node's connections under the feet of commands in
-    flight on them ("'NoneType' object has no attribute 'writelines'", "the handler is closed")."""
-    try:
-        return await call
-    except (AttributeError, RuntimeError) as exc:
-        raise redis.ConnectionError(f"Redis Cluster connection reset: {exc}") from exc
+_ATTEMPTS = 4
+"""Script calls per partition and request at most: a stale size (a bucket that started) is reloaded and retried."""
 
 
 class Entry(NamedTuple):
-    """One envelope ready to write: its stream, its dedup marker, and the encoded fields.
+    """One envelope ready to write: its stream and partition, its dedup marker, and the encoded fields.
 
     A NamedTuple: immutable, and ~3x cheaper to make than a frozen dataclass (ingest makes one per message).
     """
 
     stream: str
-    dedup: str
+    partition: int
+    member: bytes
+    """The marker's member and shard hash (:func:`worker.store.dedup.digest`)."""
+    shard: int
     write_key: bytes
     message: bytes
 
@@ -114,11 +114,12 @@ class Entry(NamedTuple):
 class Producer:
     """Writes envelopes into their partition streams, each message its own entry.
 
-    :meth:`enqueue` is ingest's path: one round trip per request (one ``EVALSHA``) that, per
-    message and atomically, sets the dedup marker ``SET NX EX`` and ``XADD``\\s the entry only when
-    the marker was new. A conditional XADD needs the script: a plain pipeline cannot skip the
-    XADD of a duplicate. :meth:`add` queues plain XADDs (no dedup) on the caller's pipeline, so that
-    dead-letter replay can re-add a letter and delete it in one MULTI.
+    :meth:`enqueue` is ingest's path: a script (``EVALSHA``) that, per message and atomically, checks and sets
+    its compact dedup marker (:mod:`worker.store.dedup`) and ``XADD``\\s the entry only when the marker was new:
+    on one Redis one call per request, on a cluster one per partition the request touches (its keys share the
+    partition's hash tag), pipelined (one round trip per node). A conditional XADD needs the script: a plain
+    pipeline cannot skip the XADD of a duplicate. :meth:`add` queues plain XADDs (no dedup) on the caller's
+    pipeline, so that dead-letter replay can re-add a letter and delete it in one MULTI.
     """
 
     def __init__(
@@ -127,29 +128,30 @@ class Producer:
         self.keys = keys
         self.partitions = partitions
         self.dedup_window = dedup_window
+        self.markers = Markers(keys, dedup_window)
+        self.clock = time.time
+        """The time the dedup buckets are taken from (tests replace it)."""
+        self.per_partition: bool | None = None
+        """A script call per partition (True), per request (False), or as the client says (None: a cluster's)."""
         self.replicas = replicas
         self.replicas_timeout_ms = max(1, int(replicas_timeout_s * 1000))
-        self._scripts: dict[tuple[bool, str], Any] = {}
         self._streams = self.streams()
+        self._sizes = [keys.seen_sizes(p) for p in range(partitions)]
 
     def entry(self, write_key: str, message: dict[str, Any], encoded: bytes | None = None) -> Entry:
         """Prepare one envelope; ``message`` must carry ``messageId``. ``encoded`` saves a second dumps."""
         user = str(message.get("userId") or message.get("anonymousId") or "")
         partition = partition_of(user, self.partitions)
+        key = write_key.encode("utf-8")
+        member, shard = digest(key, str(message["messageId"]))
         return Entry(
             self._streams[partition],
-            self.keys.dedup(write_key, str(message["messageId"]), partition),
-            write_key.encode("utf-8"),
+            partition,
+            member,
+            shard,
+            key,
             encoded if encoded is not None else orjson.dumps(message),
         )
-
-    def _script(self, client: Any, source: str) -> Any:
-        """The registered script for ``source`` (one per client kind; called with ``client=``)."""
-        kind = (type(client).__module__.startswith("redis.asyncio"), source)
-        script = self._scripts.get(kind)
-        if script is None:
-            script = self._scripts[kind] = client.register_script(source)
-        return script
 
     async def enqueue(
         self,
@@ -157,101 +159,150 @@ class Producer:
         entries: Sequence[Entry],
         suppress: tuple[str, str, Mapping[int, Mapping[str, str]]] | None = None,
     ) -> list[bytes | None]:
-        """Write ``entries`` in one round trip; per entry its stream id, or None for a duplicate.
+        """Write ``entries``; per entry its stream id, or None for a duplicate (the same write key and messageId
+        within the dedup window, in the same partition).
 
-        ``suppress`` (hash key, version field, {entry index: fields}): a deleted user's suppression fields,
-        written in the same script as the XADD of their entry (atomic: no reader sees one without the other),
-        and only when that entry is new (a duplicate re-suppresses nobody); the hash's version field is
-        raised once when any was written.
+        On one Redis, one script call per write key (a request has one) for all its partitions: atomic, so that
+        a full Redis refuses a request as a whole. On a cluster, one per partition, all in one pipeline (a
+        partition's keys share its hash tag: each script runs on one node; a request refused midway, 503, may
+        have queued some partitions' entries, which its retry finds duplicates).
 
-        With ``replicas`` (N > 0), the script and a ``WAIT N`` go in one pipeline on one connection, and
+        ``suppress`` (hash key, version field, {entry index: fields}): a deleted user's suppression fields, written
+        in ordered steps after the stream writes (the hash has its own tag), before this returns. A new deletion
+        sets a *pending* key of its partition in its script; its fields are written (the version raised once), then
+        the pending key is deleted. A duplicate deletion (a client's retry) writes its fields only while its pending
+        key is there, i.e. when an earlier attempt failed before finishing (503): the retry completes it; a retry
+        of a request that had succeeded suppresses nobody again (after ``ctrelay users unsuppress`` too).
+
+        With ``replicas`` (N > 0), each write ends with ``WAIT N`` on its connection, and
         :class:`~worker.core.errors.NotReplicated` is raised when fewer than N replicas confirmed the write in
         time (the entries are written on the primary: the client's retry is deduplicated).
 
         Raises ``redis.RedisError`` (or ``OSError``) when Redis does not answer: then the caller
-        must not report success; a retry is safe, as markers, suppressions and entries are written together.
+        must not report success; a retry is safe, as each entry is written with its marker.
         """
         if not entries:
             return []
-        if is_cluster(client):
-            return await self._enqueue_by_partition(client, entries, suppress)
+        deletions = set(suppress[2]) if suppress is not None else set()
+        written, pending = await self._enqueue(client, entries, deletions)
         if suppress is not None:
-            return await self._enqueue_suppressing(client, entries, *suppress)
-        keys: list[str] = []
-        args: list[bytes | int] = [self.dedup_window]
-        for entry in entries:
-            keys += (entry.dedup, entry.stream)
-            args += (entry.write_key, entry.message)
-        return await self._run(client, _ENQUEUE_LUA, keys, args)
+            await self._suppress(client, entries, pending, suppress)
+        return written
 
-    async def _run(self, client: AsyncRedis, source: str, keys: list[str], args: Sequence[Any]) -> list[bytes | None]:
-        """Run one enqueue script; with ``replicas``, followed by ``WAIT`` on the same connection."""
-        script = self._script(client, source)
-        if not self.replicas:
-            result: list[bytes | None] = await script(keys=keys, args=args, client=client)
-            return result
-        async with client.pipeline(transaction=False) as pipe:
-            await script(keys=keys, args=args, client=pipe)  # queued: a pipeline answers at execute()
-            pipe.wait(self.replicas, self.replicas_timeout_ms)
-            written, acked = await pipe.execute()
-        if int(acked) < self.replicas:
-            raise NotReplicated(int(acked), self.replicas)
-        return list(written)
-
-    async def _enqueue_suppressing(
-        self,
-        client: AsyncRedis,
-        entries: Sequence[Entry],
-        hash_key: str,
-        version: str,
-        fields: Mapping[int, Mapping[str, str]],
-    ) -> list[bytes | None]:
-        keys: list[str] = []
-        args: list[bytes | int | str] = [self.dedup_window]
+    async def _enqueue(
+        self, client: AsyncRedis, entries: Sequence[Entry], deletions: set[int]
+    ) -> tuple[list[bytes | None], set[int]]:
+        """The stream ids (None: a duplicate), and the deletions whose suppression is to be written."""
+        groups: dict[tuple[int, bytes], list[int]] = {}  # a request's entries share one write key
         for index, entry in enumerate(entries):
-            keys += (entry.dedup, entry.stream)
-            pairs = fields.get(index, {})
-            args += (entry.write_key, entry.message, len(pairs))
-            for name, value in pairs.items():
-                args += (name, value)
-        keys.append(hash_key)
-        args.append(version)
-        return await self._run(client, _ENQUEUE_SUPPRESSING_LUA, keys, args)
+            groups.setdefault((entry.partition, entry.write_key), []).append(index)
+        written: list[bytes | None] = [None] * len(entries)
+        pending: set[int] = set()
+        markers = self.markers
+        alone = isinstance(client, AsyncRedisCluster) if self.per_partition is None else self.per_partition
+        todo = list(groups)
+        for _ in range(_ATTEMPTS):
+            now = self.clock()
+            bucket = markers.bucket(now)
+            await markers.load(client, {partition for partition, _ in todo}, bucket)
+            calls: dict[Any, list[tuple[int, bytes]]] = {}
+            for group in todo:
+                calls.setdefault(group if alone else group[1], []).append(group)
+            scripts = [self._call(entries, groups, deletions, m, bucket=bucket, now=now) for m in calls.values()]
+            answers = await self._execute(client, scripts)
+            stale: list[tuple[int, bytes]] = []
+            failure: BaseException | None = None
+            for members, answer in zip(calls.values(), answers, strict=True):
+                if isinstance(answer, NoScriptError):  # a restarted Redis: loaded again by _execute
+                    stale += members
+                elif isinstance(answer, ResponseError) and str(answer).startswith("STALE"):
+                    for partition, _ in members:
+                        markers.forget(partition)
+                    stale += members
+                elif isinstance(answer, BaseException):
+                    failure = failure or answer
+                else:
+                    at = 0
+                    for group in members:
+                        indexes = groups[group]
+                        for index, stream_id in zip(indexes, answer[at : at + len(indexes)], strict=True):
+                            written[index] = stream_id
+                        at += len(indexes)
+                        asks = [index for index in indexes if index in deletions]
+                        flags = answer[at : at + len(asks)]
+                        pending.update(index for index, flag in zip(asks, flags, strict=True) if flag)
+                        at += len(asks)
+            if failure is not None:
+                raise failure
+            if not stale:
+                return written, pending
+            todo = stale
+        raise ResponseError("dedup sizes kept changing: retry")
 
-    async def _enqueue_by_partition(
+    def _call(
         self,
-        client: AsyncRedis,
         entries: Sequence[Entry],
-        suppress: tuple[str, str, Mapping[int, Mapping[str, str]]] | None,
-    ) -> list[bytes | None]:
-        """:meth:`enqueue` on a Redis Cluster: one script call per partition (concurrent), then the suppressions of
-        the new entries (see the module docstring)."""
-        groups: dict[str, list[int]] = {}
-        for index, entry in enumerate(entries):
-            groups.setdefault(entry.stream, []).append(index)
-        calls = []
-        for indexes in groups.values():
-            keys: list[str] = []
-            args: list[bytes | int] = [self.dedup_window]
+        groups: Mapping[tuple[int, bytes], list[int]],
+        deletions: set[int],
+        members: list[tuple[int, bytes]],
+        *,
+        bucket: int,
+        now: float,
+    ) -> tuple[str, list[str], list[Any]]:
+        """The script, KEYS and ARGV of one call, for the partitions ``members`` (of one write key)."""
+        keys: list[str] = []
+        args: list[Any] = [bucket, bucket - 1, self.markers.ttl(bucket, now), members[0][1], self.dedup_window]
+        for partition, write_key in members:
+            indexes = groups[(partition, write_key)]
+            sizes = self.markers.cached(partition, bucket)
+            assert sizes is not None  # loaded by the caller
+            shards, previous = sizes
+            stem = self.keys.seen_stem(partition, bucket)
+            before = self.keys.seen_stem(partition, bucket - 1)
+            asks = [index for index in indexes if index in deletions] if deletions else []
+            keys += (self._sizes[partition], self._streams[partition])
+            args += (shards, previous, len(indexes), len(asks))
             for index in indexes:
-                keys += (entries[index].dedup, entries[index].stream)
-                args += (entries[index].write_key, entries[index].message)
-            calls.append(self._run(client, _ENQUEUE_LUA, keys, args))
-        answers = await _reset_is_connection_error(asyncio.gather(*calls))
-        found: list[bytes | None] = [None] * len(entries)
-        for indexes, written in zip(groups.values(), answers, strict=True):
-            for index, entry_id in zip(indexes, written, strict=True):
-                found[index] = entry_id
-        if suppress is not None:
-            hash_key, version, fields = suppress
-            pairs: list[str] = []
-            for index, named in fields.items():
-                if found[index] is not None:  # a duplicate re-suppresses nobody
-                    for name, value in named.items():
-                        pairs += (name, value)
-            if pairs:
-                await self._script(client, _SUPPRESS_LUA)(keys=[hash_key], args=[version, *pairs], client=client)
-        return found
+                entry = entries[index]
+                shard = entry.shard
+                current = f"{stem}{shard % shards}"
+                keys += (current, f"{before}{shard % previous}" if previous else current)
+                args += (entry.member, entry.message)
+            if asks:
+                keys += [self.keys.seen_pending(partition, entries[index].member.decode("ascii")) for index in asks]
+                args += [indexes.index(index) + 1 for index in asks]
+        return _ENQUEUE_LUA, keys, args
+
+    async def _execute(self, client: AsyncRedis, scripts: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        return await run_scripts(client, scripts, self.replicas, self.replicas_timeout_ms)
+
+    async def _suppress(
+        self,
+        client: AsyncRedis,
+        entries: Sequence[Entry],
+        pending: set[int],
+        suppress: tuple[str, str, Mapping[int, Mapping[str, str]]],
+    ) -> None:
+        """The ordered steps after the stream writes: the suppression fields of ``pending`` deletions, then their
+        pending keys deleted (a failure in between: the client's retry writes the fields again)."""
+        hash_key, version, fields = suppress
+        args: list[str] = [version]
+        for index in sorted(pending):
+            for name, value in fields[index].items():
+                args += (name, value)
+        if len(args) == 1:
+            return
+        for _ in range(2):
+            (answer,) = await self._execute(client, [(_SUPPRESS_LUA, [hash_key], args)])
+            if not isinstance(answer, NoScriptError):
+                break
+        if isinstance(answer, BaseException):
+            raise answer
+        pending_keys = [self.keys.seen_pending(entries[i].partition, entries[i].member.decode()) for i in pending]
+        async with client.pipeline(transaction=False) as pipe:
+            for key in pending_keys:
+                pipe.delete(key)
+            await reset_is_connection_error(pipe.execute())
 
     def add(self, pipe: Any, entries: Sequence[Entry]) -> None:
         """Queue one XADD per entry on the caller's (sync or async) pipeline; no dedup marker is checked."""
@@ -268,7 +319,7 @@ class Producer:
         for partition in range(self.partitions):
             queue_backlog(pipe, self.keys, partition)
         executed = pipe.execute(raise_on_error=False)
-        answers = await (_reset_is_connection_error(executed) if is_cluster(client) else executed)
+        answers = await (reset_is_connection_error(executed) if is_cluster(client) else executed)
         return sum(part.total for part in read_backlogs(answers, self.partitions))
 
     def backlog_sync(self, client: Redis) -> int:
