@@ -36,7 +36,8 @@ async def run_scripts(
         if multi:
             pipe.execute_command("MULTI")
         for source, keys, args in scripts:
-            pipe.evalsha(sha(source), len(keys), *keys, *args)
+            # execute_command: redis-py's cluster pipeline refuses its evalsha() method, not the command
+            pipe.execute_command("EVALSHA", sha(source), len(keys), *keys, *args)
         if multi:
             pipe.execute_command("EXEC")
         if replicas:
