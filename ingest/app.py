@@ -29,7 +29,8 @@ from ingest.cors import CORS, parse_origins, route_template
 from ingest.responses import AnswerResponse, error_response
 from ingest.tracking import openapi
 from ingest.tracking.dispatch import Dispatch, Target
-from ingest.tracking.routes import Ingest, Kind
+from ingest.tracking.prepare import Kind
+from ingest.tracking.routes import Ingest
 from worker.core import logs
 from worker.core.errors import ConfigError, RequestError
 from worker.core.keys import Keys

@@ -23,7 +23,8 @@ from typing import NamedTuple
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ingest.tracking.routes import Ingest, Kind
+from ingest.tracking.prepare import Kind
+from ingest.tracking.routes import Ingest
 
 log = structlog.get_logger("ctrelay.ingest")
 

@@ -18,11 +18,9 @@ import asyncio
 import hashlib
 import time
 from collections import Counter as Tally
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-import orjson
 import redis
 import structlog
 from starlette.datastructures import QueryParams
@@ -33,20 +31,16 @@ from starlette.types import Receive, Scope
 from ingest import body, metrics
 from ingest.responses import ACCEPTED, DISCONNECTED, Answer, error_answer
 from ingest.tracking import auth, projects
-from ingest.tracking.enrich import Request as Enrichment
-from ingest.tracking.enrich import enrich
+from ingest.tracking.prepare import Kind, prepare
 from ingest.tracking.writes import Writes
 from worker.core.destinations import Destination, Destinations
-from worker.core.errors import MessageError, NotReplicated, RequestError, Unavailable
-from worker.core.messages import parse
+from worker.core.errors import NotReplicated, RequestError, Unavailable
 from worker.core.settings import Settings
 from worker.store.producer import Entry, Producer
 from worker.store.suppressions import VERSION_FIELD, Suppression, fields_of
-from worker.transform.deletions import asks_deletion, deletion_of
+from worker.transform.deletions import deletion_of
 
 log = structlog.get_logger("ctrelay.ingest")
-
-Kind = Literal["single", "batch", "webhook"]
 
 
 @dataclass
@@ -58,20 +52,6 @@ class QueueState:
     partitions_checked: bool = False
     refused: str | None = None
     """Set when Redis's stored partition count differs from this process's (found after start): every request 503s."""
-
-
-@dataclass
-class Outcome:
-    """What became of one request's messages."""
-
-    entries: list[Entry] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-    rejected: Tally[str] = field(default_factory=Tally)
-    deletions: dict[int, dict[str, Any]] = field(default_factory=dict)
-    """Tracks named the destination's ``delete_event_name``, by entry index: their users are suppressed with the
-    write of their entry (same script), when it is not a duplicate."""
-    error: RequestError | None = None
-    """Why the last refused item was refused (a single call answers it as a 400)."""
 
 
 def _items(kind: Kind, document: Any, limit: int) -> tuple[list[Any], dict[str, Any] | None]:
@@ -188,7 +168,17 @@ class Ingest:
             raise Unavailable("backlog_full", f"the queue holds more than {cap} undelivered messages; retry later")
 
         digest = hashlib.sha256(data).hexdigest()[:40] if kind == "webhook" else None
-        outcome = self._prepare(items, top, kind, implied_type, destination, digest=digest, flat=flat)
+        outcome = prepare(
+            items,
+            top,
+            kind,
+            implied_type,
+            destination,
+            settings=settings,
+            entry=self.producer.entry,
+            digest=digest,
+            flat=flat,
+        )
         alone = kind == "single" or (kind == "webhook" and not isinstance(document, list))
         if alone and outcome.error is not None:
             raise outcome.error
@@ -206,76 +196,6 @@ class Ingest:
         if outcome.rejected:
             log.info("batch items refused", destination=name, refused=dict(outcome.rejected), accepted=types.total())
         return 200
-
-    def _prepare(
-        self,
-        items: list[Any],
-        top: dict[str, Any] | None,
-        kind: Kind,
-        implied_type: str | None,
-        destination: Destination,
-        *,
-        digest: str | None,
-        flat: bool,
-    ) -> Outcome:
-        """Validate, enrich, encode and bound each item (``digest``: a webhook body's, for the messageIds it lacks).
-
-        The nesting bound is checked on the encoded message (its brackets, then a walk only when there are more
-        than the bound); nothing before recurses past it: orjson parses at most 1,024 levels, validation does
-        not recurse, the merge recurses no deeper than the batch's (bounded) context, and an encoding refused
-        for its depth (past orjson's 254 levels) is ``too_deep`` too. ``flat``: the whole body has no more brackets
-        than the bound, so no message can pass it (enrichment adds strings only, the merge no level): not checked."""
-        received = datetime.now(UTC)
-        enrichment = Enrichment(
-            received=received,
-            sent_at=top.get("sentAt") if top is not None and isinstance(top.get("sentAt"), str) else None,
-            context=top.get("context") if top is not None else None,
-            integrations=top.get("integrations") if top is not None else None,
-            correct_skew=kind != "webhook",
-        )
-        received_text = enrichment.received_text
-        limit = self.settings.max_message_bytes
-        outcome = Outcome()
-        entry = self.producer.entry
-        write_key = destination.write_key
-        depth = self.settings.max_depth
-        delete_event = destination.delete_event_name
-        entries, types = outcome.entries, outcome.types
-        for index, raw in enumerate(items):
-            try:
-                message = parse(raw, implied_type)
-            except MessageError as exc:
-                outcome.rejected["invalid_message"] += 1
-                outcome.error = RequestError(400, "invalid_message", exc.reason)
-                continue
-            if kind == "webhook":
-                message.pop("writeKey", None)
-                if not message.get("messageId"):
-                    message["messageId"] = f"webhook-{digest}-{index}"
-            enrich(message, enrichment, received_text)
-            try:
-                encoded = orjson.dumps(message)
-                deep = not flat and not body.shallow(encoded, depth) and body.too_deep(message, depth)
-            except orjson.JSONEncodeError as exc:  # past orjson's depth, or anything else it cannot encode
-                deep = "ecursion" in str(exc)
-                if not deep:
-                    outcome.rejected["invalid_message"] += 1
-                    outcome.error = RequestError(400, "invalid_message", f"message cannot be encoded: {exc}")
-                    continue
-            if deep:
-                outcome.rejected["too_deep"] += 1
-                outcome.error = body.deep_error(depth)
-                continue
-            if len(encoded) > limit:
-                outcome.rejected["message_too_large"] += 1
-                outcome.error = RequestError(400, "message_too_large", f"message larger than {limit} bytes")
-                continue
-            entries.append(entry(write_key, message, encoded))
-            call = message["type"]
-            types.append(call)
-            if call == "track" and message.get("event") == delete_event and asks_deletion(message, destination):
-                outcome.deletions[len(entries) - 1] = message
-        return outcome
 
     def _suppression(
         self, destination: Destination, deletions: dict[int, dict[str, Any]]
