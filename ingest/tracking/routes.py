@@ -228,9 +228,9 @@ class Ingest:
         """Enqueue in one round trip; any Redis failure or timeout, or too few replicas in time, becomes a 503."""
         limit = self._write_limit()
         try:
+            if suppress is None:
+                return await self.writes.write(entries)  # with the other requests of this turn, in the same limit
             async with asyncio.timeout(limit):  # (wait_for would make a task per request)
-                if suppress is None:
-                    return await self.writes.write(entries)  # with the other requests of this turn
                 return await self.producer.enqueue(self.client, entries, suppress)
         except NotReplicated as exc:
             log.warning("enqueue not replicated", acked=exc.acked, wanted=exc.wanted)

@@ -19,7 +19,7 @@ would have been told alone:
 
 A request that suppresses deleted users (an accepted ``Delete User`` track) is written alone, as its suppression
 fields go in the same script as its entries. A call gathers at most :data:`MOST` entries (a bigger request is
-written alone); the call has the same time limit as a lone write.
+written alone). Every call, gathered or alone, has the time limit ``limit_s`` (past it: ``TimeoutError``, a 503).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class Writes:
         if not entries:
             return []
         if len(entries) >= MOST:
-            return await self.enqueue(entries)
+            async with asyncio.timeout(self.limit_s):
+                return await self.enqueue(entries)
         if len(self._entries) + len(entries) > MOST:
             self._start()
         loop = asyncio.get_running_loop()
