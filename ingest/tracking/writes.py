@@ -81,10 +81,14 @@ class Writes:
                 written = await self.enqueue(entries)
             if len(written) != len(entries):
                 raise RuntimeError(f"enqueue answered {len(written)} ids for {len(entries)} entries")
-        except BaseException as exc:  # every request of the call fails with it (CancelledError: at shutdown)
+        except BaseException as exc:  # every request of the call fails with it (cancelled too, at shutdown)
             for _, future in waiting:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
             if not isinstance(exc, Exception):
                 raise
             return

@@ -322,6 +322,23 @@ def test_one_failure_fails_every_request_of_the_call_and_a_slow_call_times_out()
     asyncio.run(go())
 
 
+def test_a_call_cancelled_at_shutdown_cancels_its_requests() -> None:
+    async def frozen(batch: Any) -> list[bytes | None]:
+        await asyncio.sleep(60)
+        return []
+
+    async def go() -> None:
+        writes = Writes(frozen, 30.0)
+        waiting = [asyncio.ensure_future(writes.write(entries(1, str(i)))) for i in range(2)]
+        await asyncio.sleep(0.01)
+        for task in list(writes._tasks):
+            task.cancel()
+        done = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(d, asyncio.CancelledError) for d in done)
+
+    asyncio.run(go())
+
+
 @pytest.mark.integration
 def test_dedup_holds_across_the_requests_of_one_call(redis_url: str, prefix: str) -> None:
     producer = Producer(Keys(prefix), 4, 60)
