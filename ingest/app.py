@@ -21,13 +21,16 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest import connections, metrics
 from ingest.admin.mount import mount as mount_admin
 from ingest.cors import CORS, parse_origins, route_template
-from ingest.responses import error_response
+from ingest.responses import AnswerResponse, error_response
 from ingest.tracking import openapi
-from ingest.tracking.routes import Ingest, Kind
+from ingest.tracking.dispatch import Dispatch, Target
+from ingest.tracking.prepare import Kind
+from ingest.tracking.routes import Ingest
 from worker.core import logs
 from worker.core.errors import ConfigError, RequestError
 from worker.core.keys import Keys
@@ -75,9 +78,25 @@ async def _measure_backlog(ingest: Ingest, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+class _App(FastAPI):
+    """FastAPI behind ingest's front: the CORS middleware, then the Tracking API's own dispatch
+    (:mod:`ingest.tracking.dispatch`), then FastAPI's whole stack for everything else. CORS is outside FastAPI's
+    error middleware: a 500 that middleware sends passes through CORS and carries its headers too."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front(scope, receive, send)
+
+
 def _post(ingest: Ingest, kind: Kind, implied_type: str | None, route: str) -> Callable[[Request], Awaitable[Response]]:
+    """The FastAPI endpoint of a tracking path: the same handler as :class:`~ingest.tracking.dispatch.Dispatch`."""
+
     async def endpoint(request: Request) -> Response:
-        return await ingest.handle(request, kind, implied_type, route)
+        return AnswerResponse(await ingest.handle(request.scope, request.receive, kind, implied_type, route))
 
     return endpoint
 
@@ -120,7 +139,7 @@ def create_app(config: Config) -> FastAPI:
             if admin_redis is not None:
                 close(admin_redis)
 
-    app = FastAPI(
+    app = _App(
         title="ctrelay ingest",
         version="1",
         description="Segment's HTTP Tracking API: every accepted message is durably queued before the 200.",
@@ -129,12 +148,15 @@ def create_app(config: Config) -> FastAPI:
     )
     app.state.ingest = ingest
     answers: dict[int | str, dict[str, Any]] = dict(openapi.ANSWERS)
+    targets: list[tuple[str, Target]] = []
 
     def add(path: str, kind: Kind, implied: str | None, body: str | dict[str, Any], doc: str, **extra: Any) -> None:
         endpoint = _post(ingest, kind, implied, path)
         spec = openapi.operation(body, doc, extra.pop("parameters", None))
         name = path.strip("/").replace("/", "_")
         methods = extra.pop("methods", ["POST"])
+        target = Target(kind, implied, path, frozenset(methods))
+        targets.extend(((path, target), (path + "/", target)))
         shown = extra.pop("include_in_schema", True)
         app.add_api_route(
             path, endpoint, methods=methods, responses=answers, openapi_extra=spec, name=name, include_in_schema=shown
@@ -203,7 +225,7 @@ def create_app(config: Config) -> FastAPI:
             response.headers.update(exc.headers)
         if exc.status_code in (404, 405):  # a misconfigured client seen from the server: counted by template
             template = route_template(app.routes, request.scope) if exc.status_code == 405 else "unmatched"
-            metrics.requests.labels(template, str(exc.status_code)).inc()
+            metrics.answered(template, exc.status_code).inc()
             log.debug("request not served", method=request.method, path=request.url.path, status=exc.status_code)
         return response
 
@@ -221,7 +243,8 @@ def create_app(config: Config) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = document  # type: ignore[method-assign]
-    app.add_middleware(CORS, origins=parse_origins(settings.cors_origins), routes=app.routes)
+    dispatch = Dispatch(super(_App, app).__call__, ingest, targets)
+    app.front = CORS(dispatch, origins=parse_origins(settings.cors_origins), routes=app.routes)
     return app
 
 

@@ -20,8 +20,9 @@ when that answer allows the page's origin, the method and the headers. Rules:
 
 Starlette's ``CORSMiddleware`` cannot say all of this: it answers preflights ``200``, a refused preflight ``400``
 *with* the allow-methods/headers, lets a refused origin's POST through, and sits inside the error middleware, so
-a 500 carries no CORS header. This small ASGI middleware answers the 500 itself (the error middleware around it
-still logs the error and, seeing the answer started, sends nothing more).
+a 500 carries no CORS header. This small ASGI middleware is ingest's outermost layer (:mod:`ingest.app`): the 500
+that FastAPI's error middleware sends passes through it, and for an error raised past that middleware (the Tracking
+API's dispatch, :mod:`ingest.tracking.dispatch`) it answers the 500 itself.
 """
 
 from __future__ import annotations
@@ -117,12 +118,12 @@ class CORS:
         ]
         if not any(name == b"vary" for name, _ in headers):
             headers.append((b"vary", b"Origin"))
-        metrics.requests.labels(template, "204").inc()
+        metrics.answered(template, 204).inc()
         await _answer(send, 204, b"", headers)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         template = route_template(self.routes, scope)
-        metrics.requests.labels(template, "403").inc()
+        metrics.answered(template, 403).inc()
         log.debug("origin refused", method=scope["method"], path=scope["path"], origin=_header(scope, b"origin"))
         await _answer(send, 403, _REFUSED, [(b"content-type", b"application/json")])
 

@@ -7,6 +7,7 @@ every process (the queue-length gauge reports the most recent live value).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter as Tally
 from pathlib import Path
 
@@ -46,10 +47,44 @@ queue_length = Gauge(
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+# A labelled child, found once: ``labels()`` takes a lock and builds a tuple each call, on every request. The
+# label values are bounded (route templates, status codes, refusal codes, call types, destination names).
+
+
+@functools.cache
+def answered(route: str, status: int) -> Counter:
+    """``ctrelay_ingest_requests_total{path=route, status}``."""
+    return requests.labels(route, str(status))
+
+
+@functools.cache
+def timed(route: str) -> Histogram:
+    """``ctrelay_ingest_request_duration_seconds{path=route}``."""
+    return duration.labels(route)
+
+
+@functools.cache
+def refused(reason: str) -> Counter:
+    """``ctrelay_ingest_messages_rejected_total{reason}``."""
+    return rejected.labels(reason)
+
+
+@functools.cache
+def accepted_of(kind: str, destination: str) -> Counter:
+    """``ctrelay_ingest_messages_accepted_total{type=kind, destination}``."""
+    return accepted.labels(kind, destination)
+
+
+@functools.cache
+def duplicates_of(destination: str) -> Counter:
+    """``ctrelay_ingest_duplicates_total{destination}``."""
+    return duplicates.labels(destination)
+
+
 def count_accepted(types: Tally[str], destination: str) -> None:
     """Add one request's accepted messages, tallied by type (one increment per type, not per message)."""
     for kind, number in types.items():
-        accepted.labels(kind, destination).inc(number)
+        accepted_of(kind, destination).inc(number)
 
 
 def render(multiprocess_dir: Path | None) -> bytes:

@@ -1,2 +1,3 @@
-"""Segment's Tracking API: the routes, who is sending (write keys, signatures), what ingest adds to a message,
-and the OpenAPI description of the bodies."""
+"""Segment's Tracking API: its own dispatch of the POSTs (``dispatch``), the request handling (``routes``), the
+per-message pass (``prepare``), the gathered writes (``writes``), who is sending (``auth``), what ingest adds to a
+message (``enrich``), the settings document (``projects``) and the OpenAPI description of the bodies (``openapi``)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -24,6 +25,10 @@ def basic_write_key(authorization: str | None) -> str | None:
     """The write key in an ``Authorization: Basic`` header (``key:`` or ``key``), or None when absent."""
     if not authorization:
         return None
+    return _cached(authorization) if len(authorization) <= 256 else _decoded(authorization)
+
+
+def _decoded(authorization: str) -> str | None:
     scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() != "basic":
         return None
@@ -35,6 +40,10 @@ def basic_write_key(authorization: str | None) -> str | None:
         ) from None
     key = decoded.partition(":")[0]
     return key or None
+
+
+_cached = functools.lru_cache(maxsize=256)(_decoded)
+"""Clients send the same header on every request (a refusal raises, never cached; 256 headers of 256 bytes)."""
 
 
 def body_write_keys(top: Any, items: Iterable[Any]) -> set[str]:

@@ -53,6 +53,6 @@ def answer(request: Request, route: str, destinations: Mapping[str, Destination]
     else:
         response = error_response(RequestError(404, "unknown_write_key", "no destination has this write key"), 0)
         log.debug("settings of an unknown write key", path=route)
-    metrics.requests.labels(route, str(response.status_code)).inc()
-    metrics.duration.labels(route).observe(time.perf_counter() - started)
+    metrics.answered(route, response.status_code).inc()
+    metrics.timed(route).observe(time.perf_counter() - started)
     return response

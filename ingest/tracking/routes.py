@@ -5,7 +5,8 @@ or when the queue cannot take it (503). Otherwise each message is validated, bou
 ``too_deep``), enriched and encoded; in a batch (or a webhook array) an invalid item is dropped and
 counted, the rest accepted; a single call's invalid message is its 400. No client input reaches a
 500: what cannot be re-encoded is that message's refusal. The answer is 200 only after Redis has
-written every accepted message (one round trip).
+written every accepted message (one round trip, shared with the requests in flight together:
+:mod:`ingest.tracking.writes`).
 
 Webhook messages without a ``messageId`` get one derived from the body and the item's place in it
 (``webhook-<sha256 of the body>-<index>``), so that a replayed body is dropped as a duplicate.
@@ -17,32 +18,29 @@ import asyncio
 import hashlib
 import time
 from collections import Counter as Tally
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-import orjson
 import redis
 import structlog
+from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from ingest import body, metrics
-from ingest.responses import SUCCESS, error_response
+from ingest.responses import ACCEPTED, DISCONNECTED, Answer, error_answer
 from ingest.tracking import auth, projects
-from ingest.tracking.enrich import Request as Enrichment
-from ingest.tracking.enrich import enrich
+from ingest.tracking.prepare import Kind, prepare
+from ingest.tracking.writes import Writes
 from worker.core.destinations import Destination, Destinations
-from worker.core.errors import MessageError, NotReplicated, RequestError, Unavailable
-from worker.core.messages import parse
+from worker.core.errors import NotReplicated, RequestError, Unavailable
 from worker.core.settings import Settings
 from worker.store.producer import Entry, Producer
 from worker.store.suppressions import VERSION_FIELD, Suppression, fields_of
-from worker.transform.deletions import asks_deletion, deletion_of
+from worker.transform.deletions import deletion_of
 
 log = structlog.get_logger("ctrelay.ingest")
-
-Kind = Literal["single", "batch", "webhook"]
 
 
 @dataclass
@@ -54,20 +52,6 @@ class QueueState:
     partitions_checked: bool = False
     refused: str | None = None
     """Set when Redis's stored partition count differs from this process's (found after start): every request 503s."""
-
-
-@dataclass
-class Outcome:
-    """What became of one request's messages."""
-
-    entries: list[Entry] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-    rejected: Tally[str] = field(default_factory=Tally)
-    deletions: dict[int, dict[str, Any]] = field(default_factory=dict)
-    """Tracks named the destination's ``delete_event_name``, by entry index: their users are suppressed with the
-    write of their entry (same script), when it is not a duplicate."""
-    error: RequestError | None = None
-    """Why the last refused item was refused (a single call answers it as a 400)."""
 
 
 def _items(kind: Kind, document: Any, limit: int) -> tuple[list[Any], dict[str, Any] | None]:
@@ -99,6 +83,18 @@ def _items(kind: Kind, document: Any, limit: int) -> tuple[list[Any], dict[str, 
     return items, top
 
 
+_HEADERS = frozenset((b"content-length", b"content-encoding", b"authorization", b"x-signature"))
+
+
+def _headers(scope: Scope) -> dict[bytes, str]:
+    """The request headers the Tracking API reads, each its first value (as Starlette's ``Headers.get``)."""
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in _HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
 class Ingest:
     """Handles the Tracking API's POSTs for one process: its settings, destinations, Redis and producer."""
 
@@ -110,55 +106,60 @@ class Ingest:
         self.client = client
         self.producer = producer
         self.queue = QueueState()
+        self.writes = Writes(lambda entries: self.producer.enqueue(self.client, entries), self._write_limit())
 
-    async def handle(self, request: Request, kind: Kind, implied_type: str | None, route: str) -> Response:
-        """Answer one POST; never raises for a client's mistake or an unavailable Redis."""
+    async def handle(self, scope: Scope, receive: Receive, kind: Kind, implied_type: str | None, route: str) -> Answer:
+        """Answer one POST (``route``: its template, for metrics); never raises for a client's mistake or an
+        unavailable Redis. Called by the Tracking API's dispatch (:mod:`ingest.tracking.dispatch`) and by the
+        FastAPI routes of the same paths alike."""
         started = time.perf_counter()
         try:
-            status = await self._accept(request, kind, implied_type)
-            response = Response(SUCCESS, media_type="application/json")
+            await self._accept(scope, receive, kind, implied_type)
+            status, answer = 200, ACCEPTED
         except ClientDisconnect:
             log.debug("client went away before its body was read", path=route)
-            return Response(status_code=400)
+            return DISCONNECTED
         except RequestError as exc:
             status = exc.status
-            response = error_response(exc, self.settings.retry_after)
-            metrics.rejected.labels(exc.code).inc()
+            answer = error_answer(exc, self.settings.retry_after)
+            metrics.refused(exc.code).inc()
             log.info("request refused", path=route, status=exc.status, code=exc.code, reason=exc.message)
-        metrics.requests.labels(route, str(status)).inc()
-        metrics.duration.labels(route).observe(time.perf_counter() - started)
-        return response
+        metrics.answered(route, status).inc()
+        metrics.timed(route).observe(time.perf_counter() - started)
+        return answer
 
     def project_settings(self, request: Request, route: str) -> Response:
         """``GET /v1/projects/{writeKey}/settings`` (:func:`ingest.tracking.projects.answer`)."""
         return projects.answer(request, route, self.destinations, self.settings.public_url)
 
-    async def _accept(self, request: Request, kind: Kind, implied_type: str | None) -> int:
+    async def _accept(self, scope: Scope, receive: Receive, kind: Kind, implied_type: str | None) -> int:
         settings = self.settings
-        headers = request.headers
-        raw = await body.read(request.stream(), headers.get("content-length"), settings.max_batch_bytes)
-        data = body.decompress(raw, headers.get("content-encoding"), settings.max_batch_bytes)
+        headers = _headers(scope)
+        raw = await body.receive(receive, headers.get(b"content-length"), settings.max_batch_bytes)
+        data = body.decompress(raw, headers.get(b"content-encoding"), settings.max_batch_bytes)
         if kind == "single" and len(data) > settings.max_message_bytes:
             raise RequestError(400, "message_too_large", f"message larger than {settings.max_message_bytes} bytes")
         document = body.parse_json(data)
         depth = settings.max_depth
         items, top = _items(kind, document, settings.max_batch_messages)
-        if top is not None and not body.shallow(data, depth):
+        flat = body.shallow(data, depth)  # then no message, enriched or not, can nest past the bound
+        if top is not None and not flat:
             for name in ("context", "integrations"):  # merged into every item, one level down
                 if body.too_deep(top.get(name), depth - 1):
                     raise body.deep_error(depth - 1, f"the batch's {name}")
 
         given: set[str] = set()
-        header_key = auth.basic_write_key(headers.get("authorization"))
+        header_key = auth.basic_write_key(headers.get(b"authorization"))
         if header_key:
             given.add(header_key)
         if kind == "webhook":
-            given.update(key for key in request.query_params.getlist("writeKey") if key)
+            query = QueryParams(scope.get("query_string", b""))  # as Starlette's Request.query_params
+            given.update(key for key in query.getlist("writeKey") if key)
         else:
             given |= auth.body_write_keys(top, items)
         destination = auth.resolve(self.destinations, given)
         if kind == "webhook":
-            auth.check_signature(destination, data, headers.get("x-signature"))
+            auth.check_signature(destination, data, headers.get(b"x-signature"))
 
         if self.queue.refused is not None:
             raise Unavailable("partitions_mismatch", self.queue.refused)
@@ -167,93 +168,34 @@ class Ingest:
             raise Unavailable("backlog_full", f"the queue holds more than {cap} undelivered messages; retry later")
 
         digest = hashlib.sha256(data).hexdigest()[:40] if kind == "webhook" else None
-        outcome = self._prepare(items, top, kind, implied_type, destination, digest=digest)
+        outcome = prepare(
+            items,
+            top,
+            kind,
+            implied_type,
+            destination,
+            settings=settings,
+            entry=self.producer.entry,
+            digest=digest,
+            flat=flat,
+        )
         alone = kind == "single" or (kind == "webhook" and not isinstance(document, list))
         if alone and outcome.error is not None:
             raise outcome.error
         written = await self._write(outcome.entries, self._suppression(destination, outcome.deletions))
 
         name = destination.name
-        types: Tally[str] = Tally()
-        duplicates = 0
-        for kind_of, stream_id in zip(outcome.types, written, strict=True):
-            if stream_id is None:
-                duplicates += 1
-            else:
-                types[kind_of] += 1
+        duplicates = written.count(None)
+        pairs = zip(outcome.types, written, strict=True)
+        types = Tally(call for call, stream_id in pairs if stream_id) if duplicates else Tally(outcome.types)
         metrics.count_accepted(types, name)
         if duplicates:
-            metrics.duplicates.labels(name).inc(duplicates)
+            metrics.duplicates_of(name).inc(duplicates)
         for reason, number in outcome.rejected.items():
-            metrics.rejected.labels(reason).inc(number)
+            metrics.refused(reason).inc(number)
         if outcome.rejected:
             log.info("batch items refused", destination=name, refused=dict(outcome.rejected), accepted=types.total())
         return 200
-
-    def _prepare(
-        self,
-        items: list[Any],
-        top: dict[str, Any] | None,
-        kind: Kind,
-        implied_type: str | None,
-        destination: Destination,
-        *,
-        digest: str | None,
-    ) -> Outcome:
-        """Validate, enrich, encode and bound each item (``digest``: a webhook body's, for the messageIds it lacks).
-
-        The nesting bound is checked on the encoded message (its brackets, then a walk only when there are more
-        than the bound); nothing before recurses past it: orjson parses at most 1,024 levels, validation does
-        not recurse, the merge recurses no deeper than the batch's (bounded) context, and an encoding refused
-        for its depth (past orjson's 254 levels) is ``too_deep`` too."""
-        received = datetime.now(UTC)
-        enrichment = Enrichment(
-            received=received,
-            sent_at=top.get("sentAt") if top is not None and isinstance(top.get("sentAt"), str) else None,
-            context=top.get("context") if top is not None else None,
-            integrations=top.get("integrations") if top is not None else None,
-            correct_skew=kind != "webhook",
-        )
-        received_text = enrichment.received_text
-        limit = self.settings.max_message_bytes
-        outcome = Outcome()
-        entry = self.producer.entry
-        write_key = destination.write_key
-        depth = self.settings.max_depth
-        for index, raw in enumerate(items):
-            try:
-                message = parse(raw, implied_type)
-            except MessageError as exc:
-                outcome.rejected["invalid_message"] += 1
-                outcome.error = RequestError(400, "invalid_message", exc.reason)
-                continue
-            if kind == "webhook":
-                message.pop("writeKey", None)
-                if not message.get("messageId"):
-                    message["messageId"] = f"webhook-{digest}-{index}"
-            enrich(message, enrichment, received_text)
-            try:
-                encoded = orjson.dumps(message)
-                deep = not body.shallow(encoded, depth) and body.too_deep(message, depth)
-            except orjson.JSONEncodeError as exc:  # past orjson's depth, or anything else it cannot encode
-                deep = "ecursion" in str(exc)
-                if not deep:
-                    outcome.rejected["invalid_message"] += 1
-                    outcome.error = RequestError(400, "invalid_message", f"message cannot be encoded: {exc}")
-                    continue
-            if deep:
-                outcome.rejected["too_deep"] += 1
-                outcome.error = body.deep_error(depth)
-                continue
-            if len(encoded) > limit:
-                outcome.rejected["message_too_large"] += 1
-                outcome.error = RequestError(400, "message_too_large", f"message larger than {limit} bytes")
-                continue
-            outcome.entries.append(entry(write_key, message, encoded))
-            outcome.types.append(message["type"])
-            if asks_deletion(message, destination):
-                outcome.deletions[len(outcome.entries) - 1] = message
-        return outcome
 
     def _suppression(
         self, destination: Destination, deletions: dict[int, dict[str, Any]]
@@ -275,14 +217,21 @@ class Ingest:
         key = self.producer.keys.suppressed(destination.write_key)
         return key, VERSION_FIELD, fields
 
+    def _write_limit(self) -> float:
+        """How long a write may take before its request is answered 503."""
+        settings = self.settings
+        return settings.redis_timeout * 3 + (settings.min_replicas_timeout_s if settings.min_replicas else 0.0)
+
     async def _write(
         self, entries: list[Entry], suppress: tuple[str, str, dict[int, dict[str, str]]] | None = None
     ) -> list[bytes | None]:
         """Enqueue in one round trip; any Redis failure or timeout, or too few replicas in time, becomes a 503."""
-        settings = self.settings
-        limit = settings.redis_timeout * 3 + (settings.min_replicas_timeout_s if settings.min_replicas else 0.0)
+        limit = self._write_limit()
         try:
-            return await asyncio.wait_for(self.producer.enqueue(self.client, entries, suppress), timeout=limit)
+            if suppress is None:
+                return await self.writes.write(entries)  # with the other requests of this turn, in the same limit
+            async with asyncio.timeout(limit):  # (wait_for would make a task per request)
+                return await self.producer.enqueue(self.client, entries, suppress)
         except NotReplicated as exc:
             log.warning("enqueue not replicated", acked=exc.acked, wanted=exc.wanted)
             raise Unavailable("replication_timeout", "the queue's replicas did not confirm in time; retry") from None

@@ -168,25 +168,31 @@ def parse(raw: object, implied_type: str | None = None) -> dict[str, Any]:
     """
     if not isinstance(raw, dict):
         raise MessageError("message: must be a JSON object")
-    message = {key: value for key, value in raw.items() if value is not None}
+    # (a copy either way: C-speed when nothing is null, as almost always)
+    message = {key: value for key, value in raw.items() if value is not None} if None in raw.values() else dict(raw)
     if implied_type is not None:
         message["type"] = implied_type
+    get = message.get
     for field in ID_FIELDS:
-        if field in message:
-            message[field] = coerce_id(message[field])
-    kind = message.get("type")
+        value = get(field)
+        if value is not None and value.__class__ is not str:
+            message[field] = coerce_id(value)
+    kind = get("type")
     if kind is None:
         raise MessageError("type: required")
     rules = _RULES.get(kind) if isinstance(kind, str) else None
     if rules is None:
         raise MessageError(f"type: must be one of {', '.join(CALL_TYPES)}")
-    get = message.get
     for field, rule in rules:
         value = get(field)
-        if value is not None and (
-            (rule == _STR and value.__class__ is str) or (rule == _OBJECT and value.__class__ is dict)
-        ):
-            continue  # the common case, without a call
+        if value is None:
+            if rule < _EVENT:  # absent is fine but for the required fields
+                continue
+        elif value.__class__ is str:
+            if rule == _STR or (value and rule != _OBJECT and (rule != _MESSAGE_ID or len(value) <= MAX_MESSAGE_ID)):
+                continue  # the common cases, without a call
+        elif rule == _OBJECT and value.__class__ is dict:
+            continue
         problem = _violation(rule, value)
         if problem is not None:
             raise MessageError(f"{field}: {problem}")

@@ -1,0 +1,99 @@
+"""Ingest's writes into Redis: the entries of the requests in flight together go in one enqueue.
+
+A request's messages are written by :meth:`worker.store.producer.Producer.enqueue` (one script: per message its
+dedup marker and, when new, its XADD) before it is answered. Each call costs the Redis client (redis-py's
+asyncio connection pool, command packing, the reply's parsing) about as much CPU as the rest of a single call
+together, whatever the number of messages. So :class:`Writes` gathers the entries of every request that reaches
+it in the same turn of the event loop (the requests whose bytes arrived together, which is how they arrive
+under load) and writes them in one :meth:`~worker.store.producer.Producer.enqueue`, then hands each request
+its own part of the answer (its stream ids, ``None`` for a duplicate). What each request is told is what it
+would have been told alone:
+
+- **success** only once Redis has written every message of the gathered call, so a 200 still means durable;
+- **failure** (Redis down, a timeout, too few replicas, a failed XADD) fails every request of the call with the
+  same error (each answers its 503); entries written before the failure keep their dedup markers, so a client's
+  retry of those is a duplicate (200), exactly as for the part of one batch written before a failure;
+- **dedup** is the script's, message by message in order: two requests in one call that carry the same
+  messageId are the first accepted and the second a duplicate, as when they come one after the other;
+- **order**: a request's entries stay in order and contiguous; requests in flight together were never ordered.
+
+A request that suppresses deleted users (an accepted ``Delete User`` track) is written alone, as its suppression
+fields go in the same script as its entries. A call gathers at most :data:`MOST` entries (a bigger request is
+written alone). Every call, gathered or alone, has the time limit ``limit_s`` (past it: ``TimeoutError``, a 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from worker.store.producer import Entry
+
+MOST = 1000
+"""Entries one gathered call takes at most (the script's run in Redis grows with it)."""
+
+Enqueue = Callable[[Sequence[Entry]], Awaitable[list[bytes | None]]]
+
+
+class Writes:
+    """Gathers the entries of the requests of one event-loop turn into one ``enqueue(entries)`` call."""
+
+    def __init__(self, enqueue: Enqueue, limit_s: float) -> None:
+        self.enqueue = enqueue
+        self.limit_s = limit_s
+        self._entries: list[Entry] = []
+        self._waiting: list[tuple[int, asyncio.Future[list[bytes | None]]]] = []
+        self._flush: asyncio.Handle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def write(self, entries: list[Entry]) -> list[bytes | None]:
+        """Write ``entries`` (with those of the other requests of this turn); their ids, None for a duplicate."""
+        if not entries:
+            return []
+        if len(entries) >= MOST:
+            async with asyncio.timeout(self.limit_s):
+                return await self.enqueue(entries)
+        if len(self._entries) + len(entries) > MOST:
+            self._start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[bytes | None]] = loop.create_future()
+        self._entries += entries
+        self._waiting.append((len(entries), future))
+        if self._flush is None:
+            self._flush = loop.call_soon(self._start)  # after every task already ready in this turn
+        return await future
+
+    def _start(self) -> None:
+        """Start the call of what is gathered so far (its own task: a request's timeout never cancels it)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        entries, waiting = self._entries, self._waiting
+        self._entries, self._waiting = [], []
+        if waiting:
+            task = asyncio.get_running_loop().create_task(self._run(entries, waiting))
+            self._tasks.add(task)  # held until done (the loop keeps only weak references)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, entries: list[Entry], waiting: list[tuple[int, asyncio.Future[list[bytes | None]]]]) -> None:
+        try:
+            async with asyncio.timeout(self.limit_s):
+                written = await self.enqueue(entries)
+            if len(written) != len(entries):
+                raise RuntimeError(f"enqueue answered {len(written)} ids for {len(entries)} entries")
+        except BaseException as exc:  # every request of the call fails with it (cancelled too, at shutdown)
+            for _, future in waiting:
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        at = 0
+        for count, future in waiting:
+            if not future.done():  # (done: that request timed out or went away meanwhile)
+                future.set_result(written[at : at + count])
+            at += count
