@@ -1,17 +1,15 @@
 """The ingest ASGI application: routes, health, metrics, OpenAPI, and the process's Redis client.
 
-:func:`create_app` builds it from a :class:`worker.core.settings.Config`; :func:`factory` builds it from
-the environment (what uvicorn calls in each worker process); :func:`serve` runs it.
+:func:`create_app` builds it from a :class:`worker.core.settings.Config`; :mod:`ingest.serve` builds it from the
+environment in each uvicorn worker process and runs the processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio
@@ -23,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ingest import connections, metrics
+from ingest import metrics
 from ingest.admin.mount import mount as mount_admin
 from ingest.cors import CORS, parse_origins, route_template
 from ingest.responses import AnswerResponse, error_response
@@ -31,11 +29,10 @@ from ingest.tracking import openapi
 from ingest.tracking.dispatch import Dispatch, Target
 from ingest.tracking.prepare import Kind
 from ingest.tracking.routes import Ingest
-from worker.core import logs
 from worker.core.errors import ConfigError, RequestError
 from worker.core.keys import Keys
 from worker.core.messages import CALL_TYPES
-from worker.core.settings import Config, load
+from worker.core.settings import Config
 from worker.store.connections import aclose, close, connect_async
 from worker.store.producer import Producer
 from worker.store.streams import claim_partitions_async
@@ -246,86 +243,3 @@ def create_app(config: Config) -> FastAPI:
     dispatch = Dispatch(super(_App, app).__call__, ingest, targets)
     app.front = CORS(dispatch, origins=parse_origins(settings.cors_origins), routes=app.routes)
     return app
-
-
-def factory() -> FastAPI:
-    """Build the app from the environment: what uvicorn runs in each worker process.
-
-    Every request allocates many short-lived dicts (parsed JSON): the start-up heap is frozen out of
-    the garbage collector's scans and young collections run less often (~15% less CPU per message).
-    """
-    config = load()
-    logs.configure(config.settings.log_level, config.settings.log_format)
-    connections.configure(config.settings)  # before uvicorn accepts: header timeout, connection caps
-    app = create_app(config)
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-    return app
-
-
-def serve(
-    host: str, port: int, workers: int, *, ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None
-) -> None:
-    """Run ingest on uvicorn (uvloop, httptools), ``workers`` processes sharing the port.
-
-    Settings and destinations are checked here first, so that a bad file stops the command at once.
-    With several workers, metrics go to a shared directory (a temporary one unless
-    ``PROMETHEUS_MULTIPROC_DIR`` is set), which the worker processes inherit. With a certificate and its key
-    (PEM files) uvicorn serves HTTPS itself (TLS 1.2+); both are needed, and both are checked before it starts.
-    """
-    import os
-    import shutil
-    import tempfile
-
-    import uvicorn
-
-    config = load()  # a ConfigError ends the command with one line and exit status 2 (worker.cli.context)
-    logs.configure(config.settings.log_level, config.settings.log_format)
-    tls = _tls(ssl_certfile, ssl_keyfile)
-    scratch = None
-    if workers > 1 and config.settings.prometheus_multiproc_dir is None:
-        scratch = tempfile.mkdtemp(prefix="ctrelay-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = scratch
-    log.info(
-        "ingest starting",
-        host=host,
-        port=port,
-        workers=workers,
-        destinations=len(config.destinations),
-        scheme="https" if tls else "http",
-    )
-    try:
-        uvicorn.run(
-            "ingest.app:factory",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http=connections.GuardedHttpTools,  # httptools, with a header timeout and connection caps
-            timeout_keep_alive=config.settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
-            access_log=False,
-            log_level="warning",
-            proxy_headers=False,
-            server_header=False,
-            ssl_certfile=tls[0] if tls else None,
-            ssl_keyfile=tls[1] if tls else None,
-        )
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _tls(certfile: Path | None, keyfile: Path | None) -> tuple[str, str] | None:
-    """uvicorn's TLS arguments, after checking the pair loads (a wrong file stops the command with a clear line)."""
-    import ssl
-
-    if certfile is None and keyfile is None:
-        return None
-    if certfile is None or keyfile is None:
-        raise SystemExit("ctrelay ingest: --ssl-certfile and --ssl-keyfile go together")
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise SystemExit(f"ctrelay ingest: cannot load the certificate {certfile} and key {keyfile}: {exc}") from None
-    return str(certfile), str(keyfile)

@@ -266,7 +266,7 @@ def test_timestamps_are_isoformats(moment: datetime, zone: timezone, micro: int 
 
 
 def entries(n: int, tag: str) -> list[Entry]:
-    return [Entry("s", f"d-{tag}-{i}", b"w", f"{tag}-{i}".encode()) for i in range(n)]
+    return [Entry("s", 0, f"{i + 1}".encode(), i, b"w", f"{tag}-{i}".encode()) for i in range(n)]
 
 
 def test_requests_of_one_turn_share_one_call_and_get_their_own_ids() -> None:

@@ -218,7 +218,7 @@ def test_refused_traffic_is_logged_at_debug_with_method_and_path(tmp_path: Path)
 
 
 def test_tls_flags_go_together_and_are_checked_before_start(tmp_path: Path) -> None:
-    from ingest.app import _tls
+    from ingest.serve import _tls
 
     assert _tls(None, None) is None
     with pytest.raises(SystemExit, match="go together"):

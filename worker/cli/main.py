@@ -38,7 +38,7 @@ def _ingest(
     ssl_keyfile: Annotated[Path | None, typer.Option(help="serve HTTPS: the certificate's private key (PEM)")] = None,
 ) -> None:
     """Serve Segment's HTTP Tracking API: validate, deduplicate, enqueue into the Redis streams."""
-    from ingest.app import serve
+    from ingest.serve import serve
 
     serve(host, port, workers, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
