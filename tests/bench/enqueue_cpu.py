@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from bench_redis_memory import message  # the typical track (~420 bytes as accepted)
 
 from worker.core.keys import Keys
 from worker.store import producer as producer_module
@@ -41,21 +42,6 @@ for i = 1, #KEYS / 2 do
 end
 return out
 """
-
-
-def message(i: int) -> dict[str, Any]:
-    """The typical track of bench_redis_memory.py (~420 bytes as accepted)."""
-    return {
-        "type": "track",
-        "event": "Product Viewed",
-        "userId": f"user-{i % 5000}",
-        "anonymousId": str(uuid.uuid4()),
-        "messageId": str(uuid.uuid4()),
-        "timestamp": "2026-11-28T20:00:00.000Z",
-        "receivedAt": "2026-11-28T20:00:00.120Z",
-        "properties": {"product_id": f"p-{i % 977}", "price": 19.99, "currency": "EUR", "category": "Shoes"},
-        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}, "ip": "203.0.113.7"},
-    }
 
 
 def cpu(client: redis.Redis) -> float:

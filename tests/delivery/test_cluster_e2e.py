@@ -24,18 +24,8 @@ import httpx
 import pytest
 from delivery_e2e import Relay, reconcile, wait_for
 from redis_topology import Cluster, cluster_binaries
-from segment.analytics.client import Client
-from test_delivery_mixed_e2e import (
-    ACCOUNTS,
-    RABBITMQ,
-    by_user,
-    expected_records,
-    rabbitmq_answers,
-    without_ts,
-    workload,
-)
+from test_delivery_mixed_e2e import ACCOUNTS, RABBITMQ, deliver_mixed_workload, rabbitmq_answers
 
-from worker.core.destinations import Destination
 from worker.core.settings import Settings
 from worker.store.connections import close, connect
 
@@ -89,27 +79,7 @@ def test_mixed_workload_on_a_cluster(relay: Relay, cluster: Cluster, broker: str
     relay.destinations([{"write_key": wk, "account_id": acc, "passcode": pw} for wk, (acc, pw) in ACCOUNTS.items()])
     _, url = relay.start_ingest()
     worker = relay.start_worker("-n", f"{relay.prefix}@%h")  # its own name: RabbitMQ is shared
-    expected: dict[str, list[dict[str, Any]]] = {}
-    for write_key, (account, passcode) in ACCOUNTS.items():
-        calls = workload(write_key)
-        destination = Destination(write_key=write_key, account_id=account, passcode=passcode)
-        expected[account] = expected_records(destination, calls)
-        client = Client(write_key=write_key, host=url, max_retries=3, upload_interval=0.05)
-        for method, kwargs in calls:
-            getattr(client, method)(**kwargs)
-        client.flush()
-        client.shutdown()
-    total = sum(len(records) for records in expected.values())
-    assert total == 2 * (6 * 6 + 3)
-    wait_for(lambda: len(relay.records()) >= total, 60, f"{total} records at the sandbox", worker)
-    time.sleep(1)  # anything extra (a duplicate, a stray token) would arrive by now
-    got: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for item in relay.records():
-        got[item["account_id"]].append(without_ts(item["record"]))
-    assert set(got) == set(expected)
-    for account, records in expected.items():
-        assert sorted(map(repr, got[account])) == sorted(map(repr, records)), account  # exactly these, once
-        assert by_user(got[account]) == by_user(records), account  # in per-user order
+    deliver_mixed_workload(relay, url, worker)
     assert_spread(cluster, relay)
     user = "wk-a-user-0"
     commands = [

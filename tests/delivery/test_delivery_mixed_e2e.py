@@ -17,7 +17,7 @@ from typing import Any
 
 import kombu
 import pytest
-from delivery_e2e import Relay, wait_for
+from delivery_e2e import Proc, Relay, wait_for
 from segment.analytics.client import Client
 
 from worker.core.destinations import Destination
@@ -120,11 +120,10 @@ def broker(request: pytest.FixtureRequest, relay: Relay) -> Iterator[str]:
         channel.queue_delete(relay.keys.celery())  # the test's queue goes with it
 
 
-def test_mixed_workload_two_write_keys_two_accounts(relay: Relay, broker: str) -> None:
-    relay.start_sandbox("--accounts", ",".join(f"{acc}:{pw}" for acc, pw in ACCOUNTS.values()))
-    relay.destinations([{"write_key": wk, "account_id": acc, "passcode": pw} for wk, (acc, pw) in ACCOUNTS.items()])
-    _, url = relay.start_ingest()
-    worker = relay.start_worker()
+def deliver_mixed_workload(relay: Relay, url: str, worker: Proc) -> dict[str, list[dict[str, Any]]]:
+    """Send :func:`workload` of every destination of :data:`ACCOUNTS` through segment-analytics-python to ingest at
+    ``url``, wait for the sandbox, and check it holds exactly the transform of the calls, once each, in per-user
+    order; the records the sandbox got, per account (also for the cluster e2e)."""
     expected: dict[str, list[dict[str, Any]]] = {}
     for write_key, (account, passcode) in ACCOUNTS.items():
         calls = workload(write_key)
@@ -146,5 +145,14 @@ def test_mixed_workload_two_write_keys_two_accounts(relay: Relay, broker: str) -
     for account, records in expected.items():
         assert sorted(map(repr, got[account])) == sorted(map(repr, records)), account  # exactly these, once
         assert by_user(got[account]) == by_user(records), account  # in per-user order
+    return got
+
+
+def test_mixed_workload_two_write_keys_two_accounts(relay: Relay, broker: str) -> None:
+    relay.start_sandbox("--accounts", ",".join(f"{acc}:{pw}" for acc, pw in ACCOUNTS.values()))
+    relay.destinations([{"write_key": wk, "account_id": acc, "passcode": pw} for wk, (acc, pw) in ACCOUNTS.items()])
+    _, url = relay.start_ingest()
+    worker = relay.start_worker()
+    got = deliver_mixed_workload(relay, url, worker)
     kinds = sorted(record["type"] for records in got.values() for record in records)
     assert kinds.count("token") == 2 * 6  # one per objectId, though sent with two calls each

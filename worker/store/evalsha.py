@@ -10,11 +10,10 @@ import hashlib
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import NoScriptError
 
 from worker.core.errors import NotReplicated
-from worker.store.connections import reset_is_connection_error
+from worker.store.connections import is_cluster, reset_is_connection_error
 
 
 def sha(source: str) -> str:
@@ -31,7 +30,7 @@ async def run_scripts(
     EXEC. On a cluster the pipeline sends each to its node. With ``replicas``, a ``WAIT`` follows on the same
     connection and :class:`~worker.core.errors.NotReplicated` is raised when fewer confirmed in time. A script
     Redis lost is loaded again and answered ``NoScriptError``: the caller runs it again."""
-    multi = len(scripts) > 1 and not isinstance(client, AsyncRedisCluster)
+    multi = len(scripts) > 1 and not is_cluster(client)
     async with client.pipeline(transaction=False) as pipe:
         if multi:
             pipe.execute_command("MULTI")
@@ -43,7 +42,7 @@ async def run_scripts(
         if replicas:
             pipe.wait(replicas, timeout_ms)
         executed = pipe.execute(raise_on_error=False)
-        raw = await (reset_is_connection_error(executed) if isinstance(client, AsyncRedisCluster) else executed)
+        raw = await (reset_is_connection_error(executed) if is_cluster(client) else executed)
     answers = raw[len(scripts) + 1] if multi else raw[: len(scripts)]
     if isinstance(answers, BaseException):  # EXECABORT: nothing of the MULTI ran
         raise answers

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import orjson
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys, partition_of
@@ -199,7 +198,7 @@ class Producer:
         written: list[bytes | None] = [None] * len(entries)
         pending: set[int] = set()
         markers = self.markers
-        alone = isinstance(client, AsyncRedisCluster) if self.per_partition is None else self.per_partition
+        alone = is_cluster(client) if self.per_partition is None else self.per_partition
         todo = list(groups)
         for _ in range(_ATTEMPTS):
             now = self.clock()
