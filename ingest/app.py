@@ -26,7 +26,7 @@ from ingest.admin.mount import mount as mount_admin
 from ingest.cors import CORS, parse_origins, route_template
 from ingest.responses import AnswerResponse, error_response
 from ingest.tracking import openapi
-from ingest.tracking.dispatch import Dispatch, Target
+from ingest.tracking.dispatch import Direct, Dispatch, Target
 from ingest.tracking.prepare import Kind
 from ingest.tracking.routes import Ingest
 from worker.core.errors import ConfigError, RequestError
@@ -81,6 +81,8 @@ class _App(FastAPI):
     error middleware: a 500 that middleware sends passes through CORS and carries its headers too."""
 
     front: ASGIApp | None = None
+    direct: Direct | None = None
+    """The tracking requests ingest's HTTP protocol answers itself (:class:`~ingest.connections.GuardedHttpTools`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.front is None:
@@ -241,5 +243,7 @@ def create_app(config: Config) -> FastAPI:
 
     app.openapi = document  # type: ignore[method-assign]
     dispatch = Dispatch(super(_App, app).__call__, ingest, targets)
-    app.front = CORS(dispatch, origins=parse_origins(settings.cors_origins), routes=app.routes)
+    cors = CORS(dispatch, origins=parse_origins(settings.cors_origins), routes=app.routes)
+    app.front = cors
+    app.direct = Direct(ingest, targets, cors)
     return app

@@ -24,7 +24,7 @@ from starlette.types import Receive
 
 from worker.core.errors import RequestError
 
-_WIRE_SLACK = 1024
+WIRE_SLACK = 1024
 """Compressed input may be slightly larger than its output (incompressible data): allow it on the wire."""
 
 
@@ -34,7 +34,7 @@ def too_large(limit: int) -> RequestError:
 
 async def read(chunks: AsyncIterator[bytes], content_length: str | None, limit: int) -> bytes:
     """Read the raw body, refusing more than ``limit`` bytes on the wire (plus a little slack)."""
-    cap = limit + _WIRE_SLACK
+    cap = limit + WIRE_SLACK
     if content_length is not None and content_length.isdigit() and int(content_length) > cap:
         raise too_large(limit)
     parts: list[bytes] = []
@@ -50,7 +50,7 @@ async def read(chunks: AsyncIterator[bytes], content_length: str | None, limit: 
 async def receive(messages: Receive, content_length: str | None, limit: int) -> bytes:
     """:func:`read` straight from the ASGI ``receive`` (what Starlette's ``Request.stream`` reads): the same cap,
     the same ``ClientDisconnect`` when the client goes away first, without an async generator per request."""
-    cap = limit + _WIRE_SLACK
+    cap = limit + WIRE_SLACK
     if content_length is not None and content_length.isdigit() and int(content_length) > cap:
         raise too_large(limit)
     parts: list[bytes] = []

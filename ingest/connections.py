@@ -28,18 +28,42 @@ One more change, for CPU: uvicorn writes a response's head (at ``http.response.s
 ``http.response.body``) in two writes to the socket, two system calls that each wake the client. A response here
 is written in one: the head is held until the first body part (or the end of the response, or the connection's
 close) and goes out with it (:class:`_Cycle`). Every answer of ingest sends its body right after its head.
+
+And the common tracking request is answered by the protocol itself (:class:`_Direct`), without an ASGI task, its
+receive and send, or the middleware: a ``POST`` (or a webhook's ``PUT``/``PATCH``) to a Tracking API path that the
+dispatch serves (:class:`~ingest.tracking.dispatch.Direct`), from an origin CORS lets through, with a
+``Content-Length`` of at most 64 KiB (uvicorn's read buffer; and within the body cap) and no ``Transfer-Encoding``,
+no ``Expect: 100-continue``, no upgrade, no ``%`` in the path, no ``root_path``, below the cap of requests in
+progress and without an access log. Its body is gathered as uvicorn gathers it; once it is all in, the handler
+(:meth:`~ingest.tracking.routes.Ingest.submit`) takes it and calls back with the answer, which is written as
+uvicorn writes it (status line, the server's default headers, the answer's, the CORS headers, ``connection:
+close`` when the connection is not kept alive) in one write. Pipelined requests wait their turn in uvicorn's
+queue; a client gone before its body is in gets nothing, as through ASGI; an unexpected error is logged as both
+layers log it and answered the 500 of the CORS middleware, and the connection is closed, as uvicorn does after a
+started answer. Any other request goes through ASGI as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import httptools
 import structlog
-from uvicorn._types import ASGISendEvent
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn._types import ASGI3Application, ASGISendEvent
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
+from ingest import body
+from ingest.cors import CRASHED
+from ingest.responses import Answer
+from ingest.tracking.dispatch import Direct, Target
 from worker.core.settings import Settings
 
 log = structlog.get_logger("ctrelay.ingest")
@@ -61,9 +85,12 @@ class GuardedHttpTools(HttpToolsProtocol):
     _timer: asyncio.TimerHandle | None = None
     _head_left: int | None = None
     """Bytes the current request head may still take; None once it is complete."""
+    direct: Direct | None = None
+    """The application's tracking requests this protocol answers itself (none when the app has none)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.direct = getattr(self.app, "direct", None)
         if len(self.connections) > self.max_connections:
             transport.close()  # accepted only to be closed: the descriptor is free again at once
             return
@@ -96,12 +123,71 @@ class GuardedHttpTools(HttpToolsProtocol):
         # uvicorn answers 503 when len(connections) >= limit_concurrency or len(tasks) >= it: a limit of 0 when
         # the requests in progress are at the cap (and none otherwise) makes it count requests only.
         self.limit_concurrency = 0 if len(self.tasks) >= self.max_requests else None
+        direct = self._direct() if self.direct is not None and self.limit_concurrency is None else None
+        if direct is not None:
+            existing = self.cycle
+            self.cycle = direct  # type: ignore[assignment]
+            if existing is None or existing.response_complete:
+                direct.start()
+            else:  # pipelined: its turn comes in on_response_complete (_start_asgi_task), as uvicorn's cycles'
+                self.flow.pause_reading()
+                self.pipeline.appendleft((direct, self.app))  # type: ignore[arg-type]
+            return
         before = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle is not before and type(cycle) is RequestResponseCycle:  # (not yet run)
             cycle.__class__ = _Cycle
             cycle.transport = _Joining(cycle.transport)  # type: ignore[assignment]
+
+    def _direct(self) -> _Direct | None:
+        """The request whose head just ended as one this protocol answers itself, or None (then: through ASGI)."""
+        direct = self.direct
+        assert direct is not None
+        if self.expect_100_continue or self.root_path or self.access_log or self.parser.should_upgrade():
+            return None
+        method = self.parser.get_method()
+        if method not in _METHODS:
+            return None
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        if b"%" in raw_path:
+            return None
+        length: bytes | None = None
+        origin: bytes | None = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                if length is not None:
+                    return None
+                length = value
+            elif name == b"transfer-encoding":
+                return None
+            elif name == b"origin" and origin is None:
+                origin = value
+        cap = min(HIGH_WATER_LIMIT, direct.ingest.settings.max_batch_bytes + body.WIRE_SLACK)
+        if length is None or not length.isdigit() or int(length) > cap:
+            return None
+        if origin is not None and HEADER_VALUE_RE.search(origin):  # uvicorn would refuse to echo it
+            return None
+        scope = self.scope
+        version = self.parser.get_http_version()
+        if version != "1.1":
+            scope["http_version"] = version
+        scope["method"] = method.decode("ascii")
+        scope["path"] = path = raw_path.decode("ascii")
+        scope["raw_path"] = raw_path
+        scope["query_string"] = parsed.query or b""
+        found = direct.route(scope)  # type: ignore[arg-type]
+        if found is None:
+            return None
+        keep_alive = version != "1.0" and self.parser.should_keep_alive()
+        return _Direct(self, found[0], found[1], keep_alive, path)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if isinstance(cycle, _Direct):  # a pipelined tracking request's turn
+            cycle.start()
+        else:
+            super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -136,6 +222,114 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+_CRASHED = Answer(500, CRASHED, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(CRASHED))])
+"""The CORS middleware's answer to an unexpected error (its CORS headers follow)."""
+_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+"""The methods of the tracking paths (each path's own are checked by its target)."""
+
+
+class _Direct:
+    """A tracking request this protocol answers itself: what uvicorn's protocol reads and sets of a cycle (the body
+    gathered so far, whether more is to come, the connection's state, ``message_event.set()`` on each part and at
+    the end or the connection's loss), and its handling once its turn came and its body is in."""
+
+    __slots__ = (
+        "allow",
+        "body",
+        "disconnected",
+        "handled",
+        "keep_alive",
+        "message_event",
+        "more_body",
+        "path",
+        "protocol",
+        "response_complete",
+        "started",
+        "target",
+    )
+
+    def __init__(
+        self,
+        protocol: GuardedHttpTools,
+        target: Target,
+        allow: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        path: str,
+    ) -> None:
+        self.protocol = protocol
+        self.target = target
+        self.allow = allow
+        self.keep_alive = keep_alive
+        self.path = path
+        self.body = bytearray()
+        self.more_body = True
+        self.response_complete = False
+        self.disconnected = False
+        self.started = False
+        self.handled = False
+        self.message_event = self  # (uvicorn's protocol calls cycle.message_event.set())
+
+    def start(self) -> None:
+        """Its turn: counted among the requests in progress (the cap, a graceful shutdown's wait) until answered."""
+        self.started = True
+        self.protocol.tasks.add(self)  # type: ignore[arg-type]
+        self.set()
+
+    def cancel(self, msg: Any = None) -> None:
+        """What uvicorn does to the requests still in progress when its graceful shutdown times out: the answer
+        written later is dropped with the connection."""
+        self.disconnected = True
+
+    def set(self) -> None:
+        if self.started and not self.handled and (self.disconnected or not self.more_body):
+            self.handled = True
+            if self.disconnected:
+                log.debug("client went away before its body was read", path=self.target.route)
+                self.protocol.tasks.discard(self)
+                return
+            target = self.target
+            ingest = self.protocol.direct.ingest  # type: ignore[union-attr]
+            try:
+                ingest.submit(
+                    self.protocol.scope,  # type: ignore[arg-type]
+                    bytes(self.body),
+                    kind=target.kind,
+                    implied_type=target.implied_type,
+                    route=target.route,
+                    done=self.answer,
+                )
+            except Exception as exc:
+                self.answer(exc)
+
+    def answer(self, outcome: Answer | BaseException) -> None:
+        """Write the answer as uvicorn writes an ASGI answer, in one write (nothing when the client went away)."""
+        protocol = self.protocol
+        protocol.tasks.discard(self)
+        crashed = isinstance(outcome, BaseException)
+        if isinstance(outcome, BaseException):
+            log.error("unexpected error", error=type(outcome).__name__, exc_info=outcome)
+            protocol.logger.error("Exception in ASGI application\n", exc_info=outcome)
+            answer = _CRASHED
+        else:
+            answer = outcome
+        transport = protocol.transport
+        if self.disconnected or transport.is_closing():
+            return
+        parts = [STATUS_LINE[answer.status]]
+        for name, value in (*protocol.server_state.default_headers, *answer.headers, *self.allow):
+            parts += (name, b": ", value, b"\r\n")
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", answer.body)
+        transport.write(b"".join(parts))
+        self.response_complete = True
+        if not self.keep_alive:
+            transport.close()
+        protocol.on_response_complete()
+        if crashed and not transport.is_closing():
+            transport.close()
 
 
 class _Joining:

@@ -42,7 +42,7 @@ PREFIX = "/v1/"
 ALLOW_HEADERS = ("authorization", "content-type", "content-encoding", "x-retry-count", "x-signature")
 MAX_AGE = "7200"
 _REFUSED = orjson.dumps({"code": "origin_not_allowed", "message": "this origin may not send to this relay"})
-_CRASHED = orjson.dumps({"code": "internal_error", "message": "unexpected error"})
+CRASHED = orjson.dumps({"code": "internal_error", "message": "unexpected error"})
 
 
 def parse_origins(text: str) -> frozenset[str] | None:
@@ -74,15 +74,10 @@ class CORS:
         if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
             await self.app(scope, receive, send)
             return
-        origin = _header(scope, b"origin")
-        if origin is not None and self.origins is not None and origin.rstrip("/").lower() not in self.origins:
+        allow = self.allow(scope)
+        if allow is None:
             await self._refuse(scope, send)
             return
-        allow = [(b"access-control-allow-origin", origin.encode("latin-1") if origin else b"*")]
-        if origin is not None:
-            allow += [(b"vary", b"Origin"), (b"access-control-expose-headers", b"Retry-After")]
-        elif self.origins is not None:
-            allow = []
         if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method") is not None:
             template = route_template(self.routes, scope)
             if template != "unmatched":
@@ -102,8 +97,21 @@ class CORS:
             await self.app(scope, receive, send_with_cors)
         except Exception:
             if not started:  # the error middleware logs it and sees the answer started: it sends nothing more
-                await _answer(send_with_cors, 500, _CRASHED, [(b"content-type", b"application/json")])
+                await _answer(send_with_cors, 500, CRASHED, [(b"content-type", b"application/json")])
             raise
+
+    def allow(self, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        """The CORS headers every answer to ``scope`` (a ``/v1/`` path) carries; None when its origin is refused."""
+        origin = _header(scope, b"origin")
+        if origin is None:
+            return [] if self.origins is not None else [(b"access-control-allow-origin", b"*")]
+        if self.origins is not None and origin.rstrip("/").lower() not in self.origins:
+            return None
+        return [
+            (b"access-control-allow-origin", origin.encode("latin-1") if origin else b"*"),
+            (b"vary", b"Origin"),
+            (b"access-control-expose-headers", b"Retry-After"),
+        ]
 
     async def _preflight(self, scope: Scope, send: Send, template: str, allow: list[tuple[bytes, bytes]]) -> None:
         methods = "POST, PUT, PATCH, GET, OPTIONS" if template.startswith("/v1/webhook") else "POST, GET, OPTIONS"

@@ -13,6 +13,10 @@ preflights and refusals, and serve the paths when the application runs under a `
 
 An unexpected error is logged (``unexpected error``, as FastAPI's error handler logs it) and propagates: the
 CORS middleware around answers the 500.
+
+:class:`Direct` is the same choice for ingest's HTTP protocol (:mod:`ingest.connections`), which answers the
+common tracking request itself, without an ASGI scope's receive and send or a task: it names the target of a
+request and the CORS headers its answer carries, or None for anything that goes through ASGI as above.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import NamedTuple
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ingest.cors import CORS
 from ingest.tracking.prepare import Kind
 from ingest.tracking.routes import Ingest
 
@@ -58,3 +63,21 @@ class Dispatch:
                     raise
                 return
         await self.app(scope, receive, send)
+
+
+class Direct:
+    """What the HTTP protocol answers itself: the targets of :class:`Dispatch` and the CORS headers of :class:`CORS`."""
+
+    def __init__(self, ingest: Ingest, targets: Iterable[tuple[str, Target]], cors: CORS) -> None:
+        self.ingest = ingest
+        self.targets = dict(targets)
+        self.cors = cors
+
+    def route(self, scope: Scope) -> tuple[Target, list[tuple[bytes, bytes]]] | None:
+        """The target of a request (its scope: ``method``, ``path``, ``headers``) and the CORS headers of its
+        answer, when it is one the dispatch would serve and CORS let through; else None."""
+        target = self.targets.get(scope["path"])
+        if target is None or scope["method"] not in target.methods:
+            return None
+        allow = self.cors.allow(scope)
+        return None if allow is None else (target, allow)

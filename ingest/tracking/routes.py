@@ -18,8 +18,9 @@ import asyncio
 import hashlib
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import structlog
@@ -31,7 +32,7 @@ from starlette.types import Receive, Scope
 from ingest import body, metrics
 from ingest.responses import ACCEPTED, DISCONNECTED, Answer, error_answer
 from ingest.tracking import auth, projects
-from ingest.tracking.prepare import Kind, prepare
+from ingest.tracking.prepare import Kind, Outcome, prepare
 from ingest.tracking.writes import Writes
 from worker.core.destinations import Destination, Destinations
 from worker.core.errors import NotReplicated, RequestError, Unavailable
@@ -95,6 +96,14 @@ def _headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
+class _Pending(NamedTuple):
+    """A request taken (validated, its entries made), before its write."""
+
+    outcome: Outcome
+    destination: Destination
+    suppress: tuple[str, str, dict[int, dict[str, str]]] | None
+
+
 class Ingest:
     """Handles the Tracking API's POSTs for one process: its settings, destinations, Redis and producer."""
 
@@ -107,6 +116,7 @@ class Ingest:
         self.producer = producer
         self.queue = QueueState()
         self.writes = Writes(lambda entries: self.producer.enqueue(self.client, entries), self._write_limit())
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, scope: Scope, receive: Receive, kind: Kind, implied_type: str | None, route: str) -> Answer:
         """Answer one POST (``route``: its template, for metrics); never raises for a client's mistake or an
@@ -114,16 +124,75 @@ class Ingest:
         FastAPI routes of the same paths alike."""
         started = time.perf_counter()
         try:
-            await self._accept(scope, receive, kind, implied_type)
+            headers = _headers(scope)
+            raw = await body.receive(receive, headers.get(b"content-length"), self.settings.max_batch_bytes)
+            pending = self._take(scope, headers, raw, kind, implied_type)
+            self._count(pending, await self._write(pending.outcome.entries, pending.suppress))
             status, answer = 200, ACCEPTED
         except ClientDisconnect:
             log.debug("client went away before its body was read", path=route)
             return DISCONNECTED
         except RequestError as exc:
-            status = exc.status
-            answer = error_answer(exc, self.settings.retry_after)
-            metrics.refused(exc.code).inc()
-            log.info("request refused", path=route, status=exc.status, code=exc.code, reason=exc.message)
+            status, answer = exc.status, self._refused(exc, route)
+        return self._answered(route, status, answer, started)
+
+    def submit(
+        self,
+        scope: Scope,
+        raw: bytes,
+        *,
+        kind: Kind,
+        implied_type: str | None,
+        route: str,
+        done: Callable[[Answer | BaseException], None],
+    ) -> None:
+        """:meth:`handle` of a request whose whole body ``raw`` is in, without a task: ``done(answer)`` is called
+        with the same answer, at once or once its messages are written (the HTTP protocol's own path,
+        :mod:`ingest.connections`). An unexpected error raises here, or is passed to ``done`` as the exception."""
+        started = time.perf_counter()
+        try:
+            pending = self._take(scope, _headers(scope), raw, kind, implied_type)
+        except RequestError as exc:
+            done(self._answered(route, exc.status, self._refused(exc, route), started))
+            return
+
+        def written(result: list[bytes | None] | BaseException) -> None:
+            try:
+                if isinstance(result, BaseException):
+                    raise self._unavailable(result) if isinstance(result, Exception) else result
+                self._count(pending, result)
+                answer = self._answered(route, 200, ACCEPTED, started)
+            except RequestError as exc:
+                answer = self._answered(route, exc.status, self._refused(exc, route), started)
+            except BaseException as exc:  # unexpected: the protocol answers it as the ASGI path does
+                done(exc)
+                return
+            done(answer)
+
+        if pending.suppress is None:
+            self.writes.add(pending.outcome.entries, written)
+            return
+
+        outcome = pending.outcome
+
+        async def alone() -> None:
+            try:
+                result: list[bytes | None] | BaseException = await self._write(outcome.entries, pending.suppress)
+            except BaseException as exc:  # (a Redis failure is already its 503: a RequestError)
+                result = exc
+            written(result)
+
+        task = asyncio.get_running_loop().create_task(alone())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _refused(self, exc: RequestError, route: str) -> Answer:
+        metrics.refused(exc.code).inc()
+        log.info("request refused", path=route, status=exc.status, code=exc.code, reason=exc.message)
+        return error_answer(exc, self.settings.retry_after)
+
+    @staticmethod
+    def _answered(route: str, status: int, answer: Answer, started: float) -> Answer:
         metrics.answered(route, status).inc()
         metrics.timed(route).observe(time.perf_counter() - started)
         return answer
@@ -132,11 +201,15 @@ class Ingest:
         """``GET /v1/projects/{writeKey}/settings`` (:func:`ingest.tracking.projects.answer`)."""
         return projects.answer(request, route, self.destinations, self.settings.public_url)
 
-    async def _accept(self, scope: Scope, receive: Receive, kind: Kind, implied_type: str | None) -> int:
+    def _take(
+        self, scope: Scope, headers: dict[bytes, str], raw: bytes, kind: Kind, implied_type: str | None
+    ) -> _Pending:
+        """Everything of a request before its write (RequestError when it is refused as a whole)."""
         settings = self.settings
-        headers = _headers(scope)
-        raw = await body.receive(receive, headers.get(b"content-length"), settings.max_batch_bytes)
-        data = body.decompress(raw, headers.get(b"content-encoding"), settings.max_batch_bytes)
+        limit = settings.max_batch_bytes
+        if len(raw) > limit + body.WIRE_SLACK:  # (what body.receive refuses as it reads)
+            raise body.too_large(limit)
+        data = body.decompress(raw, headers.get(b"content-encoding"), limit)
         if kind == "single" and len(data) > settings.max_message_bytes:
             raise RequestError(400, "message_too_large", f"message larger than {settings.max_message_bytes} bytes")
         document = body.parse_json(data)
@@ -182,20 +255,29 @@ class Ingest:
         alone = kind == "single" or (kind == "webhook" and not isinstance(document, list))
         if alone and outcome.error is not None:
             raise outcome.error
-        written = await self._write(outcome.entries, self._suppression(destination, outcome.deletions))
+        return _Pending(outcome, destination, self._suppression(destination, outcome.deletions))
 
-        name = destination.name
+    def _count(self, pending: _Pending, written: list[bytes | None]) -> None:
+        """The metrics and log line of a request whose messages are written."""
+        outcome = pending.outcome
+        name = pending.destination.name
         duplicates = written.count(None)
-        pairs = zip(outcome.types, written, strict=True)
-        types = Tally(call for call, stream_id in pairs if stream_id) if duplicates else Tally(outcome.types)
-        metrics.count_accepted(types, name)
         if duplicates:
+            pairs = zip(outcome.types, written, strict=True)
+            types = Tally(call for call, stream_id in pairs if stream_id)
+            metrics.count_accepted(types, name)
             metrics.duplicates_of(name).inc(duplicates)
+        elif len(outcome.types) == 1:
+            metrics.accepted_of(outcome.types[0], name).inc()
+            types = None
+        else:
+            types = Tally(outcome.types)
+            metrics.count_accepted(types, name)
         for reason, number in outcome.rejected.items():
             metrics.refused(reason).inc(number)
         if outcome.rejected:
-            log.info("batch items refused", destination=name, refused=dict(outcome.rejected), accepted=types.total())
-        return 200
+            accepted = (Tally(outcome.types) if types is None else types).total()
+            log.info("batch items refused", destination=name, refused=dict(outcome.rejected), accepted=accepted)
 
     def _suppression(
         self, destination: Destination, deletions: dict[int, dict[str, Any]]
@@ -232,9 +314,16 @@ class Ingest:
                 return await self.writes.write(entries)  # with the other requests of this turn, in the same limit
             async with asyncio.timeout(limit):  # (wait_for would make a task per request)
                 return await self.producer.enqueue(self.client, entries, suppress)
-        except NotReplicated as exc:
+        except (NotReplicated, redis.RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+
+    @staticmethod
+    def _unavailable(exc: Exception) -> Exception:
+        """What a failed write answers: a 503 for Redis failing, too few replicas or a timeout; else ``exc``."""
+        if isinstance(exc, NotReplicated):
             log.warning("enqueue not replicated", acked=exc.acked, wanted=exc.wanted)
-            raise Unavailable("replication_timeout", "the queue's replicas did not confirm in time; retry") from None
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+            return Unavailable("replication_timeout", "the queue's replicas did not confirm in time; retry")
+        if isinstance(exc, redis.RedisError | OSError | TimeoutError):
             log.warning("redis unavailable", error=type(exc).__name__)
-            raise Unavailable("queue_unavailable", "the queue is not reachable; retry later") from None
+            return Unavailable("queue_unavailable", "the queue is not reachable; retry later")
+        return exc

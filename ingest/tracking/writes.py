@@ -5,9 +5,12 @@ dedup marker and, when new, its XADD) before it is answered. Each call costs the
 asyncio connection pool, command packing, the reply's parsing) about as much CPU as the rest of a single call
 together, whatever the number of messages. So :class:`Writes` gathers the entries of every request that reaches
 it in the same turn of the event loop (the requests whose bytes arrived together, which is how they arrive
-under load) and writes them in one :meth:`~worker.store.producer.Producer.enqueue`, then hands each request
-its own part of the answer (its stream ids, ``None`` for a duplicate). What each request is told is what it
-would have been told alone:
+under load), and while a gathered call is in flight, those that come meanwhile (started when it ends: one
+gathered call at a time, its size growing with the load), and writes them in one
+:meth:`~worker.store.producer.Producer.enqueue`, then hands each request its own part of the answer (its stream
+ids, ``None`` for a duplicate), through the future it awaits or the callback it gave (:meth:`Writes.add`, for
+ingest's HTTP protocol, which answers without a task per request). What each request is told is what it would
+have been told alone:
 
 - **success** only once Redis has written every message of the gathered call, so a 200 still means durable;
 - **failure** (Redis down, a timeout, too few replicas, a failed XADD) fails every request of the call with the
@@ -25,7 +28,8 @@ written alone). Every call, gathered or alone, has the time limit ``limit_s`` (p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from worker.store.producer import Entry
 
@@ -33,6 +37,9 @@ MOST = 1000
 """Entries one gathered call takes at most (the script's run in Redis grows with it)."""
 
 Enqueue = Callable[[Sequence[Entry]], Awaitable[list[bytes | None]]]
+_Sink = asyncio.Future[list[bytes | None]] | Callable[[list[bytes | None] | BaseException], None]
+"""Where a request's part of the answer goes: the future :meth:`Writes.write` awaits, or :meth:`Writes.add`'s
+callback."""
 
 
 class Writes:
@@ -42,9 +49,11 @@ class Writes:
         self.enqueue = enqueue
         self.limit_s = limit_s
         self._entries: list[Entry] = []
-        self._waiting: list[tuple[int, asyncio.Future[list[bytes | None]]]] = []
+        self._waiting: list[tuple[int, _Sink]] = []
         self._flush: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0
+        """Gathered calls in flight: while one is, the requests that come gather for the next (started when it ends)."""
 
     async def write(self, entries: list[Entry]) -> list[bytes | None]:
         """Write ``entries`` (with those of the other requests of this turn); their ids, None for a duplicate."""
@@ -53,15 +62,41 @@ class Writes:
         if len(entries) >= MOST:
             async with asyncio.timeout(self.limit_s):
                 return await self.enqueue(entries)
+        future: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
+        self._gather(entries, future)
+        return await future
+
+    def add(self, entries: list[Entry], done: Callable[[list[bytes | None] | BaseException], None]) -> None:
+        """:meth:`write` without a task of the caller's: ``done`` gets the ids (or the exception) when written."""
+        if not entries:
+            done([])
+        elif len(entries) >= MOST:
+            self._hold(self._alone(entries, done))
+        else:
+            self._gather(entries, done)
+
+    async def _alone(self, entries: list[Entry], done: Callable[[list[bytes | None] | BaseException], None]) -> None:
+        try:
+            written = await self.write(entries)
+        except BaseException as exc:  # (cancelled at shutdown too: its request answers it)
+            done(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        done(written)
+
+    def _gather(self, entries: list[Entry], sink: _Sink) -> None:
         if len(self._entries) + len(entries) > MOST:
             self._start()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[bytes | None]] = loop.create_future()
         self._entries += entries
-        self._waiting.append((len(entries), future))
-        if self._flush is None:
-            self._flush = loop.call_soon(self._start)  # after every task already ready in this turn
-        return await future
+        self._waiting.append((len(entries), sink))
+        if self._flush is None and not self._running:
+            self._flush = asyncio.get_running_loop().call_soon(self._start)  # after every task ready in this turn
+
+    def _hold(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._tasks.discard)
 
     def _start(self) -> None:
         """Start the call of what is gathered so far (its own task: a request's timeout never cancels it)."""
@@ -71,29 +106,39 @@ class Writes:
         entries, waiting = self._entries, self._waiting
         self._entries, self._waiting = [], []
         if waiting:
-            task = asyncio.get_running_loop().create_task(self._run(entries, waiting))
-            self._tasks.add(task)  # held until done (the loop keeps only weak references)
-            task.add_done_callback(self._tasks.discard)
+            self._running += 1
+            self._hold(self._run(entries, waiting))
 
-    async def _run(self, entries: list[Entry], waiting: list[tuple[int, asyncio.Future[list[bytes | None]]]]) -> None:
+    def _ended(self) -> None:
+        self._running -= 1
+        if not self._running and self._waiting and self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._start)
+
+    async def _run(self, entries: list[Entry], waiting: list[tuple[int, _Sink]]) -> None:
         try:
             async with asyncio.timeout(self.limit_s):
                 written = await self.enqueue(entries)
             if len(written) != len(entries):
                 raise RuntimeError(f"enqueue answered {len(written)} ids for {len(entries)} entries")
-        except BaseException as exc:  # every request of the call fails with it (cancelled too, at shutdown)
-            for _, future in waiting:
-                if future.done():
+        except BaseException as exc:
+            self._ended()  # every request of the call fails with it (cancelled too, at shutdown)
+            for _, sink in waiting:
+                if not isinstance(sink, asyncio.Future):
+                    sink(exc)
+                elif sink.done():
                     continue
-                if isinstance(exc, Exception):
-                    future.set_exception(exc)
+                elif isinstance(exc, Exception):
+                    sink.set_exception(exc)
                 else:
-                    future.cancel()
+                    sink.cancel()
             if not isinstance(exc, Exception):
                 raise
             return
+        self._ended()
         at = 0
-        for count, future in waiting:
-            if not future.done():  # (done: that request timed out or went away meanwhile)
-                future.set_result(written[at : at + count])
+        for count, sink in waiting:
+            if not isinstance(sink, asyncio.Future):
+                sink(written[at : at + count])
+            elif not sink.done():  # (done: that request timed out or went away meanwhile)
+                sink.set_result(written[at : at + count])
             at += count

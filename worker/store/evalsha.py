@@ -2,22 +2,87 @@
 
 Scripts are named by the SHA-1 of their source, computed here; Redis loads a script once (``SCRIPT LOAD``) when it
 answers ``NOSCRIPT`` (after a restart or a failover), and the caller runs that script again.
+
+On one Redis named by a URL (a plain ``redis.asyncio.Redis`` on its own ``ConnectionPool``, no ``WAIT``), the
+commands go on a connection of the client's pool held for the scripts (:class:`_Held`), one call at a time, packed,
+sent and read through the connection itself: redis-py's pipeline, the pool's checkout and check-in and its health
+check cost ingest more CPU than the rest of a single call's write. The answers are read as the pipeline reads them
+(an error reply is that command's answer), a connection or timeout error is retried once on a new connection
+(the connection's own retry policy, as the pipeline's), and the pool closes the connection with the client. A
+Redis Cluster, Sentinel's primary and ``WAIT`` use redis-py's pipeline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
+import weakref
 from typing import Any
 
+from redis.asyncio import ConnectionPool
 from redis.asyncio import Redis as AsyncRedis
-from redis.exceptions import NoScriptError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, ResponseError
 
 from worker.core.errors import NotReplicated
 from worker.store.connections import is_cluster, reset_is_connection_error
 
 
+@functools.lru_cache(maxsize=64)
 def sha(source: str) -> str:
     return hashlib.sha1(source.encode("utf-8")).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
+
+
+class _Held:
+    """A connection of a client's pool kept for the scripts: one call at a time, its replies read in order."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.connection: AbstractConnection | None = None
+        self.lock = asyncio.Lock()
+
+    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Each command's reply (an error reply as its exception), as a pipeline's ``execute(raise_on_error=False)``
+        answers; a connection or timeout error (retried once) raises."""
+        async with self.lock:
+            connection = self.connection
+            if connection is None:
+                connection = self.connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]  # held
+            packed = connection.pack_commands(commands)
+
+            async def attempt() -> list[Any]:
+                await connection.send_packed_command(packed, check_health=False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+                return replies
+
+            async def failed(error: BaseException) -> None:
+                await connection.disconnect()
+
+            try:
+                result: list[Any] = await connection.retry.call_with_retry(attempt, failed)
+            except BaseException:  # (cancelled too: replies may be left unread on it)
+                await connection.disconnect(nowait=True)
+                raise
+            return result
+
+
+_HELD: weakref.WeakKeyDictionary[AsyncRedis, _Held] = weakref.WeakKeyDictionary()
+
+
+def _held(client: AsyncRedis) -> _Held | None:
+    """The held connection of a plain client on a URL's pool; None for any other client (cluster, Sentinel)."""
+    held = _HELD.get(client)
+    if held is None:
+        if type(client) is not AsyncRedis or type(client.connection_pool) is not ConnectionPool:
+            return None
+        held = _HELD[client] = _Held(client.connection_pool)
+    return held
 
 
 async def run_scripts(
@@ -30,19 +95,27 @@ async def run_scripts(
     EXEC. On a cluster the pipeline sends each to its node. With ``replicas``, a ``WAIT`` follows on the same
     connection and :class:`~worker.core.errors.NotReplicated` is raised when fewer confirmed in time. A script
     Redis lost is loaded again and answered ``NoScriptError``: the caller runs it again."""
-    multi = len(scripts) > 1 and not is_cluster(client)
-    async with client.pipeline(transaction=False) as pipe:
-        if multi:
-            pipe.execute_command("MULTI")
-        for source, keys, args in scripts:
-            # execute_command: redis-py's cluster pipeline refuses its evalsha() method, not the command
-            pipe.execute_command("EVALSHA", sha(source), len(keys), *keys, *args)
-        if multi:
-            pipe.execute_command("EXEC")
-        if replicas:
-            pipe.wait(replicas, timeout_ms)
-        executed = pipe.execute(raise_on_error=False)
-        raw = await (reset_is_connection_error(executed) if is_cluster(client) else executed)
+    cluster = is_cluster(client)
+    multi = len(scripts) > 1 and not cluster
+    held = None if replicas or cluster else _held(client)
+    if held is not None:
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", sha(source), len(keys), *keys, *args) for source, keys, args in scripts
+        ]
+        raw = await held.execute([("MULTI",), *commands, ("EXEC",)] if multi else commands)
+    else:
+        async with client.pipeline(transaction=False) as pipe:
+            if multi:
+                pipe.execute_command("MULTI")
+            for source, keys, args in scripts:
+                # execute_command: redis-py's cluster pipeline refuses its evalsha() method, not the command
+                pipe.execute_command("EVALSHA", sha(source), len(keys), *keys, *args)
+            if multi:
+                pipe.execute_command("EXEC")
+            if replicas:
+                pipe.wait(replicas, timeout_ms)
+            executed = pipe.execute(raise_on_error=False)
+            raw = await (reset_is_connection_error(executed) if cluster else executed)
     answers = raw[len(scripts) + 1] if multi else raw[: len(scripts)]
     if isinstance(answers, BaseException):  # EXECABORT: nothing of the MULTI ran
         raise answers
