@@ -246,6 +246,7 @@ class _Direct:
         "path",
         "protocol",
         "response_complete",
+        "scope",
         "started",
         "target",
     )
@@ -259,6 +260,7 @@ class _Direct:
         path: str,
     ) -> None:
         self.protocol = protocol
+        self.scope = protocol.scope  # (the protocol's is the next request's once that one begins: pipelined)
         self.target = target
         self.allow = allow
         self.keep_alive = keep_alive
@@ -284,24 +286,27 @@ class _Direct:
 
     def set(self) -> None:
         if self.started and not self.handled and (self.disconnected or not self.more_body):
-            self.handled = True
-            if self.disconnected:
-                log.debug("client went away before its body was read", path=self.target.route)
-                self.protocol.tasks.discard(self)
-                return
-            target = self.target
-            ingest = self.protocol.direct.ingest  # type: ignore[union-attr]
-            try:
-                ingest.submit(
-                    self.protocol.scope,  # type: ignore[arg-type]
-                    bytes(self.body),
-                    kind=target.kind,
-                    implied_type=target.implied_type,
-                    route=target.route,
-                    done=self.answer,
-                )
-            except Exception as exc:
-                self.answer(exc)
+            self.handled = True  # handled in the next turn, as an ASGI task's step would run (and see what it sees)
+            self.protocol.loop.call_soon(self._handle)
+
+    def _handle(self) -> None:
+        if self.disconnected:
+            log.debug("client went away before its body was read", path=self.target.route)
+            self.protocol.tasks.discard(self)
+            return
+        target = self.target
+        ingest = self.protocol.direct.ingest  # type: ignore[union-attr]
+        try:
+            ingest.submit(
+                self.scope,  # type: ignore[arg-type]
+                bytes(self.body),
+                kind=target.kind,
+                implied_type=target.implied_type,
+                route=target.route,
+                done=self.answer,
+            )
+        except Exception as exc:
+            self.answer(exc)
 
     def answer(self, outcome: Answer | BaseException) -> None:
         """Write the answer as uvicorn writes an ASGI answer, in one write (nothing when the client went away)."""
