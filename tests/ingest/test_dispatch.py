@@ -362,3 +362,56 @@ def test_dedup_holds_across_the_requests_of_one_call(redis_url: str, prefix: str
             client.delete(key)
     finally:
         client.close()
+
+
+def test_requests_that_come_while_a_call_is_in_flight_gather_for_the_next() -> None:
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def enqueue(batch: Any) -> list[bytes | None]:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            await release.wait()
+        return [entry.message for entry in batch]
+
+    async def go() -> list[list[bytes | None]]:
+        writes = Writes(enqueue, 5.0)
+        first = asyncio.ensure_future(writes.write(entries(2, "a")))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the first call is in flight
+        later = [asyncio.ensure_future(writes.write(entries(n, f"b{n}"))) for n in (1, 3)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        last = asyncio.ensure_future(writes.write(entries(1, "c")))  # another turn, still in flight
+        await asyncio.sleep(0.01)
+        assert calls == [2]  # nothing started while the first is in flight
+        release.set()
+        return list(await asyncio.gather(first, *later, last))
+
+    answers = asyncio.run(go())
+    assert calls == [2, 5]
+    assert answers == [[b"a-0", b"a-1"], [b"b1-0"], [b"b3-0", b"b3-1", b"b3-2"], [b"c-0"]]
+
+
+def test_a_callback_gets_its_ids_or_the_failure() -> None:
+    got: list[Any] = []
+
+    async def enqueue(batch: Any) -> list[bytes | None]:
+        if any(entry.message.startswith(b"bad") for entry in batch):
+            raise redis.ConnectionError("down")
+        return [entry.message for entry in batch]
+
+    async def go() -> None:
+        writes = Writes(enqueue, 5.0)
+        writes.add(entries(2, "ok"), got.append)
+        writes.add([], got.append)  # at once
+        await asyncio.sleep(0.01)
+        writes.add(entries(1, "bad"), got.append)
+        writes.add(entries(MOST, "big"), lambda result: got.append(len(result)))  # alone, as write() does
+        await asyncio.sleep(0.01)
+
+    asyncio.run(go())
+    assert got[0] == []
+    assert got[1] == [b"ok-0", b"ok-1"]
+    assert sorted(type(answer).__name__ for answer in got[2:]) == ["ConnectionError", "int"]
+    assert MOST in got[2:]
