@@ -174,14 +174,14 @@ class GuardedHttpTools(HttpToolsProtocol):
         if version != "1.1":
             scope["http_version"] = version
         scope["method"] = method.decode("ascii")
-        scope["path"] = path = raw_path.decode("ascii")
+        scope["path"] = raw_path.decode("ascii")
         scope["raw_path"] = raw_path
         scope["query_string"] = parsed.query or b""
         found = direct.route(scope)  # type: ignore[arg-type]
         if found is None:
             return None
         keep_alive = version != "1.0" and self.parser.should_keep_alive()
-        return _Direct(self, found[0], found[1], keep_alive, path)
+        return _Direct(self, found[0], found[1], keep_alive)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         if isinstance(cycle, _Direct):  # a pipelined tracking request's turn
@@ -243,7 +243,6 @@ class _Direct:
         "keep_alive",
         "message_event",
         "more_body",
-        "path",
         "protocol",
         "response_complete",
         "scope",
@@ -257,14 +256,12 @@ class _Direct:
         target: Target,
         allow: list[tuple[bytes, bytes]],
         keep_alive: bool,
-        path: str,
     ) -> None:
         self.protocol = protocol
         self.scope = protocol.scope  # (the protocol's is the next request's once that one begins: pipelined)
         self.target = target
         self.allow = allow
         self.keep_alive = keep_alive
-        self.path = path
         self.body = bytearray()
         self.more_body = True
         self.response_complete = False
