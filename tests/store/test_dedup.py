@@ -93,6 +93,8 @@ def test_stale_sizes_are_reloaded_and_the_write_retried(redis_url: str, keys: Ke
     written = run(redis_url, one, [one.entry("wk", message("u", "m2"))])
     assert written[0] is not None
     assert one.markers.cached(0, 3_000_000) == (5, 0)
+    # the refused attempt kept nothing (its XADDs, in the same MULTI as the markers' script, were deleted again)
+    assert [Envelope.decode(f).message["messageId"] for _, f in redis_client.xrange(keys.stream(0))] == ["m1", "m2"]
 
 
 def test_suppressions_follow_the_stream_writes(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
@@ -141,6 +143,43 @@ def test_a_call_per_request_or_per_partition_answers_alike(
     assert [w is not None for w in again] == [False, True, False]
     assert redis_client.hget(hash_key, "i:bob") == b"9e9|1|track"
     assert sum(redis_client.xlen(keys.stream(p)) for p in range(4)) == len(users) + 2
+
+
+def test_one_call_mixes_partitions_with_and_without_a_previous_bucket(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    """A partition whose previous bucket has sets is checked against it (its KEYS carry that set per entry), one
+    without passes none: in one call, entries, duplicates and deletions of both land on their own answers."""
+    start = 2_000_000 * WINDOW + 10
+    producer = at(Producer(keys, 4, dedup_window=WINDOW), start)
+    producer.per_partition = False
+    users = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
+    old, fresh = users[0], next(u for u in users if partition_of(u, 4) != partition_of(users[0], 4))
+    earlier = [producer.entry("wk", message(old, f"early-{n}")) for n in range(3)]
+    assert all(run(redis_url, producer, earlier))
+    at(producer, start + WINDOW)  # the next bucket: the old user's partition has a previous one, the other none
+    hash_key = keys.suppressed("wk")
+    entries = [
+        producer.entry("wk", message(fresh, "f1")),
+        earlier[1],
+        producer.entry("wk", message(old, "o1")),
+        producer.entry("wk", message(fresh, "fd")),
+        earlier[2],
+        producer.entry("wk", message(old, "od")),
+        producer.entry("wk", message(fresh, "f2")),
+    ]
+    fields = {3: {f"i:{fresh}": "9e9|1|track"}, 5: {f"i:{old}": "9e9|1|track"}}
+    answer = run(redis_url, producer, entries, (hash_key, "v", fields))
+    assert [w is not None for w in answer] == [True, False, True, True, False, True, True]
+    suppressed = {f"i:{fresh}".encode(): b"9e9|1|track", f"i:{old}".encode(): b"9e9|1|track", b"v": b"1"}
+    assert redis_client.hgetall(hash_key) == suppressed
+    streams = {
+        p: [Envelope.decode(fields).message["messageId"] for _, fields in redis_client.xrange(keys.stream(p))]
+        for p in range(4)
+    }
+    assert streams[partition_of(fresh, 4)] == ["f1", "fd", "f2"]
+    assert streams[partition_of(old, 4)] == ["early-0", "early-1", "early-2", "o1", "od"]
+    assert run(redis_url, producer, entries) == [None] * len(entries)
 
 
 def test_migrate_converts_old_markers_keeping_their_window(

@@ -78,6 +78,28 @@ def test_a_failed_xadd_leaves_no_dedup_marker(redis_url: str, keys: Keys, redis_
     assert [Envelope.decode(f).message["messageId"] for _, f in redis_client.xrange(keys.stream(0))] == ["m1", "m2"]
 
 
+def test_a_failed_xadd_refuses_the_whole_request_on_one_redis(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    """One Redis: a request's XADDs and markers are one MULTI; one partition's failed write takes back the others'
+    (entries deleted again, no marker set), so that the client's retry writes everything once."""
+    producer = Producer(keys, 4, dedup_window=600)
+    users = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    broken = partition_of("alice", 4)
+    entries = [producer.entry("wk", message(user, f"m-{user}")) for user in users]
+    assert len({entry.partition for entry in entries}) > 1
+    redis_client.set(keys.stream(broken), "not a stream")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        asyncio.run(enqueue(redis_url, producer, entries))
+    markers = Markers(keys, 600)
+    for user, entry in zip(users, entries, strict=True):
+        assert markers.remembered(redis_client, entry.partition, "wk", f"m-{user}") is None
+    assert sum(redis_client.xlen(keys.stream(p)) for p in range(4) if p != broken) == 0
+    redis_client.delete(keys.stream(broken))
+    assert all(asyncio.run(enqueue(redis_url, producer, entries)))
+    assert sum(redis_client.xlen(keys.stream(p)) for p in range(4)) == len(users)
+
+
 def test_add_queues_plain_xadds_without_dedup(keys: Keys, redis_client: redis.Redis) -> None:
     producer = Producer(keys, 4, dedup_window=600)
     pipe = redis_client.pipeline(transaction=True)
