@@ -1,8 +1,11 @@
 """The producer: how accepted messages are written into their partition streams (ingest; dead-letter replay).
 
-Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write is a Lua script
-that checks and sets each message's compact dedup marker (:mod:`worker.store.dedup`) and XADDs it only when the
-marker was new: one call per request on one Redis, one per partition the request touches on a cluster.
+Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write checks and sets each
+message's compact dedup marker (:mod:`worker.store.dedup`) and keeps its entry only when the marker was new,
+atomically. On one Redis (and Sentinel): one MULTI per call, each partition's entries as plain XADDs followed by a
+Lua script that sets the markers and deletes a duplicate's entry again (the bodies never pass through Lua, which
+hashes every byte of every string it is given). On a cluster: one script per partition the request touches, which
+XADDs only what is new (a partition's keys share its hash tag; a MULTI is not sent across nodes).
 Ingest's backlog figure is read here too, with the one measure of :mod:`worker.store.streams`.
 
 Every key a script touches carries the partition's hash tag (:mod:`worker.core.keys`), so a Redis Cluster runs it on
@@ -203,12 +206,12 @@ class Entry(NamedTuple):
 class Producer:
     """Writes envelopes into their partition streams, each message its own entry.
 
-    :meth:`enqueue` is ingest's path: a script (``EVALSHA``) that, per message and atomically, checks and sets
-    its compact dedup marker (:mod:`worker.store.dedup`) and ``XADD``\\s the entry only when the marker was new:
-    on one Redis one call per request, on a cluster one per partition the request touches (its keys share the
-    partition's hash tag), pipelined (one round trip per node). A conditional XADD needs the script: a plain
-    pipeline cannot skip the XADD of a duplicate. :meth:`add` queues plain XADDs (no dedup) on the caller's
-    pipeline, so that dead-letter replay can re-add a letter and delete it in one MULTI.
+    :meth:`enqueue` is ingest's path: per message and atomically, its compact dedup marker (:mod:`worker.store.dedup`)
+    is checked and set and its entry kept only when the marker was new. On one Redis one MULTI per call (plain
+    XADDs, then :data:`_MARK_LUA`, which deletes a duplicate's entry again); on a cluster one script per partition
+    (``EVALSHA`` of :data:`_ENQUEUE_LUA`: its keys share the partition's hash tag), pipelined (one round trip per
+    node). A plain pipeline cannot skip the XADD of a duplicate: a script decides. :meth:`add` queues plain XADDs
+    (no dedup) on the caller's pipeline, so that dead-letter replay can re-add a letter and delete it in one MULTI.
     """
 
     def __init__(
@@ -251,10 +254,11 @@ class Producer:
         """Write ``entries``; per entry its stream id, or None for a duplicate (the same write key and messageId
         within the dedup window, in the same partition).
 
-        On one Redis, one script call per write key (a request has one) for all its partitions: atomic, so that
-        a full Redis refuses a request as a whole. On a cluster, one per partition, all in one pipeline (a
-        partition's keys share its hash tag: each script runs on one node; a request refused midway, 503, may
-        have queued some partitions' entries, which its retry finds duplicates).
+        On one Redis, one MULTI for every write key's entries (a request has one write key): atomic, so that a
+        full Redis (or a failed or stale part) refuses the call as a whole. On a cluster, one script per
+        partition, all in one pipeline (a partition's keys share its hash tag: each script runs on one node; a
+        request refused midway, 503, may have queued some partitions' entries, which its retry finds
+        duplicates).
 
         ``suppress`` (hash key, version field, {entry index: fields}): a deleted user's suppression fields, written
         in ordered steps after the stream writes (the hash has its own tag), before this returns. A new deletion
