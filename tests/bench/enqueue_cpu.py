@@ -142,7 +142,7 @@ STATES = ("fresh", "steady")
 end-to-end benchmark see it; steady: the previous bucket's sets at the sizing's target, the current ones half way."""
 
 
-def side_rounds(url: str, messages: int, state: str) -> dict[str, Any]:
+def side_rounds(url: str, messages: int, state: str, batch: int = 100) -> dict[str, Any]:
     """One measurement, run in a process whose ``worker`` package is the side's (base or head): Redis CPU per
     message of the enqueue (the real :class:`Producer`, requests of 100) and of the store's part of a drain
     (``XREADGROUP`` of 1000, then the commit's :func:`~worker.store.streams.ack_and_delete` in a MULTI)."""
@@ -166,8 +166,8 @@ def side_rounds(url: str, messages: int, state: str) -> dict[str, Any]:
     ensure_groups(client, keys, PARTITIONS)
     producer.clock = lambda: day * WINDOW + 10
     batches = [
-        [producer.entry("wk_live_1", message(i)) for i in range(start, start + 100)]
-        for start in range(0, messages, 100)
+        [producer.entry("wk_live_1", message(i)) for i in range(start, start + batch)]
+        for start in range(0, messages, batch)
     ]
 
     def commandstats() -> dict[str, float]:
@@ -180,8 +180,8 @@ def side_rounds(url: str, messages: int, state: str) -> dict[str, Any]:
 
     async def enqueue() -> None:
         async_client = redis.asyncio.Redis.from_url(url)
-        for batch in batches:
-            await producer.enqueue(async_client, batch)
+        for request in batches:
+            await producer.enqueue(async_client, request)
         await async_client.aclose()
 
     client.config_resetstat()
@@ -234,10 +234,11 @@ def compare() -> None:
     parser.add_argument("--base", default="c55367e")
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=100, help="messages per request (1: single calls)")
     args = parser.parse_args()
     probe = (
         "import sys, json, enqueue_cpu; "
-        "print(json.dumps(enqueue_cpu.side_rounds(sys.argv[1], int(sys.argv[2]), sys.argv[3])))"
+        "print(json.dumps(enqueue_cpu.side_rounds(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))"
     )
     best: dict[tuple[str, str], dict[str, Any]] = {}
     loads = load_average()
@@ -252,7 +253,7 @@ def compare() -> None:
                 for name, side_root, url in sides:
                     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(side_root), str(here)]))
                     out = subprocess.run(
-                        [sys.executable, "-c", probe, url, str(args.messages), state],
+                        [sys.executable, "-c", probe, url, str(args.messages), state, str(args.batch)],
                         cwd=side_root, env=env, capture_output=True, text=True, check=True,
                     )  # fmt: skip
                     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -261,7 +262,7 @@ def compare() -> None:
                         if known is None or got[part] < known[part]:
                             best[(name, f"{state} {part}")] = {part: got[part], "commands": got[f"{part}_commands"]}
     print(f"Redis CPU per message, base {args.base} vs head {code_version()}: {args.messages:,} messages per run, "
-          f"requests of 100 over {PARTITIONS} partitions, lowest of {args.rounds} rounds; "
+          f"requests of {args.batch} over {PARTITIONS} partitions, lowest of {args.rounds} rounds; "
           f"load {loads} → {load_average()}")  # fmt: skip
     for state in STATES:
         for part in ("enqueue", "drain"):

@@ -40,8 +40,13 @@ async def backlog(url: str, producer: Producer) -> int:
         await client.aclose()
 
 
-def test_enqueue_writes_each_message_once_per_write_key(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
+def test_enqueue_writes_each_message_once_per_write_key(
+    redis_url: str, keys: Keys, redis_client: redis.Redis, multi_from: int
+) -> None:
+    """Either way of one Redis (a MULTI of XADDs and the marker script, or the enqueue script) answers alike."""
     producer = Producer(keys, 4, dedup_window=600)
+    producer.multi_from = multi_from
     first = [producer.entry("wk", message("alice", "m1")), producer.entry("wk", message("bob", "m2"))]
     again = [
         producer.entry("wk", message("alice", "m1")),  # a retry: dropped
@@ -64,9 +69,13 @@ def test_enqueue_writes_each_message_once_per_write_key(redis_url: str, keys: Ke
     assert asyncio.run(enqueue(redis_url, producer, [])) == []
 
 
-def test_a_failed_xadd_leaves_no_dedup_marker(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
+def test_a_failed_xadd_leaves_no_dedup_marker(
+    redis_url: str, keys: Keys, redis_client: redis.Redis, multi_from: int
+) -> None:
     """A write Redis refuses (503 to the client) must not make the client's retry look like a duplicate."""
     producer = Producer(keys, 1, dedup_window=600)
+    producer.multi_from = multi_from
     entries = [producer.entry("wk", message("alice", "m1")), producer.entry("wk", message("bob", "m2"))]
     redis_client.set(keys.stream(0), "not a stream")  # every XADD fails with WRONGTYPE
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -84,6 +93,7 @@ def test_a_failed_xadd_refuses_the_whole_request_on_one_redis(
     """One Redis: a request's XADDs and markers are one MULTI; one partition's failed write takes back the others'
     (entries deleted again, no marker set), so that the client's retry writes everything once."""
     producer = Producer(keys, 4, dedup_window=600)
+    producer.multi_from = 1  # however few the entries
     users = ["alice", "bob", "carol", "dave", "erin", "frank"]
     broken = partition_of("alice", 4)
     entries = [producer.entry("wk", message(user, f"m-{user}")) for user in users]

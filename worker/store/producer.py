@@ -2,10 +2,11 @@
 
 Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write checks and sets each
 message's compact dedup marker (:mod:`worker.store.dedup`) and keeps its entry only when the marker was new,
-atomically. On one Redis (and Sentinel): one MULTI per call, each partition's entries as plain XADDs followed by a
-Lua script that sets the markers and deletes a duplicate's entry again (the bodies never pass through Lua, which
-hashes every byte of every string it is given). On a cluster: one script per partition the request touches, which
-XADDs only what is new (a partition's keys share its hash tag; a MULTI is not sent across nodes).
+atomically. On one Redis (and Sentinel), a call of :data:`_MULTI_FROM` entries or more is one MULTI: each
+partition's entries as plain XADDs followed by a Lua script that sets the markers and deletes a duplicate's entry
+again (the bodies never pass through Lua, which hashes every byte of every string it is given); a smaller call is
+one enqueue script per write key, which XADDs only what is new. On a cluster: that script per partition the
+request touches (a partition's keys share its hash tag; a MULTI is not sent across nodes).
 Ingest's backlog figure is read here too, with the one measure of :mod:`worker.store.streams`.
 
 Every key a script touches carries the partition's hash tag (:mod:`worker.core.keys`), so a Redis Cluster runs it on
@@ -184,6 +185,11 @@ return 1
 """
 
 
+_MULTI_FROM = 20
+"""Entries per call from which one Redis writes them as a MULTI of XADDs and :data:`_MARK_LUA`: below, the enqueue
+script (one EVALSHA) costs Redis less, since the MULTI's own commands and the EVAL of the marker script's source
+cost more than the hashing of a few messages in Lua saves (``tests/bench/enqueue_cpu.py --batch``)."""
+
 _ATTEMPTS = 4
 """Script calls per partition and request at most: a stale size (a bucket that started) is reloaded and retried."""
 
@@ -208,7 +214,8 @@ class Producer:
 
     :meth:`enqueue` is ingest's path: per message and atomically, its compact dedup marker (:mod:`worker.store.dedup`)
     is checked and set and its entry kept only when the marker was new. On one Redis one MULTI per call (plain
-    XADDs, then :data:`_MARK_LUA`, which deletes a duplicate's entry again); on a cluster one script per partition
+    XADDs, then :data:`_MARK_LUA`, which deletes a duplicate's entry again; a call of fewer than
+    :attr:`multi_from` entries: :data:`_ENQUEUE_LUA`, one per write key); on a cluster one script per partition
     (``EVALSHA`` of :data:`_ENQUEUE_LUA`: its keys share the partition's hash tag), pipelined (one round trip per
     node). A plain pipeline cannot skip the XADD of a duplicate: a script decides. :meth:`add` queues plain XADDs
     (no dedup) on the caller's pipeline, so that dead-letter replay can re-add a letter and delete it in one MULTI.
@@ -225,6 +232,8 @@ class Producer:
         """The time the dedup buckets are taken from (tests replace it)."""
         self.per_partition: bool | None = None
         """A script call per partition (True), per request (False), or as the client says (None: a cluster's)."""
+        self.multi_from = _MULTI_FROM
+        """One Redis: entries per call from which they go as a MULTI of XADDs and the marker script."""
         self.replicas = replicas
         self.replicas_timeout_ms = max(1, int(replicas_timeout_s * 1000))
         self._streams = self.streams()
@@ -301,11 +310,12 @@ class Producer:
             calls: dict[Any, list[tuple[int, bytes]]] = {}
             for group in todo:
                 calls.setdefault(group if alone else group[1], []).append(group)
+            marks = not alone and sum(len(groups[group]) for group in todo) >= self.multi_from
             scripts = [
-                self._call(entries, groups, deletions, m, bucket=bucket, now=now, marks=not alone)
+                self._call(entries, groups, deletions, m, bucket=bucket, now=now, marks=marks)
                 for m in calls.values()
             ]
-            if alone:
+            if not marks:
                 answers = await self._execute(client, scripts)
             else:
                 answers = await self._transaction(
