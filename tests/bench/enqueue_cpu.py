@@ -248,9 +248,9 @@ def compare() -> None:
         redis_server("redis-server") as head_redis,
     ):
         sides = (("base", base_root, base_redis.url), ("head", root, head_redis.url))
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             for state in STATES:
-                for name, side_root, url in sides:
+                for name, side_root, url in sides[:: 1 if round_ % 2 == 0 else -1]:  # each side first in turn
                     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(side_root), str(here)]))
                     out = subprocess.run(
                         [sys.executable, "-c", probe, url, str(args.messages), state, str(args.batch)],
