@@ -107,15 +107,15 @@ def cpu_rounds(url: str, client: redis.Redis, messages: int, rounds: int) -> dic
 
     def run_fallback() -> None:
         """The new script with one more key lookup per message: what consulting the old markers would cost."""
-        source = producer_module._ENQUEUE_LUA
-        producer_module._ENQUEUE_LUA = source.replace(
-            "local added = redis.call('SADD'",
-            "redis.call('EXISTS', KEYS[k + 2 * e + 1] .. ':old')\n    local added = redis.call('SADD'",
+        sources = producer_module._ENQUEUE_LUA, producer_module._MARK_LUA
+        extra = "redis.call('EXISTS', set .. ':old')\n    local added = redis.call('SADD'"
+        producer_module._ENQUEUE_LUA, producer_module._MARK_LUA = (
+            source.replace("local added = redis.call('SADD'", extra) for source in sources
         )
         try:
             run_new()
         finally:
-            producer_module._ENQUEUE_LUA = source
+            producer_module._ENQUEUE_LUA, producer_module._MARK_LUA = sources
 
     for _ in range(rounds):
         for name, run in (("xadd", run_xadd), ("old", run_old), ("new", run_new), ("fallback", run_fallback)):
