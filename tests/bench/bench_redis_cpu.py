@@ -126,9 +126,9 @@ def main() -> None:
             sides.append(stack.enter_context(relay_side("base", base_root, scratch)))
         if args.only != "base":
             sides.append(stack.enter_context(relay_side("head", ROOT, scratch)))
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             for kind, workers in (("enqueue", False), ("e2e", True)):
-                for one, client in sides:
+                for one, client in sides[:: 1 if round_ % 2 == 0 else -1]:  # each side first in turn
                     got = scenario(one, client, args.messages, workers=workers, latency_ms=args.latency_ms)
                     if (one.name, kind) not in best or got["cpu"] < best[(one.name, kind)]["cpu"]:
                         best[(one.name, kind)] = got
