@@ -447,6 +447,9 @@ class Producer:
             if isinstance(verdict, BaseException):
                 answers.append(failed if failed is not None and not str(verdict).startswith("STALE") else verdict)
                 continue
+            if failed is not None:  # an XADD into a stream that failed otherwise: never answered as written
+                answers.append(failed)
+                continue
             answer: list[Any] = []
             taken = flag = 0
             for group in members:
