@@ -27,7 +27,7 @@ from worker.store.dedup import TARGET_FILL
 from worker.store.letters import Letter
 from worker.store.producer import Entry, Producer
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 100_000
 PARTITIONS = 16
 
 

@@ -107,15 +107,15 @@ def cpu_rounds(url: str, client: redis.Redis, messages: int, rounds: int) -> dic
 
     def run_fallback() -> None:
         """The new script with one more key lookup per message: what consulting the old markers would cost."""
-        source = producer_module._ENQUEUE_LUA
-        producer_module._ENQUEUE_LUA = source.replace(
-            "local added = redis.call('SADD'",
-            "redis.call('EXISTS', KEYS[k + 2 * e + 1] .. ':old')\n    local added = redis.call('SADD'",
+        sources = producer_module._ENQUEUE_LUA, producer_module._MARK_LUA
+        extra = "redis.call('EXISTS', set .. ':old')\n    local added = redis.call('SADD'"
+        producer_module._ENQUEUE_LUA, producer_module._MARK_LUA = (
+            source.replace("local added = redis.call('SADD'", extra) for source in sources
         )
         try:
             run_new()
         finally:
-            producer_module._ENQUEUE_LUA = source
+            producer_module._ENQUEUE_LUA, producer_module._MARK_LUA = sources
 
     for _ in range(rounds):
         for name, run in (("xadd", run_xadd), ("old", run_old), ("new", run_new), ("fallback", run_fallback)):
@@ -133,3 +133,146 @@ def cpu_rounds(url: str, client: redis.Redis, messages: int, rounds: int) -> dic
     for name in client.scan_iter(match=f"{keys.prefix}:*", count=1000):
         client.delete(name)
     return results
+
+
+# -- this tree against a base commit: ``python tests/bench/enqueue_cpu.py [--base REV]`` ----------------------------
+
+STATES = ("fresh", "steady")
+"""fresh: a partition's first bucket (64 sets, no previous bucket: no SISMEMBER), as a relay started today and the
+end-to-end benchmark see it; steady: the previous bucket's sets at the sizing's target, the current ones half way."""
+
+
+def side_rounds(url: str, messages: int, state: str, batch: int = 100) -> dict[str, Any]:
+    """One measurement, run in a process whose ``worker`` package is the side's (base or head): Redis CPU per
+    message of the enqueue (the real :class:`Producer`, requests of 100) and of the store's part of a drain
+    (``XREADGROUP`` of 1000, then the commit's :func:`~worker.store.streams.ack_and_delete` in a MULTI)."""
+    from worker.core.keys import GROUP
+    from worker.store.streams import ack_and_delete, ensure_groups
+
+    client = redis.Redis.from_url(url)
+    keys = Keys(f"bench-enqueue-{uuid.uuid4().hex[:6]}")
+    producer = Producer(keys, PARTITIONS, WINDOW)
+    day = 30_000
+    if state == "steady":
+        sets = 512
+        pipe = client.pipeline(transaction=False)
+        for p in range(PARTITIONS):
+            client.hset(keys.seen_sizes(p), mapping={day - 1: sets, day: sets})
+            for shard in range(sets):
+                pipe.sadd(keys.seen(p, day - 1, shard), 0, *[random.getrandbits(63) + 1 for _ in range(TARGET_FILL)])
+                pipe.sadd(keys.seen(p, day, shard), 0, *[random.getrandbits(63) + 1 for _ in range(TARGET_FILL // 2)])
+                pipe.expire(keys.seen(p, day, shard), 2 * WINDOW)
+            pipe.execute()
+    ensure_groups(client, keys, PARTITIONS)
+    producer.clock = lambda: day * WINDOW + 10
+    batches = [
+        [producer.entry("wk_live_1", message(i)) for i in range(start, start + batch)]
+        for start in range(0, messages, batch)
+    ]
+
+    def commandstats() -> dict[str, float]:
+        stats = client.info("commandstats")
+        return {
+            k.removeprefix("cmdstat_"): (v["calls"] / messages, v["usec"] / messages)
+            for k, v in stats.items()
+            if v["usec"] / messages >= 0.005 and "info" not in k and "config" not in k
+        }
+
+    async def enqueue() -> None:
+        async_client = redis.asyncio.Redis.from_url(url)
+        for request in batches:
+            await producer.enqueue(async_client, request)
+        await async_client.aclose()
+
+    client.config_resetstat()
+    before = cpu(client)
+    asyncio.run(enqueue())
+    enqueued = (cpu(client) - before) / messages * 1e6
+    enqueue_commands = commandstats()
+    client.config_resetstat()
+    before = cpu(client)
+    for partition in range(PARTITIONS):
+        stream = keys.stream(partition)
+        while True:
+            answer = client.xreadgroup(GROUP, "bench", {stream: ">"}, count=1000)
+            ids = [entry_id for _, entries in answer for entry_id, _ in entries] if answer else []
+            if not ids:
+                break
+            pipe = client.pipeline(transaction=True)
+            ack_and_delete(pipe, stream, ids)
+            pipe.execute()
+    drained = (cpu(client) - before) / messages * 1e6
+    drain_commands = commandstats()
+    for name in client.scan_iter(match=f"{keys.prefix}:*", count=1000):
+        client.delete(name)
+    client.close()
+    return {
+        "enqueue": enqueued,
+        "drain": drained,
+        "enqueue_commands": enqueue_commands,
+        "drain_commands": drain_commands,
+    }
+
+
+def compare() -> None:
+    import argparse
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    root = here.parents[1]
+    sys.path[:0] = [str(root), str(root / "tests")]
+    from bench_e2e import checkout
+    from machine import code_version, load_average
+
+    from worker.cli.embedded import redis_server
+
+    parser = argparse.ArgumentParser(description="Redis CPU per message of the enqueue (and the store's drain)")
+    parser.add_argument("--base", default="c55367e")
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=100, help="messages per request (1: single calls)")
+    args = parser.parse_args()
+    probe = (
+        "import sys, json, enqueue_cpu; "
+        "print(json.dumps(enqueue_cpu.side_rounds(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))"
+    )
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    loads = load_average()
+    with (
+        checkout(args.base) as base_root,
+        redis_server("redis-server") as base_redis,
+        redis_server("redis-server") as head_redis,
+    ):
+        sides = (("base", base_root, base_redis.url), ("head", root, head_redis.url))
+        for round_ in range(args.rounds):
+            for state in STATES:
+                for name, side_root, url in sides[:: 1 if round_ % 2 == 0 else -1]:  # each side first in turn
+                    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(side_root), str(here)]))
+                    out = subprocess.run(
+                        [sys.executable, "-c", probe, url, str(args.messages), state, str(args.batch)],
+                        cwd=side_root, env=env, capture_output=True, text=True, check=True,
+                    )  # fmt: skip
+                    got = json.loads(out.stdout.strip().splitlines()[-1])
+                    for part in ("enqueue", "drain"):
+                        known = best.get((name, f"{state} {part}"))
+                        if known is None or got[part] < known[part]:
+                            best[(name, f"{state} {part}")] = {part: got[part], "commands": got[f"{part}_commands"]}
+    print(f"Redis CPU per message, base {args.base} vs head {code_version()}: {args.messages:,} messages per run, "
+          f"requests of {args.batch} over {PARTITIONS} partitions, lowest of {args.rounds} rounds; "
+          f"load {loads} → {load_average()}")  # fmt: skip
+    for state in STATES:
+        for part in ("enqueue", "drain"):
+            b, h = best[("base", f"{state} {part}")], best[("head", f"{state} {part}")]
+            print(f"  {state:6} {part:7} base {b[part]:5.2f}  head {h[part]:5.2f} us/msg  ({h[part] / b[part]:.2f}x)")
+            for name in ("base", "head"):
+                commands = sorted(best[(name, f"{state} {part}")]["commands"].items(), key=lambda kv: -kv[1][1])
+                calls = ", ".join(f"{k} {n:.3f} ({us:.2f} us)" for k, (n, us) in commands)
+                print(f"           {name} calls/msg (usec/msg): {calls}")
+
+
+if __name__ == "__main__":
+    compare()
