@@ -85,6 +85,24 @@ def _held(client: AsyncRedis) -> _Held | None:
     return held
 
 
+async def run_commands(
+    client: AsyncRedis, commands: list[tuple[Any, ...]], replicas: int = 0, timeout_ms: int = 1000
+) -> list[Any]:
+    """Send ``commands`` in one round trip; each one's reply (an error reply as its exception), then, with
+    ``replicas``, ``WAIT``'s. On the held connection of a plain client (:func:`_held`), else a pipeline."""
+    cluster = is_cluster(client)
+    held = None if replicas or cluster else _held(client)
+    if held is not None:
+        return await held.execute(commands)
+    async with client.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        if replicas:
+            pipe.wait(replicas, timeout_ms)
+        executed = pipe.execute(raise_on_error=False)
+        return list(await (reset_is_connection_error(executed) if cluster else executed))
+
+
 async def run_scripts(
     client: AsyncRedis, scripts: list[tuple[str, list[str], list[Any]]], replicas: int = 0, timeout_ms: int = 1000
 ) -> list[Any]:
@@ -95,27 +113,12 @@ async def run_scripts(
     EXEC. On a cluster the pipeline sends each to its node. With ``replicas``, a ``WAIT`` follows on the same
     connection and :class:`~worker.core.errors.NotReplicated` is raised when fewer confirmed in time. A script
     Redis lost is loaded again and answered ``NoScriptError``: the caller runs it again."""
-    cluster = is_cluster(client)
-    multi = len(scripts) > 1 and not cluster
-    held = None if replicas or cluster else _held(client)
-    if held is not None:
-        commands: list[tuple[Any, ...]] = [
-            ("EVALSHA", sha(source), len(keys), *keys, *args) for source, keys, args in scripts
-        ]
-        raw = await held.execute([("MULTI",), *commands, ("EXEC",)] if multi else commands)
-    else:
-        async with client.pipeline(transaction=False) as pipe:
-            if multi:
-                pipe.execute_command("MULTI")
-            for source, keys, args in scripts:
-                # execute_command: redis-py's cluster pipeline refuses its evalsha() method, not the command
-                pipe.execute_command("EVALSHA", sha(source), len(keys), *keys, *args)
-            if multi:
-                pipe.execute_command("EXEC")
-            if replicas:
-                pipe.wait(replicas, timeout_ms)
-            executed = pipe.execute(raise_on_error=False)
-            raw = await (reset_is_connection_error(executed) if cluster else executed)
+    multi = len(scripts) > 1 and not is_cluster(client)
+    # EVALSHA as a command: redis-py's cluster pipeline refuses its evalsha() method, not the command
+    commands: list[tuple[Any, ...]] = [
+        ("EVALSHA", sha(source), len(keys), *keys, *args) for source, keys, args in scripts
+    ]
+    raw = await run_commands(client, [("MULTI",), *commands, ("EXEC",)] if multi else commands, replicas, timeout_ms)
     answers = raw[len(scripts) + 1] if multi else raw[: len(scripts)]
     if isinstance(answers, BaseException):  # EXECABORT: nothing of the MULTI ran
         raise answers

@@ -30,7 +30,7 @@ from worker.core.errors import NotReplicated
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys, partition_of
 from worker.store.connections import is_cluster, reset_is_connection_error
 from worker.store.dedup import Markers, digest
-from worker.store.evalsha import run_scripts
+from worker.store.evalsha import run_commands, run_scripts
 from worker.store.streams import measure_backlog, queue_backlog, read_backlogs
 
 # The write of one or more partitions (a cluster: one, whose keys share its tag; one Redis: all of a request's).
@@ -416,20 +416,17 @@ class Producer:
         answering ``NOSCRIPT`` would leave the XADDs before it unmarked). A full Redis refuses the MULTI as a
         whole (``EXECABORT``, raised). The answers in the enqueue script's form: per call a stream id per entry
         (None: a duplicate), then the deletions' flags; or the call's error (``STALE``: nothing of it was kept)."""
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.execute_command("MULTI")
-            for members, (source, keys, args) in zip(calls, scripts, strict=True):
-                for group in members:
-                    for index in groups[group]:
-                        entry = entries[index]
-                        pipe.execute_command(
-                            "XADD", entry.stream, "*", FIELD_WRITE_KEY, entry.write_key, FIELD_MESSAGE, entry.message
-                        )
-                pipe.execute_command("EVAL", source, len(keys), *keys, *args)
-            pipe.execute_command("EXEC")
-            if self.replicas:
-                pipe.wait(self.replicas, self.replicas_timeout_ms)
-            raw = await pipe.execute(raise_on_error=False)
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        for members, (source, keys, args) in zip(calls, scripts, strict=True):
+            for group in members:
+                for index in groups[group]:
+                    entry = entries[index]
+                    commands.append(
+                        ("XADD", entry.stream, "*", FIELD_WRITE_KEY, entry.write_key, FIELD_MESSAGE, entry.message)
+                    )
+            commands.append(("EVAL", source, len(keys), *keys, *args))
+        commands.append(("EXEC",))
+        raw = await run_commands(client, commands, self.replicas, self.replicas_timeout_ms)
         queued = sum(len(groups[group]) for members in calls for group in members) + len(calls)
         executed = raw[1 + queued]
         if isinstance(executed, BaseException):  # EXECABORT: nothing of the MULTI ran
