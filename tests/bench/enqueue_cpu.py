@@ -107,15 +107,13 @@ def cpu_rounds(url: str, client: redis.Redis, messages: int, rounds: int) -> dic
 
     def run_fallback() -> None:
         """The new script with one more key lookup per message: what consulting the old markers would cost."""
-        sources = producer_module._ENQUEUE_LUA, producer_module._MARK_LUA
+        source = producer_module._ENQUEUE_LUA
         extra = "redis.call('EXISTS', set .. ':old')\n    local added = redis.call('SADD'"
-        producer_module._ENQUEUE_LUA, producer_module._MARK_LUA = (
-            source.replace("local added = redis.call('SADD'", extra) for source in sources
-        )
+        producer_module._ENQUEUE_LUA = source.replace("local added = redis.call('SADD'", extra)
         try:
             run_new()
         finally:
-            producer_module._ENQUEUE_LUA, producer_module._MARK_LUA = sources
+            producer_module._ENQUEUE_LUA = source
 
     for _ in range(rounds):
         for name, run in (("xadd", run_xadd), ("old", run_old), ("new", run_new), ("fallback", run_fallback)):

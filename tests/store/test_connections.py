@@ -71,17 +71,14 @@ async def enqueue(client_settings: Settings, producer: Producer, messages: list[
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
-def test_an_enqueue_waits_for_its_replicas(topology: Topology, multi_from: int) -> None:
+def test_an_enqueue_waits_for_its_replicas(topology: Topology) -> None:
     primary = topology.data_node()
     topology.data_node(replica_of=primary)
     topology.wait_replicated(primary, 1)
-    keys, where = Keys(f"repl-{multi_from}"), settings(REDIS_URL=primary.url)
+    keys, where = Keys("repl"), settings(REDIS_URL=primary.url)
     one = Producer(keys, 2, 60, replicas=1, replicas_timeout_s=2.0)
-    one.multi_from = multi_from
     assert all(asyncio.run(enqueue(where, one, [message(n) for n in range(10)])))
     two = Producer(keys, 2, 60, replicas=2, replicas_timeout_s=0.2)
-    two.multi_from = multi_from
     with pytest.raises(NotReplicated) as refused:  # one replica cannot make two
         asyncio.run(enqueue(where, two, [message(n) for n in range(10, 20)]))
     assert (refused.value.acked, refused.value.wanted) == (1, 2)

@@ -82,14 +82,10 @@ def test_a_bucket_is_sized_from_the_one_before(redis_url: str, keys: Keys, redis
     assert redis_client.hget(sizes, 1_999_999) is None  # forgotten: sizes of gone buckets are deleted
 
 
-@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
-def test_stale_sizes_are_reloaded_and_the_write_retried(
-    redis_url: str, keys: Keys, redis_client: redis.Redis, multi_from: int
-) -> None:
+def test_stale_sizes_are_reloaded_and_the_write_retried(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
     """A process that cached a bucket's size another process's decision replaced is refused and retries."""
     now = 3_000_000 * WINDOW
     one = at(Producer(keys, 1, dedup_window=WINDOW), now)
-    one.multi_from = multi_from
     assert all(run(redis_url, one, [one.entry("wk", message("u", "m1"))]))
     redis_client.hset(keys.seen_sizes(0), 3_000_000, 64)  # unchanged: the cache is right
     assert run(redis_url, one, [one.entry("wk", message("u", "m1"))]) == [None]
@@ -97,18 +93,14 @@ def test_stale_sizes_are_reloaded_and_the_write_retried(
     written = run(redis_url, one, [one.entry("wk", message("u", "m2"))])
     assert written[0] is not None
     assert one.markers.cached(0, 3_000_000) == (5, 0)
-    # the refused attempt kept nothing (its XADDs, in the same MULTI as the markers' script, were deleted again)
+    # the refused attempt kept nothing (a stale size is refused before the script writes anything)
     assert [Envelope.decode(f).message["messageId"] for _, f in redis_client.xrange(keys.stream(0))] == ["m1", "m2"]
 
 
-@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
-def test_suppressions_follow_the_stream_writes(
-    redis_url: str, keys: Keys, redis_client: redis.Redis, multi_from: int
-) -> None:
+def test_suppressions_follow_the_stream_writes(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
     """A new deletion: its fields (version raised), then its pending key deleted. A duplicate writes its fields only
     while its pending key is there (an earlier attempt failed between the steps): a finished one, never again."""
     producer = Producer(keys, 2, dedup_window=WINDOW)
-    producer.multi_from = multi_from
     hash_key = keys.suppressed("wk")
     deletion = producer.entry("wk", message("alice", "d1"))
     pending = keys.seen_pending(deletion.partition, deletion.member.decode())
@@ -134,15 +126,13 @@ def test_suppressions_follow_the_stream_writes(
 
 
 @pytest.mark.parametrize("per_partition", [False, True])
-@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
 def test_a_call_per_request_or_per_partition_answers_alike(
-    redis_url: str, keys: Keys, redis_client: redis.Redis, per_partition: bool, multi_from: int
+    redis_url: str, keys: Keys, redis_client: redis.Redis, per_partition: bool
 ) -> None:
     """A cluster's way (a script per partition, pipelined) and one Redis's (a MULTI, or a script for the request)
     agree."""
     producer = Producer(keys, 4, dedup_window=WINDOW)
     producer.per_partition = per_partition
-    producer.multi_from = multi_from
     users = ["alice", "bob", "carol", "dave", "erin", "frank"]
     assert len({partition_of(u, 4) for u in users}) > 1
     entries = [producer.entry("wk", message(u, f"m-{u}")) for u in users]
@@ -156,16 +146,14 @@ def test_a_call_per_request_or_per_partition_answers_alike(
     assert sum(redis_client.xlen(keys.stream(p)) for p in range(4)) == len(users) + 2
 
 
-@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
 def test_one_call_mixes_partitions_with_and_without_a_previous_bucket(
-    redis_url: str, keys: Keys, redis_client: redis.Redis, multi_from: int
+    redis_url: str, keys: Keys, redis_client: redis.Redis
 ) -> None:
     """A partition whose previous bucket has sets is checked against it (its KEYS carry that set per entry), one
     without passes none: in one call, entries, duplicates and deletions of both land on their own answers."""
     start = 2_000_000 * WINDOW + 10
     producer = at(Producer(keys, 4, dedup_window=WINDOW), start)
     producer.per_partition = False
-    producer.multi_from = multi_from
     users = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
     old, fresh = users[0], next(u for u in users if partition_of(u, 4) != partition_of(users[0], 4))
     earlier = [producer.entry("wk", message(old, f"early-{n}")) for n in range(3)]
@@ -217,12 +205,10 @@ def test_split_old_key_prefers_known_write_keys() -> None:
     assert split_old_key("plain:m:1", []) == ("plain", "m:1")
 
 
-@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
-def test_the_scripts_run_on_fakeredis(keys: Keys, multi_from: int) -> None:
+def test_the_scripts_run_on_fakeredis(keys: Keys) -> None:
     """``ctrelay dev`` without a redis-server: the same scripts on the in-process fakeredis."""
     server = fakeredis.FakeServer()
     producer = Producer(keys, 2, dedup_window=WINDOW)
-    producer.multi_from = multi_from
 
     async def go() -> tuple[list[bytes | None], list[bytes | None]]:
         client = fakeredis.aioredis.FakeRedis(server=server)

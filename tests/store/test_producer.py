@@ -40,13 +40,9 @@ async def backlog(url: str, producer: Producer) -> int:
         await client.aclose()
 
 
-@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
-def test_enqueue_writes_each_message_once_per_write_key(
-    redis_url: str, keys: Keys, redis_client: redis.Redis, multi_from: int
-) -> None:
+def test_enqueue_writes_each_message_once_per_write_key(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
     """Either way of one Redis (a MULTI of XADDs and the marker script, or the enqueue script) answers alike."""
     producer = Producer(keys, 4, dedup_window=600)
-    producer.multi_from = multi_from
     first = [producer.entry("wk", message("alice", "m1")), producer.entry("wk", message("bob", "m2"))]
     again = [
         producer.entry("wk", message("alice", "m1")),  # a retry: dropped
@@ -69,13 +65,9 @@ def test_enqueue_writes_each_message_once_per_write_key(
     assert asyncio.run(enqueue(redis_url, producer, [])) == []
 
 
-@pytest.mark.parametrize("multi_from", [1, 10**9], ids=["multi", "script"])
-def test_a_failed_xadd_leaves_no_dedup_marker(
-    redis_url: str, keys: Keys, redis_client: redis.Redis, multi_from: int
-) -> None:
+def test_a_failed_xadd_leaves_no_dedup_marker(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
     """A write Redis refuses (503 to the client) must not make the client's retry look like a duplicate."""
     producer = Producer(keys, 1, dedup_window=600)
-    producer.multi_from = multi_from
     entries = [producer.entry("wk", message("alice", "m1")), producer.entry("wk", message("bob", "m2"))]
     redis_client.set(keys.stream(0), "not a stream")  # every XADD fails with WRONGTYPE
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -85,29 +77,6 @@ def test_a_failed_xadd_leaves_no_dedup_marker(
     redis_client.delete(keys.stream(0))
     assert all(asyncio.run(enqueue(redis_url, producer, entries)))  # the retry is taken, not dropped
     assert [Envelope.decode(f).message["messageId"] for _, f in redis_client.xrange(keys.stream(0))] == ["m1", "m2"]
-
-
-def test_a_failed_xadd_refuses_the_whole_request_on_one_redis(
-    redis_url: str, keys: Keys, redis_client: redis.Redis
-) -> None:
-    """One Redis: a request's XADDs and markers are one MULTI; one partition's failed write takes back the others'
-    (entries deleted again, no marker set), so that the client's retry writes everything once."""
-    producer = Producer(keys, 4, dedup_window=600)
-    producer.multi_from = 1  # however few the entries
-    users = ["alice", "bob", "carol", "dave", "erin", "frank"]
-    broken = partition_of("alice", 4)
-    entries = [producer.entry("wk", message(user, f"m-{user}")) for user in users]
-    assert len({entry.partition for entry in entries}) > 1
-    redis_client.set(keys.stream(broken), "not a stream")
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        asyncio.run(enqueue(redis_url, producer, entries))
-    markers = Markers(keys, 600)
-    for user, entry in zip(users, entries, strict=True):
-        assert markers.remembered(redis_client, entry.partition, "wk", f"m-{user}") is None
-    assert sum(redis_client.xlen(keys.stream(p)) for p in range(4) if p != broken) == 0
-    redis_client.delete(keys.stream(broken))
-    assert all(asyncio.run(enqueue(redis_url, producer, entries)))
-    assert sum(redis_client.xlen(keys.stream(p)) for p in range(4)) == len(users)
 
 
 def test_add_queues_plain_xadds_without_dedup(keys: Keys, redis_client: redis.Redis) -> None:

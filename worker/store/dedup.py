@@ -21,9 +21,8 @@ user, so it lands there). Layout, all under the partition's hash tag (:mod:`work
 - **new sets** are told by a sentinel member ``0``: the script adds ``0`` with each member, and ``SADD`` answering
   2 means the set is new and gets its expiry (one EXPIRE per set, not per message).
 
-The check and the XADD are atomic (worker/store/producer.py: on one Redis a MULTI of a request's XADDs and a script
-that sets the markers and deletes a duplicate's entry; on a cluster one script per partition that XADDs only what
-is new). Markers of the old layout (a key per message, ``Keys.dedup``) are not consulted (that would cost an
+The check and the XADD are one script (worker/store/producer.py: a request's on one Redis, a partition's on a
+cluster). Markers of the old layout (a key per message, ``Keys.dedup``) are not consulted (that would cost an
 EXISTS per message and, on a cluster, a key of another slot): :func:`migrate` converts them (``ctrelay migrate``).
 """
 

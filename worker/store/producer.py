@@ -1,12 +1,8 @@
 """The producer: how accepted messages are written into their partition streams (ingest; dead-letter replay).
 
-Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write checks and sets each
-message's compact dedup marker (:mod:`worker.store.dedup`) and keeps its entry only when the marker was new,
-atomically. On one Redis (and Sentinel), a call of :data:`_MULTI_FROM` entries or more is one MULTI: each
-partition's entries as plain XADDs followed by a Lua script that sets the markers and deletes a duplicate's entry
-again (the bodies never pass through Lua, which hashes every byte of every string it is given); a smaller call is
-one enqueue script per write key, which XADDs only what is new. On a cluster: that script per partition the
-request touches (a partition's keys share its hash tag; a MULTI is not sent across nodes).
+Each message is its own stream entry (the envelope of :mod:`worker.core.keys`). Ingest's write is a Lua script
+that checks and sets each message's compact dedup marker (:mod:`worker.store.dedup`) and XADDs it only when the
+marker was new: one call per request on one Redis, one per partition the request touches on a cluster.
 Ingest's backlog figure is read here too, with the one measure of :mod:`worker.store.streams`.
 
 Every key a script touches carries the partition's hash tag (:mod:`worker.core.keys`), so a Redis Cluster runs it on
@@ -26,11 +22,10 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import NoScriptError, ResponseError
 
-from worker.core.errors import NotReplicated
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys, partition_of
 from worker.store.connections import is_cluster, reset_is_connection_error
 from worker.store.dedup import Markers, digest
-from worker.store.evalsha import run_commands, run_scripts
+from worker.store.evalsha import run_scripts
 from worker.store.streams import measure_backlog, queue_backlog, read_backlogs
 
 # The write of one or more partitions (a cluster: one, whose keys share its tag; one Redis: all of a request's).
@@ -95,87 +90,6 @@ end
 return out
 """
 
-# One Redis: the markers of one or more partitions' entries that the same MULTI has just XADDed (plain XADDs before
-# this script: the message bodies never pass through Lua, which hashes every byte of every string it is given).
-# KEYS and ARGV as the enqueue script's, without the write key and the messages: KEYS per partition: its sizes hash,
-# its stream, per entry its marker set of the current bucket and, only when the previous bucket has sets, of the
-# previous one, then a pending key per deletion. ARGV: the bucket, the previous one, the TTL of a new set, the
-# pending keys' TTL, then per partition: the S of both buckets, the number of entries and of deletions, per entry
-# its member, per deletion its entry's number. A partition's n entries are the last n of its stream (nothing runs
-# between a MULTI's commands). A duplicate's entry (a member already in either set) is deleted again (XDEL: its id
-# read with XREVRANGE, on that rare path alone). When a size is stale, or a stream is not a stream (its XADDs
-# failed), every entry the MULTI added is deleted and no marker is set: the call is refused as a whole. The answer,
-# per partition: 1 (written) or 0 (a duplicate) per entry, then a flag per deletion (as the enqueue script's).
-_MARK_LUA = """
-local bucket, before, ttl, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local last = #ARGV
-local refused = nil
-local a, k = 5, 1
-while a <= last do
-  local sizes = redis.call('HMGET', KEYS[k], bucket, before)
-  if (sizes[1] or '0') ~= ARGV[a] or (sizes[2] or '0') ~= ARGV[a + 1] then refused = 'STALE dedup sizes' end
-  if redis.call('TYPE', KEYS[k + 1])['ok'] ~= 'stream' then refused = 'WRONGTYPE the stream is not a stream' end
-  local n, d = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  k = k + 2 + (ARGV[a + 1] ~= '0' and 2 or 1) * n + d
-  a = a + 4 + n + d
-end
-if refused then
-  a, k = 5, 1
-  while a <= last do
-    local n, d = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local stream = KEYS[k + 1]
-    if n > 0 and redis.call('TYPE', stream)['ok'] == 'stream' then
-      local ids = {}
-      for _, entry in ipairs(redis.call('XREVRANGE', stream, '+', '-', 'COUNT', n)) do ids[#ids + 1] = entry[1] end
-      if #ids > 0 then redis.call('XDEL', stream, unpack(ids)) end
-    end
-    k = k + 2 + (ARGV[a + 1] ~= '0' and 2 or 1) * n + d
-    a = a + 4 + n + d
-  end
-  return redis.error_reply(refused)
-end
-local out = {}
-local at = 0
-a, k = 5, 1
-while a <= last do
-  local n, d = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local stream, check = KEYS[k + 1], ARGV[a + 1] ~= '0'
-  local step = check and 2 or 1
-  local dels, held = a + 4 + n, k + 2 + step * n
-  local pending = {}
-  for j = 0, d - 1 do pending[tonumber(ARGV[dels + j])] = KEYS[held + j] end
-  local dups = nil
-  local m, s = a + 4, k + 2
-  for e = 1, n do
-    local set, member = KEYS[s], ARGV[m]
-    local added = redis.call('SADD', set, '0', member)
-    if added == 0 or (check and redis.call('SISMEMBER', KEYS[s + 1], member) == 1) then
-      out[at + e] = 0
-      dups = dups or {}
-      dups[#dups + 1] = e
-    else
-      if added == 2 then redis.call('EXPIRE', set, ttl) end
-      out[at + e] = 1
-      if pending[e] then redis.call('SET', pending[e], '1', 'EX', hold) end
-    end
-    m, s = m + 1, s + step
-  end
-  if dups then
-    local got = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', n - dups[1] + 1)
-    local ids = {}
-    for i, e in ipairs(dups) do ids[i] = got[n - e + 1][1] end
-    redis.call('XDEL', stream, unpack(ids))
-  end
-  for j = 0, d - 1 do
-    local added = out[at + tonumber(ARGV[dels + j])] == 1
-    out[at + n + j + 1] = (added or redis.call('EXISTS', KEYS[held + j]) == 1) and 1 or 0
-  end
-  at = at + n + d
-  a, k = dels + d, held + d
-end
-return out
-"""
-
 # The suppressions of a request's deletions, after their stream writes (the hash has a tag of its own). KEYS: the
 # hash. ARGV: the version field, then field/value pairs; the version is raised once.
 _SUPPRESS_LUA = """
@@ -184,11 +98,6 @@ redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 return 1
 """
 
-
-_MULTI_FROM = 20
-"""Entries per call from which one Redis writes them as a MULTI of XADDs and :data:`_MARK_LUA`: below, the enqueue
-script (one EVALSHA) costs Redis less, since the MULTI's own commands and the EVAL of the marker script's source
-cost more than the hashing of a few messages in Lua saves (``tests/bench/enqueue_cpu.py --batch``)."""
 
 _ATTEMPTS = 4
 """Script calls per partition and request at most: a stale size (a bucket that started) is reloaded and retried."""
@@ -212,13 +121,12 @@ class Entry(NamedTuple):
 class Producer:
     """Writes envelopes into their partition streams, each message its own entry.
 
-    :meth:`enqueue` is ingest's path: per message and atomically, its compact dedup marker (:mod:`worker.store.dedup`)
-    is checked and set and its entry kept only when the marker was new. On one Redis one MULTI per call (plain
-    XADDs, then :data:`_MARK_LUA`, which deletes a duplicate's entry again; a call of fewer than
-    :attr:`multi_from` entries: :data:`_ENQUEUE_LUA`, one per write key); on a cluster one script per partition
-    (``EVALSHA`` of :data:`_ENQUEUE_LUA`: its keys share the partition's hash tag), pipelined (one round trip per
-    node). A plain pipeline cannot skip the XADD of a duplicate: a script decides. :meth:`add` queues plain XADDs
-    (no dedup) on the caller's pipeline, so that dead-letter replay can re-add a letter and delete it in one MULTI.
+    :meth:`enqueue` is ingest's path: a script (``EVALSHA``) that, per message and atomically, checks and sets
+    its compact dedup marker (:mod:`worker.store.dedup`) and ``XADD``\\s the entry only when the marker was new:
+    on one Redis one call per request, on a cluster one per partition the request touches (its keys share the
+    partition's hash tag), pipelined (one round trip per node). A conditional XADD needs the script: a plain
+    pipeline cannot skip the XADD of a duplicate. :meth:`add` queues plain XADDs (no dedup) on the caller's
+    pipeline, so that dead-letter replay can re-add a letter and delete it in one MULTI.
     """
 
     def __init__(
@@ -232,8 +140,6 @@ class Producer:
         """The time the dedup buckets are taken from (tests replace it)."""
         self.per_partition: bool | None = None
         """A script call per partition (True), per request (False), or as the client says (None: a cluster's)."""
-        self.multi_from = _MULTI_FROM
-        """One Redis: entries per call from which they go as a MULTI of XADDs and the marker script."""
         self.replicas = replicas
         self.replicas_timeout_ms = max(1, int(replicas_timeout_s * 1000))
         self._streams = self.streams()
@@ -263,11 +169,10 @@ class Producer:
         """Write ``entries``; per entry its stream id, or None for a duplicate (the same write key and messageId
         within the dedup window, in the same partition).
 
-        On one Redis, one MULTI for every write key's entries (a request has one write key): atomic, so that a
-        full Redis (or a failed or stale part) refuses the call as a whole. On a cluster, one script per
-        partition, all in one pipeline (a partition's keys share its hash tag: each script runs on one node; a
-        request refused midway, 503, may have queued some partitions' entries, which its retry finds
-        duplicates).
+        On one Redis, one script call per write key (a request has one) for all its partitions: atomic, so that
+        a full Redis refuses a request as a whole. On a cluster, one per partition, all in one pipeline (a
+        partition's keys share its hash tag: each script runs on one node; a request refused midway, 503, may
+        have queued some partitions' entries, which its retry finds duplicates).
 
         ``suppress`` (hash key, version field, {entry index: fields}): a deleted user's suppression fields, written
         in ordered steps after the stream writes (the hash has its own tag), before this returns. A new deletion
@@ -310,22 +215,8 @@ class Producer:
             calls: dict[Any, list[tuple[int, bytes]]] = {}
             for group in todo:
                 calls.setdefault(group if alone else group[1], []).append(group)
-            marks = not alone and sum(len(groups[group]) for group in todo) >= self.multi_from
-            scripts = [
-                self._call(entries, groups, deletions, m, bucket=bucket, now=now, marks=marks)
-                for m in calls.values()
-            ]
-            if not marks:
-                answers = await self._execute(client, scripts)
-            else:
-                answers = await self._transaction(
-                    client,
-                    entries=entries,
-                    groups=groups,
-                    deletions=deletions,
-                    calls=list(calls.values()),
-                    scripts=scripts,
-                )
+            scripts = [self._call(entries, groups, deletions, m, bucket=bucket, now=now) for m in calls.values()]
+            answers = await self._execute(client, scripts)
             stale: list[tuple[int, bytes]] = []
             failure: BaseException | None = None
             for members, answer in zip(calls.values(), answers, strict=True):
@@ -364,14 +255,10 @@ class Producer:
         *,
         bucket: int,
         now: float,
-        marks: bool = False,
     ) -> tuple[str, list[str], list[Any]]:
-        """The script, KEYS and ARGV of one call, for the partitions ``members`` (of one write key): the enqueue
-        script's, or with ``marks`` the marker script's (no write key, no messages: they go as XADDs)."""
+        """The script, KEYS and ARGV of one call, for the partitions ``members`` (of one write key)."""
         keys: list[str] = []
         args: list[Any] = [bucket, bucket - 1, self.markers.ttl(bucket, now), members[0][1], self.dedup_window]
-        if marks:
-            del args[3]
         for partition, write_key in members:
             indexes = groups[(partition, write_key)]
             sizes = self.markers.cached(partition, bucket)
@@ -385,87 +272,18 @@ class Producer:
             for index in indexes:
                 entry = entries[index]
                 shard = entry.shard
-                if previous:
+                if previous:  # the previous bucket's set only when that bucket has sets
                     keys += (f"{stem}{shard % shards}", f"{before}{shard % previous}")
                 else:
                     keys.append(f"{stem}{shard % shards}")
-                if marks:
-                    args.append(entry.member)
-                else:
-                    args += (entry.member, entry.message)
+                args += (entry.member, entry.message)
             if asks:
                 keys += [self.keys.seen_pending(partition, entries[index].member.decode("ascii")) for index in asks]
                 args += [indexes.index(index) + 1 for index in asks]
-        return (_MARK_LUA if marks else _ENQUEUE_LUA), keys, args
+        return _ENQUEUE_LUA, keys, args
 
     async def _execute(self, client: AsyncRedis, scripts: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         return await run_scripts(client, scripts, self.replicas, self.replicas_timeout_ms)
-
-    async def _transaction(
-        self,
-        client: AsyncRedis,
-        *,
-        entries: Sequence[Entry],
-        groups: Mapping[tuple[int, bytes], list[int]],
-        deletions: set[int],
-        calls: list[list[tuple[int, bytes]]],
-        scripts: list[tuple[str, list[str], list[Any]]],
-    ) -> list[Any]:
-        """One Redis: every call in one MULTI, each as its entries' plain XADDs followed by the marker script
-        (:data:`_MARK_LUA`, sent as ``EVAL``: a Redis that lost its scripts still runs it, where an ``EVALSHA``
-        answering ``NOSCRIPT`` would leave the XADDs before it unmarked). A full Redis refuses the MULTI as a
-        whole (``EXECABORT``, raised). The answers in the enqueue script's form: per call a stream id per entry
-        (None: a duplicate), then the deletions' flags; or the call's error (``STALE``: nothing of it was kept)."""
-        commands: list[tuple[Any, ...]] = [("MULTI",)]
-        for members, (source, keys, args) in zip(calls, scripts, strict=True):
-            for group in members:
-                for index in groups[group]:
-                    entry = entries[index]
-                    commands.append(
-                        ("XADD", entry.stream, "*", FIELD_WRITE_KEY, entry.write_key, FIELD_MESSAGE, entry.message)
-                    )
-            commands.append(("EVAL", source, len(keys), *keys, *args))
-        commands.append(("EXEC",))
-        raw = await run_commands(client, commands, self.replicas, self.replicas_timeout_ms)
-        queued = sum(len(groups[group]) for members in calls for group in members) + len(calls)
-        executed = raw[1 + queued]
-        if isinstance(executed, BaseException):  # EXECABORT: nothing of the MULTI ran
-            raise executed
-        answers: list[Any] = []
-        at = 0
-        for members in calls:
-            ids: list[Any] = []
-            for group in members:
-                ids += executed[at : at + len(groups[group])]
-                at += len(groups[group])
-            verdict = executed[at]
-            at += 1
-            failed = next((answer for answer in ids if isinstance(answer, BaseException)), None)
-            if isinstance(verdict, BaseException):
-                answers.append(failed if failed is not None and not str(verdict).startswith("STALE") else verdict)
-                continue
-            if failed is not None:  # an XADD into a stream that failed otherwise: never answered as written
-                answers.append(failed)
-                continue
-            answer: list[Any] = []
-            taken = flag = 0
-            for group in members:
-                indexes = groups[group]
-                for stream_id in ids[taken : taken + len(indexes)]:
-                    answer.append(stream_id if verdict[flag] else None)
-                    flag += 1
-                taken += len(indexes)
-                asks = sum(1 for index in indexes if index in deletions)
-                answer += verdict[flag : flag + asks]
-                flag += asks
-            answers.append(answer)
-        if self.replicas and not any(isinstance(answer, BaseException) for answer in answers):
-            acked = raw[-1]
-            if isinstance(acked, BaseException):
-                raise acked
-            if int(acked) < self.replicas:
-                raise NotReplicated(int(acked), self.replicas)
-        return answers
 
     async def _suppress(
         self,
