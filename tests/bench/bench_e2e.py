@@ -5,7 +5,7 @@ Run: ``.venv/bin/python tests/bench/bench_e2e.py [--base REV] [--seconds 4] [--w
 Each side is a relay of its own, real processes on loopback: a ``redis-server`` of its own (so that all of its
 CPU is the relay's), ``ctrelay sandbox`` (CleverTap, 15 concurrent uploads), ``ctrelay ingest`` and
 ``ctrelay worker`` (×``--workers``) with the production settings. The base side runs the code of ``--base``
-(default: the merge-base of HEAD and ed19935), checked out into a temporary ``git worktree`` and run with this
+(default: the merge-base of HEAD and c55367e), checked out into a temporary ``git worktree`` and run with this
 virtualenv (its processes start in that checkout, so its packages come first on ``sys.path``); the head side
 runs this tree. The worktree is removed at the end.
 
@@ -60,7 +60,8 @@ from soak import PRODUCTION  # noqa: E402
 
 from worker.cli.embedded import redis_server  # noqa: E402
 
-SESSION_START = "ed19935"
+SESSION_START = "c55367e"
+"""The commit this release's CPU work (issue 17, second part) starts from: the default base."""
 LATENCIES_MS = (200, 1000)
 SINGLES_PER_SECOND = 2500
 """Single calls sent per ``--seconds`` (about what one ingest process answered at the base commit)."""

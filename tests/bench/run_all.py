@@ -36,6 +36,9 @@ class Bench:
     quick: tuple[str, ...]
 
 
+BASE = "c55367e"
+"""The commit the benchmarks that compare two trees measure against: where this release's CPU work started."""
+
 BENCHES = [
     Bench("transform", "Transform, one core", ("bench_transform.py",), ("bench_transform.py", "--rounds", "2")),
     Bench("messages", "Message validation: plain checks vs the pydantic models", ("bench_messages.py",),
@@ -46,6 +49,15 @@ BENCHES = [
           ("bench_delivery.py", "--messages", "20000", "--naive-messages", "300", "--naive-messages-0ms", "600")),
     Bench("e2e", "End to end through HTTP ingest and single calls, against a base commit", ("bench_e2e.py",),
           ("bench_e2e.py", "--seconds", "0.5")),
+    Bench("ingest_side", "Ingest's CPU per single call and per batched message, against a base commit",
+          ("bench_ingest_side.py", "--base", BASE), ("bench_ingest_side.py", "--base", BASE, "--rounds", "1",
+          "--singles", "1000", "--batches", "50")),
+    Bench("drain", "The worker's CPU per message in a drain, 0 and 200 ms, against a base commit",
+          ("bench_drain.py", "--base", BASE, "--messages", "50000", "--threads", "16", "--latency-ms", "200"),
+          ("bench_drain.py", "--base", BASE, "--messages", "5000", "--rounds", "1")),
+    Bench("enqueue", "Redis's CPU per message of the enqueue and the drain's store part, against a base commit",
+          ("enqueue_cpu.py", "--base", BASE),
+          ("enqueue_cpu.py", "--base", BASE, "--rounds", "1", "--messages", "2000")),
     Bench("workers", "One vs two workers", ("bench_workers.py",), ("bench_workers.py", "--messages", "10000")),
     Bench("redis_memory", "Redis memory per queued message, dedup marker, dead letter", ("bench_redis_memory.py",),
           ("bench_redis_memory.py", "10000")),
@@ -85,6 +97,12 @@ HEADLINES = [  # (figure, benchmark, pattern, template over the groups)
      r"latency 1000 ms.*?relay / ceiling\s+([\d.]+)\s+([\d.]+)", "{0} → {1}"),
     ("single calls /v1/track: ingest CPU µs/request, base → head", "e2e",
      r"ingest CPU us/request\s+([\d.]+)\s+([\d.]+)", "{0} → {1} µs"),
+    ("single calls /v1/track (one ingest process): CPU µs/request, base → head", "ingest_side",
+     r"/v1/track text/plain, us/request\s+([\d.]+)\s+([\d.]+)", "{0} → {1} µs"),
+    ("/v1/batch ×100 (one ingest process): CPU µs/message, base → head", "ingest_side",
+     r"/v1/batch x100, us/message\s+([\d.]+)\s+([\d.]+)", "{0} → {1} µs"),
+    ("enqueue, Redis CPU µs/message (steady state), base → head", "enqueue",
+     r"steady enqueue base\s+([\d.]+)\s+head\s+([\d.]+)", "{0} → {1} µs"),
     ("two workers / one, CPU-bound", "workers", r"CPU-bound.*?ratio 2 / 1\s+([\d.]+) x", "{0}x"),
     ("two workers / one, concurrency-bound", "workers", r"concurrency-bound.*?ratio 2 / 1\s+([\d.]+) x", "{0}x"),
     ("Redis per queued message (stream entry)", "celery_memory", r"relay stream entry:\s+used_memory\s+(\d+)",
