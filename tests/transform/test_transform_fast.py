@@ -1,0 +1,169 @@
+"""The transform's fast paths give exactly what the rules give (hypothesis), key order and counts included.
+
+- :func:`~worker.transform.records.transform` (the common message's fast path) against
+  :func:`~worker.transform.records.general` (the rules as written, for every message);
+- Order Completed's data (one pass: :func:`~worker.transform.values.clean_finding`) against the rule as first
+  written: :func:`~worker.transform.values.clean`, then the last key that converts to ``products``;
+- :func:`~worker.transform.timestamps.epoch_seconds` (the string case inlined) against ``_parse_iso`` then
+  ``_whole_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from test_transform_properties import DESTINATIONS, json_values, messages, properties
+
+from worker.core.destinations import Destination
+from worker.transform import records
+from worker.transform.keycase import convert_key
+from worker.transform.records import TransformStats, general, transform
+from worker.transform.timestamps import _parse_iso, _whole_seconds, epoch_seconds
+from worker.transform.values import clean, clean_finding
+
+NOW = 1_700_000_000.0
+DESTINATIONS_ALL = [*DESTINATIONS, Destination(account_id="p", allow_delete_events=True, delete_event_name="E")]
+
+
+def dumped(result: Any) -> Any:
+    """A result as bytes-to-compare: records as JSON text (key order counts), other outcomes as they are."""
+    return json.dumps(result) if isinstance(result, list) else result
+
+
+def same_as_rules(message: Any) -> None:
+    for destination in DESTINATIONS_ALL:
+        fast_stats, rules_stats = TransformStats(), TransformStats()
+        fast = transform(message, destination, NOW, fast_stats)
+        rules = general(message, destination, NOW, rules_stats)
+        assert dumped(fast) == dumped(rules)
+        assert fast_stats == rules_stats
+
+
+ids = st.none() | st.just("") | st.text(max_size=5) | st.integers() | st.booleans()
+stamps = st.datetimes().map(lambda d: d.isoformat(timespec="milliseconds") + "Z") | st.text(max_size=30) | st.integers()
+common = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["track", "identify", "page", "screen"]),
+        "userId": ids,
+        "messageId": st.text(max_size=5),
+        "timestamp": stamps,
+    },
+    optional={
+        "anonymousId": ids,
+        "event": st.sampled_from(["Order Completed", "Delete User", "E", "", 7]) | st.text(max_size=600),
+        "properties": properties
+        | st.none()
+        | st.fixed_dictionaries(
+            {"products": st.lists(properties | json_values, max_size=3)},
+            optional={"order_id": json_values, "Products": json_values, "total": json_values, "revenue": json_values},
+        ),
+        "traits": properties,
+        "name": json_values,
+        "category": json_values,
+        "receivedAt": stamps,
+        "integrations": st.none()
+        | st.fixed_dictionaries({}, optional={"All": st.booleans(), "CleverTap": json_values}),
+        "context": st.none()
+        | st.just([])
+        | st.fixed_dictionaries(
+            {},
+            optional={
+                "device": st.none()
+                | st.fixed_dictionaries({"token": st.text(max_size=4), "type": st.sampled_from(["android", "x"])}),
+                "os": st.fixed_dictionaries({"name": st.sampled_from(["iOS", "Linux"])}),
+                "traits": properties,
+            },
+        ),
+    },
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(common)
+@example({"type": "track", "event": "Order Completed", "userId": "u", "properties": {"products": [{"a": 1}]}})
+@example({"type": "track", "event": "E", "anonymousId": "a", "context": {"device": {"token": "t", "type": "android"}}})
+@example({"type": "track", "event": "E", "userId": "", "anonymousId": "a", "integrations": {"CleverTap": False}})
+def test_the_common_message_as_the_rules_say(message: dict[str, Any]) -> None:
+    same_as_rules(message)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages)
+def test_any_segment_message_as_the_rules_say(message: dict[str, Any]) -> None:
+    same_as_rules(message)
+
+
+def charged_as_written(props: Mapping[str, Any], stats: TransformStats | None) -> dict[str, Any]:
+    """Order Completed's data as the rule was first written: clean, then a second pass for ``products``."""
+    data = clean(props, stats)
+    data.pop("products", None)
+    order_id = data.pop("order_id", None)
+    if order_id is not None:
+        data["Charged ID"] = order_id
+    for field in ("total", "revenue"):
+        amount = records._amount(data.get(field))
+        if amount is not None:
+            data["Amount"] = amount
+            break
+    products: Any = None
+    for key, value in props.items():
+        if convert_key(key) == "products":
+            products = value
+    if isinstance(products, list):
+        data["Items"] = [clean(product, stats) for product in products if isinstance(product, Mapping)]
+    return data
+
+
+order_keys = st.sampled_from(["products", "Products", "PRODUCTS", "order_id", "orderId", "total", "revenue", "x" * 130])
+order_properties = st.dictionaries(order_keys | st.text(max_size=8), json_values | st.text(min_size=120, max_size=200))
+
+
+@settings(max_examples=400, deadline=None)
+@given(order_properties)
+def test_charged_in_one_pass_as_written(props: dict[str, Any]) -> None:
+    one, two = TransformStats(), TransformStats()
+    assert json.dumps(records._charged(props, one)) == json.dumps(charged_as_written(props, two))
+    assert one == two
+    found = [value for key, value in props.items() if convert_key(key) == "products"]
+    cleaned, last = clean_finding(props, "products")
+    assert json.dumps(cleaned) == json.dumps(clean(props))
+    assert last is (found[-1] if found else None)
+
+
+def seconds_as_written(value: str) -> int | None:
+    if len(value) > 64:
+        return None
+    moment = _parse_iso(value)
+    return None if moment is None else _whole_seconds(moment)
+
+
+ISO_SHAPED = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,12})?)?[zZ]?"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.datetimes().map(lambda d: d.isoformat(timespec=st_timespec(d)) + "Z")
+    | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
+    | st.text(max_size=70)
+    | st.from_regex(ISO_SHAPED, fullmatch=True)
+)
+@example("2026-12-01T10:00:00.000Z")
+@example("2026-02-30T10:00:00.000Z")
+@example(" 2026-12-01t10:00:00.1234567891z ")
+def test_epoch_seconds_of_strings_as_written(value: str) -> None:
+    assert epoch_seconds(value) == seconds_as_written(value)
+
+
+def st_timespec(moment: Any) -> str:
+    return ("seconds", "milliseconds", "microseconds")[moment.microsecond % 3]
+
+
+def test_numbers_still_take_the_number_rules() -> None:
+    assert epoch_seconds(1_700_000_000_123) == 1_700_000_000
+    assert epoch_seconds(math.nan) is None
+    assert epoch_seconds(True) is None
