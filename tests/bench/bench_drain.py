@@ -8,7 +8,9 @@ of Segment-shaped tracks written in one go (the envelope ingest writes, pipeline
 ``httpx.MockTransport`` that answers every upload 200 ``{"status": "success"}`` (the request body is built and
 sent as in production; the answer costs nothing). Figures: the drain's CPU in the process (``time.process_time``,
 every thread) and in Redis (``INFO`` ``used_cpu_user`` + ``used_cpu_sys``), per message. ``--threads N`` drains
-N partitions at a time from N threads (the GIL shared, as in a worker). Each side runs in a subprocess of its own
+N partitions at a time from N threads (the GIL shared, as in a worker). The collector is set as ``ctrelay worker``
+sets it (``gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)``, ``gc.freeze()`` once ready; ``--default-gc``: CPython's
+default thresholds, which cost the drain about 4 µs/msg more). Each side runs in a subprocess of its own
 (the base from a temporary ``git worktree`` of ``--base``, default the merge-base with ``main``), alternating
 base / head ``--rounds`` times; the lowest figure of each side is printed (CPU time varies upward with load).
 ``--profile`` prints the head side's cProfile instead.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -52,7 +55,7 @@ def track(n: int) -> dict[str, Any]:
     }
 
 
-def run_side(root: str, messages: int, threads: int, profile: bool) -> dict[str, float]:
+def run_side(root: str, messages: int, threads: int, profile: bool, worker_gc: bool = True) -> dict[str, float]:
     """One side, in this process (``root`` first on ``sys.path``): enqueue, drain, measure."""
     sys.path.insert(0, root)
     import httpx
@@ -104,6 +107,11 @@ def run_side(root: str, messages: int, threads: int, profile: bool) -> dict[str,
                 if n % 1000 == 999:
                     pipe.execute()
             pipe.execute()
+        if worker_gc:  # as worker/cli/worker.py sets it in a worker process
+            from worker.cli.worker import GC_YOUNG_THRESHOLD
+
+            gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+            gc.freeze()
         todo = list(range(PARTITIONS))
         lock = threading.Lock()
         delivered = [0]
@@ -160,7 +168,7 @@ def checkout(rev: str) -> Iterator[Path]:
 
 def side(root: Path, args: argparse.Namespace) -> dict[str, float]:
     command = [sys.executable, __file__, "--side", str(root), "--messages", str(args.messages)]
-    command += ["--threads", str(args.threads)]
+    command += ["--threads", str(args.threads)] + (["--default-gc"] if args.default_gc else [])
     env = dict(os.environ, CTRELAY_LOG_LEVEL="warning")
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -175,13 +183,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="drain threads (partitions drained at a time)")
     parser.add_argument("--rounds", type=int, default=3, help="base / head runs, alternating")
     parser.add_argument("--profile", action="store_true", help="profile the head side (cProfile) instead")
+    parser.add_argument("--default-gc", action="store_true", help="CPython's collector thresholds, not the worker's")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side or args.profile:
         import structlog
 
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
-        figures = run_side(args.side or str(ROOT), args.messages, args.threads, args.profile)
+        figures = run_side(args.side or str(ROOT), args.messages, args.threads, args.profile, not args.default_gc)
         print(json.dumps(figures))
         return
     sys.path[:0] = [str(HERE)]
@@ -199,7 +208,8 @@ def main() -> None:
             runs["base"].append(side(base_root, args))
             runs["head"].append(side(ROOT, args))
     print(f"drain at 0 ms, in process: base {label} vs head {code_version()}; {args.messages:,} tracks in "
-          f"{PARTITIONS} partitions, {args.threads} drain thread(s), best of {args.rounds}; load average "
+          f"{PARTITIONS} partitions, {args.threads} drain thread(s), {'default' if args.default_gc else 'worker'} gc, "
+          f"best of {args.rounds}; load average "
           f"{load_before} before, {load_average()} after")  # fmt: skip
     print(f"    {'':28} {'base':>9} {'head':>9} {'head/base':>9}")
     for name, label_, best in (("worker_us", "worker CPU us/msg", min), ("redis_us", "redis-server CPU us/msg", min),

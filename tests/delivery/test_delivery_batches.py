@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from worker.core.destinations import Destination
 from worker.core.keys import GROUP, Keys
 from worker.store.deadletters import DeadLetterStore
 from worker.store.retries import RetrySchedule
+from worker.transform.deletions import Delete
 
 pytestmark = pytest.mark.integration
 
@@ -385,3 +387,31 @@ def test_the_fast_path_falls_back_mid_group_and_loses_nothing(redis_client: redi
     assert build(redis_client, keys, DESTS, fake, clock=clock).drain(0).tally.delivered == 1500
     assert len(fake.received) == 2500
     assert RetrySchedule(redis_client, keys, 0).size() == 0
+
+
+def test_interleaved_destinations_are_grouped_in_order_and_a_screened_user_is_dropped(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    """The batch groups its works by write key as it decodes them (in the order of their first message), and
+    groups them again when the deletion screen drops some: per user (and per destination) order holds."""
+    other = Destination(write_key="wk2", account_id="ACC2", passcode="secret", endpoint="http://ct.test")
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, {"wk": DEST, "wk2": other}, fake)
+    for n in range(12):
+        enqueue(redis_client, keys, "wk" if n % 3 else "wk2", [track(f"u{n % 2}", n)])
+    result = drainer.drain(0)
+    assert result.tally.delivered == 12
+    assert [account for account, _ in fake.requests] == ["ACC2", "ACC"]  # wk2's first message came first
+    by_account = {account: [r["evtData"]["n"] for a, r in fake.received if a == account] for account in ("ACC", "ACC2")}
+    assert by_account == {"ACC": [n for n in range(12) if n % 3], "ACC2": [0, 3, 6, 9]}
+
+    fake.received.clear()
+    with redis_client.pipeline(transaction=True) as pipe:  # u1 of wk was deleted (by the operator, earlier)
+        drainer.deliverer.suppressions.add(pipe, "wk", Delete("u1", None).record(), time.time(), "cli")
+        pipe.execute()
+    enqueue(redis_client, keys, "wk", [track("u1", 100), track("u0", 101), track("u1", 102)])
+    enqueue(redis_client, keys, "wk2", [track("u1", 103), track("u0", 104)])
+    result = drainer.drain(0)
+    assert [(a, r["evtData"]["n"]) for a, r in fake.received] == [("ACC", 101), ("ACC2", 103), ("ACC2", 104)]
+    assert result.tally.skipped == 2  # u1's tracks of wk; wk2's u1 is another destination's user
+    assert pending(redis_client, keys) == 0

@@ -11,6 +11,7 @@ from typing import Any
 from worker.delivery.policy import Verdict
 from worker.store.retries import RetryItem, item_id
 
+NONE_DEDUPED: frozenset[int] = frozenset()
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
 """One entry as ``XREADGROUP`` returns it: its id and its fields."""
 
@@ -19,7 +20,8 @@ class Work:
     """One message being delivered: from the stream (``entry_id``) or from the retry schedule (``retry``).
 
     ``verdicts``: one per record, set as answers come (None: not sent); ``deduped``: indices of token records
-    dropped as already sent. A plain class with slots: one is made per message, on the worker's hot path."""
+    dropped as already sent (an immutable set, replaced when one is added: most messages share the empty one).
+    A plain class with slots: one is made per message, on the worker's hot path."""
 
     __slots__ = ("deduped", "entry_id", "message", "records", "retry", "verdicts", "write_key")
 
@@ -36,8 +38,8 @@ class Work:
         self.records = records
         self.entry_id = entry_id
         self.retry = retry
-        self.verdicts: list[Verdict | None] = [None] * len(records)
-        self.deduped: set[int] = set()
+        self.verdicts: list[Verdict | None] = [None] if len(records) == 1 else [None] * len(records)
+        self.deduped: frozenset[int] = NONE_DEDUPED
 
     def __repr__(self) -> str:
         return f"Work({self.write_key!r}, entry_id={self.entry_id!r}, records={len(self.records)})"
