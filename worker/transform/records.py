@@ -114,7 +114,8 @@ def _charged(properties: Mapping[str, Any], stats: TransformStats | None) -> dic
     if order_id is not None:
         data["Charged ID"] = order_id
     for field in ("total", "revenue"):
-        amount = _amount(data.get(field))
+        value = data.get(field)
+        amount = None if value is None else _amount(value)
         if amount is not None:
             data["Amount"] = amount
             break
@@ -199,7 +200,9 @@ def transform(
             record["identity"] = user_id
         if anonymous_id is not None:
             record["objectId"] = anonymous_id
-    record["ts"] = _timestamp(message, now)
+    stamp = message.get("timestamp")  # _timestamp's first field, inlined
+    seconds = None if stamp is None else epoch_seconds(stamp)
+    record["ts"] = _timestamp(message, now) if seconds is None else seconds
     if kind == "track":
         properties = message.get("properties")
         if properties.__class__ is not dict:
