@@ -24,7 +24,7 @@ from worker.transform import records
 from worker.transform.keycase import convert_key
 from worker.transform.records import TransformStats, general, transform
 from worker.transform.timestamps import _parse_iso, _whole_seconds, epoch_seconds
-from worker.transform.values import clean, clean_finding
+from worker.transform.values import DROP, MAX_KEY_LENGTH, clean, clean_finding, kept
 
 NOW = 1_700_000_000.0
 DESTINATIONS_ALL = [*DESTINATIONS, Destination(account_id="p", allow_delete_events=True, delete_event_name="E")]
@@ -167,3 +167,27 @@ def test_numbers_still_take_the_number_rules() -> None:
     assert epoch_seconds(1_700_000_000_123) == 1_700_000_000
     assert epoch_seconds(math.nan) is None
     assert epoch_seconds(True) is None
+
+
+def clean_as_written(data: Mapping[Any, Any], stats: TransformStats | None, keep_arrays: bool) -> dict[str, Any]:
+    """values.clean as first written: every value through kept()'s tests, the key through convert_key."""
+    out: dict[str, Any] = {}
+    for key, item in data.items():
+        name = convert_key(key)
+        if not 0 < len(name) <= MAX_KEY_LENGTH:
+            if name and stats is not None:
+                stats.keys_dropped += 1
+            continue
+        value = kept(item, stats, keep_arrays=keep_arrays)
+        if value is not DROP:
+            out[name] = value
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(order_properties, st.booleans())
+@example({"a": None, "A": 1, "b": math.nan, "c": [1, "x"], "d": {}, "e": True, "f": 2.5, "g": "é" * 200}, True)
+def test_clean_as_written(data: dict[str, Any], keep_arrays: bool) -> None:
+    one, two = TransformStats(), TransformStats()
+    assert json.dumps(clean(data, one, keep_arrays=keep_arrays)) == json.dumps(clean_as_written(data, two, keep_arrays))
+    assert one == two

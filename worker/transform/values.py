@@ -114,6 +114,8 @@ def clean(data: Mapping[Any, Any], stats: TransformStats | None = None, *, keep_
             out[name] = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
         elif cls is int or cls is bool or (cls is float and item - item == 0):  # item - item: _finite, inlined
             out[name] = item
+        elif item is None:  # null: dropped (the common drop: no call)
+            continue
         elif cls is list and keep_arrays:
             value = _scalar_array(item, stats)
             if value is not None:
@@ -145,7 +147,7 @@ def clean_finding(
             out[name] = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
         elif cls is int or cls is bool or (cls is float and item - item == 0):
             out[name] = item
-        else:
+        elif item is not None:
             value = _unusual(item, False, stats)
             if value is not DROP:
                 out[name] = value
