@@ -13,7 +13,8 @@ sets it (``gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)``, ``gc.freeze()`` once 
 default thresholds, which cost the drain about 4 µs/msg more). Each side runs in a subprocess of its own
 (the base from a temporary ``git worktree`` of ``--base``, default the merge-base with ``main``), alternating
 base / head ``--rounds`` times; the lowest figure of each side is printed (CPU time varies upward with load).
-``--latency-ms`` delays every answer (a sleep in the mock: the drain waits as for CleverTap, other drains run).
+``--read-batch`` sets the entries read at a time (smaller batches show the per-batch costs); ``--latency-ms``
+delays every answer (a sleep in the mock: the drain waits as for CleverTap, other drains run meanwhile).
 ``--profile`` prints the head side's cProfile instead.
 """
 
@@ -57,7 +58,14 @@ def track(n: int) -> dict[str, Any]:
 
 
 def run_side(
-    root: str, messages: int, threads: int, profile: bool, *, worker_gc: bool = True, latency_ms: float = 0.0
+    root: str,
+    messages: int,
+    threads: int,
+    profile: bool,
+    *,
+    worker_gc: bool = True,
+    latency_ms: float = 0.0,
+    read_batch: int = 1000,
 ) -> dict[str, float]:
     """One side, in this process (``root`` first on ``sys.path``): enqueue, drain, measure."""
     sys.path.insert(0, root)
@@ -104,7 +112,7 @@ def run_side(
             deadletters=DeadLetterStore(client, keys),
             policy=RetryPolicy(),
         )
-        drainer = Drainer(deliverer, lease_ttl_s=30.0, budget_s=5.0, read_batch=1000, consumer="bench")
+        drainer = Drainer(deliverer, lease_ttl_s=30.0, budget_s=5.0, read_batch=read_batch, consumer="bench")
         with client.pipeline(transaction=False) as pipe:
             for n in range(messages):
                 message = track(n)
@@ -173,7 +181,14 @@ def checkout(rev: str) -> Iterator[Path]:
 
 def side(root: Path, args: argparse.Namespace) -> dict[str, float]:
     command = [sys.executable, __file__, "--side", str(root), "--messages", str(args.messages)]
-    command += ["--threads", str(args.threads), "--latency-ms", str(args.latency_ms)]
+    command += [
+        "--threads",
+        str(args.threads),
+        "--latency-ms",
+        str(args.latency_ms),
+        "--read-batch",
+        str(args.read_batch),
+    ]
     command += ["--default-gc"] if args.default_gc else []
     env = dict(os.environ, CTRELAY_LOG_LEVEL="warning")
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
@@ -189,6 +204,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="drain threads (partitions drained at a time)")
     parser.add_argument("--rounds", type=int, default=3, help="base / head runs, alternating")
     parser.add_argument("--profile", action="store_true", help="profile the head side (cProfile) instead")
+    parser.add_argument(
+        "--read-batch", type=int, default=1000, help="entries per XREADGROUP (smaller: per-batch costs)"
+    )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="CleverTap's answer delay (a sleep per upload)")
     parser.add_argument("--default-gc", action="store_true", help="CPython's collector thresholds, not the worker's")
     parser.add_argument("--side", help=argparse.SUPPRESS)
@@ -204,6 +222,7 @@ def main() -> None:
             args.profile,
             worker_gc=not args.default_gc,
             latency_ms=args.latency_ms,
+            read_batch=args.read_batch,
         )
         print(json.dumps(figures))
         return
@@ -223,7 +242,8 @@ def main() -> None:
             runs["head"].append(side(ROOT, args))
     collector = "default" if args.default_gc else "worker"
     print(f"drain at {args.latency_ms:g} ms, in process: base {label} vs head {code_version()}; "
-          f"{args.messages:,} tracks in {PARTITIONS} partitions, {args.threads} drain thread(s), {collector} gc, "
+          f"{args.messages:,} tracks in {PARTITIONS} partitions, batches of {args.read_batch}, "
+          f"{args.threads} drain thread(s), {collector} gc, "
           f"best of {args.rounds}; load average {load_before} before, {load_average()} after")  # fmt: skip
     print(f"    {'':28} {'base':>9} {'head':>9} {'head/base':>9}")
     for name, label_, best in (("worker_us", "worker CPU us/msg", min), ("redis_us", "redis-server CPU us/msg", min),
