@@ -1,7 +1,7 @@
 """The transform's fast paths give exactly what the rules give (hypothesis), key order and counts included.
 
-- :func:`~worker.transform.records.transform` (the common message's fast path) against
-  :func:`~worker.transform.records.general` (the rules as written, for every message);
+- :func:`~worker.transform.records.transform` (its checks reordered and inlined for the common message) against
+  ``transform_as_written`` below: the rules as first written, every check through its helper;
 - Order Completed's data (one pass: :func:`~worker.transform.values.clean_finding`) against the rule as first
   written: :func:`~worker.transform.values.clean`, then the last key that converts to ``products``;
 - :func:`~worker.transform.timestamps.epoch_seconds` (the string case inlined) against ``_parse_iso`` then
@@ -20,14 +20,22 @@ from hypothesis import strategies as st
 from test_transform_properties import DESTINATIONS, json_values, messages, properties
 
 from worker.core.destinations import Destination
+from worker.core.messages import CALL_TYPES, identifier
 from worker.transform import records
+from worker.transform.deletions import Delete, asks_deletion
+from worker.transform.integrations import turned_off
 from worker.transform.keycase import convert_key
-from worker.transform.records import TransformStats, general, transform
+from worker.transform.records import Invalid, Skip, TransformStats, transform
 from worker.transform.timestamps import _parse_iso, _whole_seconds, epoch_seconds
-from worker.transform.values import DROP, MAX_KEY_LENGTH, clean, clean_finding, kept
+from worker.transform.traits import profile
+from worker.transform.values import DROP, MAX_KEY_LENGTH, clean, clean_finding, kept, truncate
 
 NOW = 1_700_000_000.0
-DESTINATIONS_ALL = [*DESTINATIONS, Destination(account_id="p", allow_delete_events=True, delete_event_name="E")]
+DESTINATIONS_ALL = [
+    *DESTINATIONS,
+    Destination(account_id="p", allow_delete_events=True, delete_event_name="E"),
+    Destination(account_id="p", send_anonymous_id_as_object_id=False),
+]
 
 
 def dumped(result: Any) -> Any:
@@ -35,26 +43,93 @@ def dumped(result: Any) -> Any:
     return json.dumps(result) if isinstance(result, list) else result
 
 
+def transform_as_written(
+    message: Any, destination: Destination, now: float, stats: TransformStats | None = None
+) -> list[dict[str, Any]] | Skip | Invalid | Delete:
+    """The transform as the rules were first written (each check through its helper, in the rules' order)."""
+    if not isinstance(message, Mapping):
+        return Invalid("message: must be a JSON object")
+    kind = message.get("type")
+    if kind not in CALL_TYPES:
+        return Invalid("type: required" if kind is None else f"type: must be one of {', '.join(CALL_TYPES)}")
+    user_id = identifier(message.get("userId"))
+    anonymous_id = identifier(message.get("anonymousId"))
+    if user_id is None and anonymous_id is None:
+        return Invalid(records._IDS_REQUIRED)
+    problem = records._check(message, kind)
+    if problem is not None:
+        return problem
+    if turned_off(message.get("integrations")):
+        return Skip("disabled_by_integrations")
+    if kind == "group":
+        return Skip("unsupported_type")
+    object_ids = destination.send_anonymous_id_as_object_id
+    if asks_deletion(message, destination):
+        return Delete.of(user_id, anonymous_id, object_ids=object_ids)
+    record: dict[str, Any]
+    if kind == "alias":
+        if not destination.alias:
+            return Skip("alias_disabled")
+        if not object_ids:
+            return Skip("alias_needs_object_id")
+        record = {"type": "profile", "identity": user_id, "objectId": identifier(message.get("previousId"))}
+    else:
+        record = {"type": "profile" if kind == "identify" else "event"}
+        if not object_ids:
+            record["identity"] = user_id or anonymous_id
+        else:
+            if user_id is not None:
+                record["identity"] = user_id
+            if anonymous_id is not None:
+                record["objectId"] = anonymous_id
+    record["ts"] = records._timestamp(message, now)
+    if kind == "identify":
+        record["profileData"] = profile(records._identify_traits(message), destination.profile_keys, stats)
+    elif kind == "alias":
+        record["profileData"] = {}
+    elif kind == "track":
+        event: str = message["event"]
+        props = records._object(message.get("properties"))
+        if event == records.CHARGED_SOURCE:
+            record["evtName"], record["evtData"] = "Charged", records._charged(props, stats)
+        else:
+            record["evtName"], record["evtData"] = truncate(event, stats), clean(props, stats)
+    else:
+        data = clean(records._object(message.get("properties")), stats)
+        if kind == "page":
+            record["evtName"] = destination.page_event_name
+            data.update(clean({"name": message.get("name"), "category": message.get("category")}, stats))
+        else:
+            record["evtName"] = destination.screen_event_name
+            data.update(clean({"name": message.get("name")}, stats))
+        record["evtData"] = data
+    token = records._push_token(message, anonymous_id)
+    return [record] if token is None else [record, token]
+
+
 def same_as_rules(message: Any) -> None:
     for destination in DESTINATIONS_ALL:
         fast_stats, rules_stats = TransformStats(), TransformStats()
         fast = transform(message, destination, NOW, fast_stats)
-        rules = general(message, destination, NOW, rules_stats)
+        rules = transform_as_written(message, destination, NOW, rules_stats)
         assert dumped(fast) == dumped(rules)
         assert fast_stats == rules_stats
 
 
 ids = st.none() | st.just("") | st.text(max_size=5) | st.integers() | st.booleans()
+integrations = st.none() | st.fixed_dictionaries({}, optional={"All": st.booleans(), "CleverTap": json_values})
 stamps = st.datetimes().map(lambda d: d.isoformat(timespec="milliseconds") + "Z") | st.text(max_size=30) | st.integers()
 common = st.fixed_dictionaries(
     {
-        "type": st.sampled_from(["track", "identify", "page", "screen"]),
+        "type": st.sampled_from(["track", "identify", "page", "screen", "alias", "group"]),
         "userId": ids,
         "messageId": st.text(max_size=5),
         "timestamp": stamps,
     },
     optional={
         "anonymousId": ids,
+        "previousId": ids,
+        "groupId": ids,
         "event": st.sampled_from(["Order Completed", "Delete User", "E", "", 7]) | st.text(max_size=600),
         "properties": properties
         | st.none()
@@ -66,8 +141,7 @@ common = st.fixed_dictionaries(
         "name": json_values,
         "category": json_values,
         "receivedAt": stamps,
-        "integrations": st.none()
-        | st.fixed_dictionaries({}, optional={"All": st.booleans(), "CleverTap": json_values}),
+        "integrations": integrations,
         "context": st.none()
         | st.just([])
         | st.fixed_dictionaries(
@@ -92,10 +166,43 @@ def test_the_common_message_as_the_rules_say(message: dict[str, Any]) -> None:
     same_as_rules(message)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(messages)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages | st.builds(lambda message, off: {**message, "integrations": off}, messages, integrations))
+@example({"type": "alias", "userId": "u", "previousId": 7, "anonymousId": "a", "context": {"device": {"token": "t"}}})
+@example({"type": "alias", "userId": "u"})
+@example({"type": "alias", "userId": "u", "previousId": "p", "integrations": {"CleverTap": False}})
+@example({"type": "group", "userId": 3, "groupId": "g"})
+@example({"type": "group", "anonymousId": "a", "groupId": "g", "integrations": {"All": False}})
+@example({"type": "track", "userId": 12, "event": "E", "context": {"ctrelay": {"deletion": "cli"}}})
+@example({"type": "track", "userId": "u", "event": ["E"]})
+@example({"type": ["track"], "userId": "u"})
+@example({"userId": "u"})
 def test_any_segment_message_as_the_rules_say(message: dict[str, Any]) -> None:
     same_as_rules(message)
+
+
+class Message(Mapping[str, Any]):
+    """A mapping that is not a dict: the transform takes any JSON object."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages | common)
+def test_other_mappings_and_other_values_as_the_rules_say(message: dict[str, Any]) -> None:
+    same_as_rules(Message(message))
+    for other in (None, [message], "track", 3):
+        same_as_rules(other)
 
 
 def charged_as_written(props: Mapping[str, Any], stats: TransformStats | None) -> dict[str, Any]:

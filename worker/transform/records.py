@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from worker.core.messages import CALL_TYPES, identifier
 from worker.transform.deletions import Delete, asks_deletion
@@ -35,7 +35,7 @@ from worker.transform.values import TransformStats, clean, clean_finding, trunca
 if TYPE_CHECKING:
     from worker.core.destinations import Destination
 
-__all__ = ["Delete", "Invalid", "Skip", "TransformStats", "general", "transform"]
+__all__ = ["Delete", "Invalid", "Skip", "TransformStats", "transform"]
 
 CHARGED_SOURCE = "Order Completed"
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
@@ -156,7 +156,26 @@ def _check(message: Mapping[str, Any], kind: str) -> Invalid | None:
     return None
 
 
-_FAST_KINDS = {"track": "event", "identify": "profile", "page": "event", "screen": "event"}
+_KINDS = frozenset(CALL_TYPES)
+
+
+def _invalid_kind(kind: Any) -> Invalid:
+    return Invalid("type: required" if kind is None else f"type: must be one of {', '.join(CALL_TYPES)}")
+
+
+def _alias(
+    message: Mapping[str, Any], destination: Destination, user_id: str | None, anonymous_id: str | None, now: float
+) -> list[Record] | Skip:
+    """An alias's profile record: it links ``previousId`` (the objectId) to ``userId``."""
+    if not destination.alias:
+        return Skip("alias_disabled")
+    if not destination.send_anonymous_id_as_object_id:
+        return Skip("alias_needs_object_id")
+    record: Record = {"type": "profile", "identity": user_id, "objectId": identifier(message.get("previousId"))}
+    record["ts"] = _timestamp(message, now)
+    record["profileData"] = {}
+    token = _push_token(message, anonymous_id)
+    return [record] if token is None else [record, token]
 
 
 def transform(
@@ -167,32 +186,41 @@ def transform(
     ``now`` (epoch seconds) is the timestamp of a message without a usable one; ``stats``, when given,
     counts the keys dropped and the values truncated.
 
-    The common message (a JSON object; a track with an event that is not a deletion, an identify, a page or a
-    screen; its ids strings or absent) takes a fast path: the rules of :func:`general` with the checks that cannot
-    fail for it left out. Every other message goes the general way; both give the same records and counts.
+    The checks come in the rules' order, each written so that the common message (a dict, string ids, a track,
+    identify, page or screen) passes it with a class test or a lookup; the rare cases (an alias, a group, ids to
+    coerce, a deletion) branch off into helpers.
     """
-    if message.__class__ is not dict:
-        return general(message, destination, now, stats)
+    if message.__class__ is not dict and not isinstance(message, Mapping):
+        return Invalid("message: must be a JSON object")
     kind = message.get("type")
+    if not isinstance(kind, str) or kind not in _KINDS:
+        return _invalid_kind(kind)
     user_id = message.get("userId")
+    user_id = (user_id or None) if user_id.__class__ is str else identifier(user_id)
     anonymous_id = message.get("anonymousId")
-    record_type = _FAST_KINDS.get(kind) if kind.__class__ is str else None
-    if (
-        record_type is None
-        or not (user_id is None or user_id.__class__ is str)
-        or not (anonymous_id is None or anonymous_id.__class__ is str)
-        or not (user_id or anonymous_id)
-    ):
-        return general(message, destination, now, stats)
-    event = message.get("event")
-    if kind == "track" and (event.__class__ is not str or not event or event == destination.delete_event_name):
-        return general(message, destination, now, stats)
-    user_id = user_id or None
-    anonymous_id = anonymous_id or None
+    anonymous_id = (anonymous_id or None) if anonymous_id.__class__ is str else identifier(anonymous_id)
+    if user_id is None and anonymous_id is None:
+        return Invalid(_IDS_REQUIRED)
+    event = None
+    if kind == "track":
+        event = message.get("event")
+        if not isinstance(event, str) or not event:
+            return Invalid("event: required (a non-empty string)")
+    elif kind in ("alias", "group"):
+        problem = _check(message, kind)
+        if problem is not None:
+            return problem
     integrations = message.get("integrations")
     if integrations is not None and turned_off(integrations):
         return Skip("disabled_by_integrations")
-    record: Record = {"type": record_type}
+    if kind == "group":
+        return Skip("unsupported_type")
+    if event is not None and event == destination.delete_event_name and asks_deletion(message, destination):
+        return Delete.of(user_id, anonymous_id, object_ids=destination.send_anonymous_id_as_object_id)
+    if kind == "alias":
+        return _alias(message, destination, user_id, anonymous_id, now)
+
+    record: Record = {"type": "profile" if kind == "identify" else "event"}
     if not destination.send_anonymous_id_as_object_id:
         record["identity"] = user_id or anonymous_id
     else:
@@ -203,14 +231,15 @@ def transform(
     stamp = message.get("timestamp")  # _timestamp's first field, inlined
     seconds = None if stamp is None else epoch_seconds(stamp)
     record["ts"] = _timestamp(message, now) if seconds is None else seconds
-    if kind == "track":
+
+    if event is not None:
         properties = message.get("properties")
         if properties.__class__ is not dict:
             properties = _object(properties)
         if event == CHARGED_SOURCE:
             record["evtName"], record["evtData"] = "Charged", _charged(properties, stats)
         else:
-            record["evtName"], record["evtData"] = truncate(cast(str, event), stats), clean(properties, stats)
+            record["evtName"], record["evtData"] = truncate(event, stats), clean(properties, stats)
     elif kind == "identify":
         record["profileData"] = profile(_identify_traits(message), destination.profile_keys, stats)
     else:
@@ -222,76 +251,10 @@ def transform(
             record["evtName"] = destination.screen_event_name
             data.update(clean({"name": message.get("name")}, stats))
         record["evtData"] = data
-    context = message.get("context")
+
+    context = message.get("context")  # the token record needs context.device: most messages have none
     if anonymous_id is not None and context is not None and (context.__class__ is not dict or "device" in context):
         token = _push_token(message, anonymous_id)
         if token is not None:
             return [record, token]
     return [record]
-
-
-def general(
-    message: Mapping[str, Any], destination: Destination, now: float, stats: TransformStats | None = None
-) -> list[Record] | Skip | Invalid | Delete:
-    """:func:`transform` by the rules as written, for every message (the fast path gives the same)."""
-    if not _is_object(message):
-        return Invalid("message: must be a JSON object")
-    kind = message.get("type")
-    if kind not in CALL_TYPES:
-        return Invalid("type: required" if kind is None else f"type: must be one of {', '.join(CALL_TYPES)}")
-    user_id = identifier(message.get("userId"))
-    anonymous_id = identifier(message.get("anonymousId"))
-    if user_id is None and anonymous_id is None:
-        return Invalid(_IDS_REQUIRED)
-    problem = _check(message, kind)
-    if problem is not None:
-        return problem
-    if turned_off(message.get("integrations")):
-        return Skip("disabled_by_integrations")
-    if kind == "group":
-        return Skip("unsupported_type")
-
-    object_ids = destination.send_anonymous_id_as_object_id
-    if asks_deletion(message, destination):
-        return Delete.of(user_id, anonymous_id, object_ids=object_ids)
-    record: Record
-    if kind == "alias":
-        if not destination.alias:
-            return Skip("alias_disabled")
-        if not object_ids:
-            return Skip("alias_needs_object_id")
-        record = {"type": "profile", "identity": user_id, "objectId": identifier(message.get("previousId"))}
-    else:
-        record = {"type": "profile" if kind == "identify" else "event"}
-        if not object_ids:
-            record["identity"] = user_id or anonymous_id
-        else:
-            if user_id is not None:
-                record["identity"] = user_id
-            if anonymous_id is not None:
-                record["objectId"] = anonymous_id
-    record["ts"] = _timestamp(message, now)
-
-    if kind == "identify":
-        record["profileData"] = profile(_identify_traits(message), destination.profile_keys, stats)
-    elif kind == "alias":
-        record["profileData"] = {}
-    elif kind == "track":
-        event: str = message["event"]
-        properties = _object(message.get("properties"))
-        if event == CHARGED_SOURCE:
-            record["evtName"], record["evtData"] = "Charged", _charged(properties, stats)
-        else:
-            record["evtName"], record["evtData"] = truncate(event, stats), clean(properties, stats)
-    else:
-        data = clean(_object(message.get("properties")), stats)
-        if kind == "page":
-            record["evtName"] = destination.page_event_name
-            data.update(clean({"name": message.get("name"), "category": message.get("category")}, stats))
-        else:
-            record["evtName"] = destination.screen_event_name
-            data.update(clean({"name": message.get("name")}, stats))
-        record["evtData"] = data
-
-    token = _push_token(message, anonymous_id)
-    return [record] if token is None else [record, token]
