@@ -117,7 +117,11 @@ def same_as_rules(message: Any) -> None:
 
 
 ids = st.none() | st.just("") | st.text(max_size=5) | st.integers() | st.booleans()
-integrations = st.none() | st.fixed_dictionaries({}, optional={"All": st.booleans(), "CleverTap": json_values})
+integrations = (
+    st.none()
+    | st.sampled_from([{"All": False}, {"CleverTap": False}, {"All": False, "CleverTap": True}])
+    | st.fixed_dictionaries({}, optional={"All": st.booleans(), "CleverTap": json_values})
+)
 stamps = st.datetimes().map(lambda d: d.isoformat(timespec="milliseconds") + "Z") | st.text(max_size=30) | st.integers()
 common = st.fixed_dictionaries(
     {
@@ -298,3 +302,8 @@ def test_clean_as_written(data: dict[str, Any], keep_arrays: bool) -> None:
     one, two = TransformStats(), TransformStats()
     assert json.dumps(clean(data, one, keep_arrays=keep_arrays)) == json.dumps(clean_as_written(data, two, keep_arrays))
     assert one == two
+
+
+def test_every_call_type_has_its_record_type() -> None:
+    assert sorted(records._RECORD_TYPES) == sorted(CALL_TYPES)
+    assert {kind for kind, record_type in records._RECORD_TYPES.items() if not record_type} == {"alias", "group"}

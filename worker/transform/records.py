@@ -156,17 +156,37 @@ def _check(message: Mapping[str, Any], kind: str) -> Invalid | None:
     return None
 
 
-_KINDS = frozenset(CALL_TYPES)
+_RECORD_TYPES = {"identify": "profile", "track": "event", "page": "event", "screen": "event", "alias": "", "group": ""}
+"""Each call type (:data:`~worker.core.messages.CALL_TYPES`) and its record's type; ``""``: the call branches off
+(:func:`_alias_or_group`)."""
+
+
+def _record_type(kind: Any) -> str | None:
+    return _RECORD_TYPES.get(kind) if isinstance(kind, str) else None
 
 
 def _invalid_kind(kind: Any) -> Invalid:
     return Invalid("type: required" if kind is None else f"type: must be one of {', '.join(CALL_TYPES)}")
 
 
-def _alias(
-    message: Mapping[str, Any], destination: Destination, user_id: str | None, anonymous_id: str | None, now: float
-) -> list[Record] | Skip:
-    """An alias's profile record: it links ``previousId`` (the objectId) to ``userId``."""
+def _alias_or_group(
+    message: Mapping[str, Any],
+    kind: str,
+    destination: Destination,
+    *,
+    user_id: str | None,
+    anonymous_id: str | None,
+    now: float,
+) -> list[Record] | Skip | Invalid:
+    """The rest of the rules for an alias or a group (ids checked): a group is never sent; an alias's profile record
+    links ``previousId`` (the objectId) to ``userId``."""
+    problem = _check(message, kind)
+    if problem is not None:
+        return problem
+    if turned_off(message.get("integrations")):
+        return Skip("disabled_by_integrations")
+    if kind == "group":
+        return Skip("unsupported_type")
     if not destination.alias:
         return Skip("alias_disabled")
     if not destination.send_anonymous_id_as_object_id:
@@ -187,40 +207,41 @@ def transform(
     counts the keys dropped and the values truncated.
 
     The checks come in the rules' order, each written so that the common message (a dict, string ids, a track,
-    identify, page or screen) passes it with a class test or a lookup; the rare cases (an alias, a group, ids to
-    coerce, a deletion) branch off into helpers.
+    identify, page or screen) passes it with a class test or a lookup; an alias or a group branches off after the
+    ids (:func:`_alias_or_group`), odd ids go through :func:`~worker.core.messages.identifier`.
     """
     if message.__class__ is not dict and not isinstance(message, Mapping):
         return Invalid("message: must be a JSON object")
-    kind = message.get("type")
-    if not isinstance(kind, str) or kind not in _KINDS:
+    kind: Any = message.get("type")
+    record_type = _RECORD_TYPES.get(kind) if kind.__class__ is str else _record_type(kind)
+    if record_type is None:
         return _invalid_kind(kind)
     user_id = message.get("userId")
-    user_id = (user_id or None) if user_id.__class__ is str else identifier(user_id)
+    if user_id.__class__ is not str:
+        user_id = None if user_id is None else identifier(user_id)
+    elif not user_id:
+        user_id = None
     anonymous_id = message.get("anonymousId")
-    anonymous_id = (anonymous_id or None) if anonymous_id.__class__ is str else identifier(anonymous_id)
+    if anonymous_id.__class__ is not str:
+        anonymous_id = None if anonymous_id is None else identifier(anonymous_id)
+    elif not anonymous_id:
+        anonymous_id = None
     if user_id is None and anonymous_id is None:
         return Invalid(_IDS_REQUIRED)
     event = None
     if kind == "track":
         event = message.get("event")
-        if not isinstance(event, str) or not event:
+        if (event.__class__ is not str and not isinstance(event, str)) or not event:
             return Invalid("event: required (a non-empty string)")
-    elif kind in ("alias", "group"):
-        problem = _check(message, kind)
-        if problem is not None:
-            return problem
+    elif not record_type:
+        return _alias_or_group(message, kind, destination, user_id=user_id, anonymous_id=anonymous_id, now=now)
     integrations = message.get("integrations")
     if integrations is not None and turned_off(integrations):
         return Skip("disabled_by_integrations")
-    if kind == "group":
-        return Skip("unsupported_type")
     if event is not None and event == destination.delete_event_name and asks_deletion(message, destination):
         return Delete.of(user_id, anonymous_id, object_ids=destination.send_anonymous_id_as_object_id)
-    if kind == "alias":
-        return _alias(message, destination, user_id, anonymous_id, now)
 
-    record: Record = {"type": "profile" if kind == "identify" else "event"}
+    record: Record = {"type": record_type}
     if not destination.send_anonymous_id_as_object_id:
         record["identity"] = user_id or anonymous_id
     else:
