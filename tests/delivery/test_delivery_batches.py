@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 from delivery_fakes import Clock, FakeCleverTap, build, enqueue, track
@@ -13,6 +14,7 @@ from pydantic import SecretStr
 
 from worker.core.destinations import Destination
 from worker.core.keys import GROUP, Keys
+from worker.delivery.work import Work
 from worker.store.deadletters import DeadLetterStore
 from worker.store.retries import RetrySchedule
 from worker.transform.deletions import Delete
@@ -415,3 +417,28 @@ def test_interleaved_destinations_are_grouped_in_order_and_a_screened_user_is_dr
     assert [(a, r["evtData"]["n"]) for a, r in fake.received] == [("ACC", 101), ("ACC2", 103), ("ACC2", 104)]
     assert result.tally.skipped == 2  # u1's tracks of wk; wk2's u1 is another destination's user
     assert pending(redis_client, keys) == 0
+
+
+def test_a_plain_message_kept_as_bytes_comes_back_whole_in_its_retry(redis_client: redis.Redis, keys: Keys) -> None:
+    """A plain batch keeps each message as the stream's bytes while it uploads (:class:`Work`): a retry and a dead
+    letter still carry the message as it was enqueued."""
+    fake, clock = FakeCleverTap(), Clock()
+    drainer = build(redis_client, keys, DESTS, fake, clock=clock)
+    fake.record_codes = lambda record: {1: 555, 2: 512}.get(record["evtData"]["n"])
+    messages = [track("u", i, context={"ip": "203.0.113.7"}) for i in range(3)]
+    enqueue(redis_client, keys, "wk", messages)
+    assert drainer.drain(0).tally.delivered == 1
+    (item,) = RetrySchedule(redis_client, keys, 0).due(clock.now + 3600, 10)
+    assert item.message == messages[1]
+    (letter,) = letters(redis_client, keys)
+    assert letter.message == messages[2]
+
+
+def test_work_decodes_its_message_bytes_once() -> None:
+    message = {"type": "track", "event": "E", "userId": "u", "properties": {"n": [1, 2.5, None]}}
+    work = Work("wk", orjson.dumps(message), [{"type": "event"}], b"1-0")
+    first = work.message
+    assert first == message
+    assert work.message is first
+    given = Work("wk", message, [{"type": "event"}])
+    assert given.message is message

@@ -216,8 +216,8 @@ class Deliverer:
                 letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=error))
                 acks.append(entry_id)
                 continue
-            if result.__class__ is list and len(result) == 1:  # the common message
-                work = Work(write_key, message, result, entry_id)
+            if result.__class__ is list and len(result) == 1:  # the common message: its bytes kept, not the dict
+                work = Work(write_key, fields[FIELD_MESSAGE], result, entry_id)
             elif isinstance(result, Delete):
                 work = Work(write_key, message, [result.record()], entry_id=entry_id)
                 mixed.add(write_key)
