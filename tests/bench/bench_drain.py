@@ -8,9 +8,13 @@ of Segment-shaped tracks written in one go (the envelope ingest writes, pipeline
 ``httpx.MockTransport`` that answers every upload 200 ``{"status": "success"}`` (the request body is built and
 sent as in production; the answer costs nothing). Figures: the drain's CPU in the process (``time.process_time``,
 every thread) and in Redis (``INFO`` ``used_cpu_user`` + ``used_cpu_sys``), per message. ``--threads N`` drains
-N partitions at a time from N threads (the GIL shared, as in a worker). Each side runs in a subprocess of its own
+N partitions at a time from N threads (the GIL shared, as in a worker). The collector is set as ``ctrelay worker``
+sets it (``gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)``, ``gc.freeze()`` once ready; ``--default-gc``: CPython's
+default thresholds, which cost the drain about 4 µs/msg more). Each side runs in a subprocess of its own
 (the base from a temporary ``git worktree`` of ``--base``, default the merge-base with ``main``), alternating
 base / head ``--rounds`` times; the lowest figure of each side is printed (CPU time varies upward with load).
+``--read-batch`` sets the entries read at a time (smaller batches show the per-batch costs); ``--latency-ms``
+delays every answer (a sleep in the mock: the drain waits as for CleverTap, other drains run meanwhile).
 ``--profile`` prints the head side's cProfile instead.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -52,7 +57,16 @@ def track(n: int) -> dict[str, Any]:
     }
 
 
-def run_side(root: str, messages: int, threads: int, profile: bool) -> dict[str, float]:
+def run_side(
+    root: str,
+    messages: int,
+    threads: int,
+    profile: bool,
+    *,
+    worker_gc: bool = True,
+    latency_ms: float = 0.0,
+    read_batch: int = 1000,
+) -> dict[str, float]:
     """One side, in this process (``root`` first on ``sys.path``): enqueue, drain, measure."""
     sys.path.insert(0, root)
     import httpx
@@ -75,6 +89,8 @@ def run_side(root: str, messages: int, threads: int, profile: bool) -> dict[str,
     answer = orjson.dumps({"status": "success", "processed": 1, "unprocessed": []})
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if latency_ms:
+            time.sleep(latency_ms / 1000)  # CleverTap's latency: the drain waits outside the gate, the GIL released
         return httpx.Response(200, content=answer, headers={"content-type": "application/json"})
 
     def used_cpu(client: redis.Redis) -> float:
@@ -96,7 +112,7 @@ def run_side(root: str, messages: int, threads: int, profile: bool) -> dict[str,
             deadletters=DeadLetterStore(client, keys),
             policy=RetryPolicy(),
         )
-        drainer = Drainer(deliverer, lease_ttl_s=30.0, budget_s=5.0, read_batch=1000, consumer="bench")
+        drainer = Drainer(deliverer, lease_ttl_s=30.0, budget_s=5.0, read_batch=read_batch, consumer="bench")
         with client.pipeline(transaction=False) as pipe:
             for n in range(messages):
                 message = track(n)
@@ -104,6 +120,11 @@ def run_side(root: str, messages: int, threads: int, profile: bool) -> dict[str,
                 if n % 1000 == 999:
                     pipe.execute()
             pipe.execute()
+        if worker_gc:  # as worker/cli/worker.py sets it in a worker process
+            from worker.cli.worker import GC_YOUNG_THRESHOLD
+
+            gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+            gc.freeze()
         todo = list(range(PARTITIONS))
         lock = threading.Lock()
         delivered = [0]
@@ -160,7 +181,15 @@ def checkout(rev: str) -> Iterator[Path]:
 
 def side(root: Path, args: argparse.Namespace) -> dict[str, float]:
     command = [sys.executable, __file__, "--side", str(root), "--messages", str(args.messages)]
-    command += ["--threads", str(args.threads)]
+    command += [
+        "--threads",
+        str(args.threads),
+        "--latency-ms",
+        str(args.latency_ms),
+        "--read-batch",
+        str(args.read_batch),
+    ]
+    command += ["--default-gc"] if args.default_gc else []
     env = dict(os.environ, CTRELAY_LOG_LEVEL="warning")
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -175,13 +204,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="drain threads (partitions drained at a time)")
     parser.add_argument("--rounds", type=int, default=3, help="base / head runs, alternating")
     parser.add_argument("--profile", action="store_true", help="profile the head side (cProfile) instead")
+    parser.add_argument(
+        "--read-batch", type=int, default=1000, help="entries per XREADGROUP (smaller: per-batch costs)"
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="CleverTap's answer delay (a sleep per upload)")
+    parser.add_argument("--default-gc", action="store_true", help="CPython's collector thresholds, not the worker's")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side or args.profile:
         import structlog
 
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
-        figures = run_side(args.side or str(ROOT), args.messages, args.threads, args.profile)
+        figures = run_side(
+            args.side or str(ROOT),
+            args.messages,
+            args.threads,
+            args.profile,
+            worker_gc=not args.default_gc,
+            latency_ms=args.latency_ms,
+            read_batch=args.read_batch,
+        )
         print(json.dumps(figures))
         return
     sys.path[:0] = [str(HERE)]
@@ -198,9 +240,11 @@ def main() -> None:
         for _ in range(args.rounds):
             runs["base"].append(side(base_root, args))
             runs["head"].append(side(ROOT, args))
-    print(f"drain at 0 ms, in process: base {label} vs head {code_version()}; {args.messages:,} tracks in "
-          f"{PARTITIONS} partitions, {args.threads} drain thread(s), best of {args.rounds}; load average "
-          f"{load_before} before, {load_average()} after")  # fmt: skip
+    collector = "default" if args.default_gc else "worker"
+    print(f"drain at {args.latency_ms:g} ms, in process: base {label} vs head {code_version()}; "
+          f"{args.messages:,} tracks in {PARTITIONS} partitions, batches of {args.read_batch}, "
+          f"{args.threads} drain thread(s), {collector} gc, "
+          f"best of {args.rounds}; load average {load_before} before, {load_average()} after")  # fmt: skip
     print(f"    {'':28} {'base':>9} {'head':>9} {'head/base':>9}")
     for name, label_, best in (("worker_us", "worker CPU us/msg", min), ("redis_us", "redis-server CPU us/msg", min),
                                ("rate", "msgs/s (wall, load-dependent)", max)):  # fmt: skip

@@ -10,6 +10,11 @@ timestamp (as ingest stores them), the keys repeat as they do in real traffic. T
 - cold cache: ``snake_case.cache_clear()`` before every round (the first messages after a start);
 - uncached: every key converted again (:func:`worker.transform.keycase.convert` in place of the cache).
 
+``--idle-ms N`` adds two figures, the cached transform in slices of 1000 messages (a drain's batch) back to back, and
+with the CPU idle for N ms before each slice (``time.sleep``, as a drain waits for CleverTap's answer): the same
+work costs more after an idle spell (cold caches, a vCPU woken; other processes ran meanwhile), which is why a
+single drain's CPU per message grows with CleverTap's latency (``bench_drain.py --latency-ms``).
+
 Rates are per second of this process's CPU time (what one core does, on a machine shared with other
 work) and, beside them, per second of wall time. Rounds are interleaved and the best of each is shown;
 nothing is asserted.
@@ -153,10 +158,28 @@ def measure(messages: list[dict[str, Any]], before: Callable[[], None]) -> tuple
     return len(messages) / cpu, len(messages) / wall
 
 
+def measure_sliced(messages: list[dict[str, Any]], idle_s: float, slice_size: int = 1000) -> tuple[float, float]:
+    """:func:`measure` in slices of ``slice_size``, the CPU idle for ``idle_s`` before each (CPU time only counted)."""
+    destination = Destination(account_id="bench")
+    stats = TransformStats()
+    gc.disable()
+    cpu = 0.0
+    for start in range(0, len(messages), slice_size):
+        if idle_s:
+            time.sleep(idle_s)
+        began = time.process_time()
+        for message in messages[start : start + slice_size]:
+            transform(message, destination, 1.8e9, stats)
+        cpu += time.process_time() - began
+    gc.enable()
+    return len(messages) / cpu, 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--idle-ms", type=float, default=0.0, help="also: slices of 1000, idle this long before each")
     args = parser.parse_args()
     messages = mix(args.messages)
 
@@ -176,13 +199,20 @@ def main() -> None:
         for name, before in (("cached", cached), ("cold cache", cold), ("uncached", uncached)):
             rate = measure(messages, before)
             best[name] = max(best[name], rate)
+        if args.idle_ms:
+            cached()
+            for name, idle_s in (("slices", 0.0), ("idle first", args.idle_ms / 1000)):
+                best[name] = max(best.get(name, (0.0, 0.0)), measure_sliced(messages, idle_s))
     cached()
 
     print(f"transform, {args.messages} messages (identify 15 traits, track 10 props, Order Completed 3 products,")
     print(f"page, screen, in equal parts), best of {args.rounds} rounds, one core, Python {sys.version.split()[0]}")
     print("                  per CPU second       per wall second")
     for name, (cpu, wall) in best.items():
-        print(f"  {name:<11} {cpu:>10,.0f} msg/s {1e6 / cpu:6.2f} µs   {wall:>10,.0f} msg/s")
+        walled = f"{wall:>10,.0f} msg/s" if wall else "(slices of 1000, back to back)"
+        if name == "idle first":
+            walled = f"(slices of 1000, {args.idle_ms:g} ms idle before each)"
+        print(f"  {name:<11} {cpu:>10,.0f} msg/s {1e6 / cpu:6.2f} µs   {walled}")
     print(f"  ratio cached / uncached (CPU): {best['cached'][0] / best['uncached'][0]:.2f}x")
 
 

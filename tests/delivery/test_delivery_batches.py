@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 from delivery_fakes import Clock, FakeCleverTap, build, enqueue, track
@@ -12,8 +14,10 @@ from pydantic import SecretStr
 
 from worker.core.destinations import Destination
 from worker.core.keys import GROUP, Keys
+from worker.delivery.work import Work
 from worker.store.deadletters import DeadLetterStore
 from worker.store.retries import RetrySchedule
+from worker.transform.deletions import Delete
 
 pytestmark = pytest.mark.integration
 
@@ -385,3 +389,56 @@ def test_the_fast_path_falls_back_mid_group_and_loses_nothing(redis_client: redi
     assert build(redis_client, keys, DESTS, fake, clock=clock).drain(0).tally.delivered == 1500
     assert len(fake.received) == 2500
     assert RetrySchedule(redis_client, keys, 0).size() == 0
+
+
+def test_interleaved_destinations_are_grouped_in_order_and_a_screened_user_is_dropped(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    """The batch groups its works by write key as it decodes them (in the order of their first message), and
+    groups them again when the deletion screen drops some: per user (and per destination) order holds."""
+    other = Destination(write_key="wk2", account_id="ACC2", passcode="secret", endpoint="http://ct.test")
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, {"wk": DEST, "wk2": other}, fake)
+    for n in range(12):
+        enqueue(redis_client, keys, "wk" if n % 3 else "wk2", [track(f"u{n % 2}", n)])
+    result = drainer.drain(0)
+    assert result.tally.delivered == 12
+    assert [account for account, _ in fake.requests] == ["ACC2", "ACC"]  # wk2's first message came first
+    by_account = {account: [r["evtData"]["n"] for a, r in fake.received if a == account] for account in ("ACC", "ACC2")}
+    assert by_account == {"ACC": [n for n in range(12) if n % 3], "ACC2": [0, 3, 6, 9]}
+
+    fake.received.clear()
+    with redis_client.pipeline(transaction=True) as pipe:  # u1 of wk was deleted (by the operator, earlier)
+        drainer.deliverer.suppressions.add(pipe, "wk", Delete("u1", None).record(), time.time(), "cli")
+        pipe.execute()
+    enqueue(redis_client, keys, "wk", [track("u1", 100), track("u0", 101), track("u1", 102)])
+    enqueue(redis_client, keys, "wk2", [track("u1", 103), track("u0", 104)])
+    result = drainer.drain(0)
+    assert [(a, r["evtData"]["n"]) for a, r in fake.received] == [("ACC", 101), ("ACC2", 103), ("ACC2", 104)]
+    assert result.tally.skipped == 2  # u1's tracks of wk; wk2's u1 is another destination's user
+    assert pending(redis_client, keys) == 0
+
+
+def test_a_plain_message_kept_as_bytes_comes_back_whole_in_its_retry(redis_client: redis.Redis, keys: Keys) -> None:
+    """A plain batch keeps each message as the stream's bytes while it uploads (:class:`Work`): a retry and a dead
+    letter still carry the message as it was enqueued."""
+    fake, clock = FakeCleverTap(), Clock()
+    drainer = build(redis_client, keys, DESTS, fake, clock=clock)
+    fake.record_codes = lambda record: {1: 555, 2: 512}.get(record["evtData"]["n"])
+    messages = [track("u", i, context={"ip": "203.0.113.7"}) for i in range(3)]
+    enqueue(redis_client, keys, "wk", messages)
+    assert drainer.drain(0).tally.delivered == 1
+    (item,) = RetrySchedule(redis_client, keys, 0).due(clock.now + 3600, 10)
+    assert item.message == messages[1]
+    (letter,) = letters(redis_client, keys)
+    assert letter.message == messages[2]
+
+
+def test_work_decodes_its_message_bytes_once() -> None:
+    message = {"type": "track", "event": "E", "userId": "u", "properties": {"n": [1, 2.5, None]}}
+    work = Work("wk", orjson.dumps(message), [{"type": "event"}], b"1-0")
+    first = work.message
+    assert first == message
+    assert work.message is first
+    given = Work("wk", message, [{"type": "event"}])
+    assert given.message is message

@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
+import orjson
 import redis
 import structlog
 
 from worker.core.destinations import Destination
 from worker.core.errors import DrainStopped
-from worker.core.keys import Envelope, Keys
+from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys
 from worker.delivery import metrics
 from worker.delivery.clevertap import CleverTap
 from worker.delivery.gate import Gate
@@ -97,20 +98,20 @@ class Deliverer:
         ``False`` or no upload slot comes by ``deadline`` (monotonic): the entries not committed stay pending."""
         schedule = schedule if schedule is not None else RetrySchedule(self.client, self.keys, partition)
         tally = Tally()
-        works, mixed = self._prepare(partition, entries, tally)
+        works, groups, mixed = self._prepare(partition, entries, tally)
         for item in retries:
-            works.append(Work(item.write_key, item.message, list(item.records), retry=item))
+            work = Work(item.write_key, item.message, list(item.records), retry=item)
+            works.append(work)
+            _add(groups, work)
             mixed.add(item.write_key)
-        works = self.screen.screen(partition, works, tally, schedule)  # deleted users: suppress, drop their work
+        # deleted users: suppress, drop their work (a deletion is always among the mixed)
+        kept = self.screen.screen(partition, works, tally, schedule, write_keys=list(groups), deletions=bool(mixed))
+        if kept is not works:  # some were dropped: group what is left
+            groups = {}
+            for work in kept:
+                _add(groups, work)
         if mixed:
-            self._drop_sent_tokens(works)
-        groups: dict[str, list[Work]] = {}
-        for work in works:
-            group = groups.get(work.write_key)
-            if group is None:
-                groups[work.write_key] = [work]
-            else:
-                group.append(work)
+            self._drop_sent_tokens(kept)
         for write_key, group in groups.items():
             destination = self.destinations.get(write_key)
             if destination is None:  # a retry item whose destination was removed from the configuration
@@ -169,14 +170,18 @@ class Deliverer:
 
     # -- before any upload ---------------------------------------------------------------------------------
 
-    def _prepare(self, partition: int, entries: Sequence[StreamEntry], tally: Tally) -> tuple[list[Work], set[str]]:
-        """Decode and transform; skip or dead-letter what cannot be sent (committed at once). Returns the works and
-        the write keys of the *mixed* ones (a token or a deletion record among them: not for the fast path).
+    def _prepare(
+        self, partition: int, entries: Sequence[StreamEntry], tally: Tally
+    ) -> tuple[list[Work], dict[str, list[Work]], set[str]]:
+        """Decode and transform; skip or dead-letter what cannot be sent (committed at once). Returns the works, the
+        same grouped by write key (in the order of their first work), and the write keys of the *mixed* ones (a token
+        or a deletion record among them: not for the fast path).
 
         One pass over the entries; a plain message (one event or profile record) costs a decode, its transform and
-        one :class:`Work`."""
+        one :class:`Work`, put in its group at once."""
         now = self.clock()
         works: list[Work] = []
+        groups: dict[str, list[Work]] = {}
         mixed: set[str] = set()
         acks: list[bytes] = []
         skipped_acks: list[bytes] = []
@@ -184,9 +189,11 @@ class Deliverer:
         skipped: list[tuple[str, str]] = []
         stats = TransformStats()
         destinations = self.destinations
+        group: list[Work] | None = None
+        group_key: str | None = None  # the write key of ``group`` (a batch mostly has one)
         for entry_id, fields in entries:
-            try:
-                write_key, message = Envelope.read(fields)
+            try:  # Envelope.read, inlined
+                write_key, message = fields[FIELD_WRITE_KEY].decode("utf-8"), orjson.loads(fields[FIELD_MESSAGE])
                 if message.__class__ is not dict:
                     raise TypeError("message is not an object")
             except (KeyError, ValueError, TypeError):
@@ -209,21 +216,31 @@ class Deliverer:
                 letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=error))
                 acks.append(entry_id)
                 continue
-            if result.__class__ is list and len(result) == 1:  # the common message
-                works.append(Work(write_key, message, result, entry_id))
+            if result.__class__ is list and len(result) == 1:  # the common message: its bytes kept, not the dict
+                work = Work(write_key, fields[FIELD_MESSAGE], result, entry_id)
             elif isinstance(result, Delete):
-                works.append(Work(write_key, message, [result.record()], entry_id=entry_id))
+                work = Work(write_key, message, [result.record()], entry_id=entry_id)
                 mixed.add(write_key)
             elif isinstance(result, Invalid):
                 letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=result.reason))
                 acks.append(entry_id)
+                continue
             elif isinstance(result, Skip) or not result:
                 skipped.append((destination.name, result.reason if isinstance(result, Skip) else "no_records"))
                 acks.append(entry_id)
                 skipped_acks.append(entry_id)
+                continue
             else:
-                works.append(Work(write_key, message, result, entry_id=entry_id))
+                work = Work(write_key, message, result, entry_id=entry_id)
                 mixed.add(write_key)
+            works.append(work)
+            if write_key != group_key:
+                group_key = write_key
+                group = groups.get(write_key)
+                if group is None:
+                    group = groups[write_key] = []
+            assert group is not None
+            group.append(work)
         if acks:  # the letters, then the acks (in one MULTI, or in that order on a cluster: worker/store/ordered.py)
             stream = self.keys.stream(partition)
             try:
@@ -243,7 +260,7 @@ class Deliverer:
             metrics.transform_values_truncated.inc(stats.values_truncated)
         tally.deadlettered += len(letters)
         tally.skipped += len(skipped)
-        return works, mixed
+        return works, groups, mixed
 
     def _name(self, write_key: str) -> str:
         """A destination's name for metrics and logs; ``unknown`` for a write key no longer configured (a write
@@ -274,8 +291,17 @@ class Deliverer:
         for (work, index, key, token), value in zip(checks, sent, strict=True):
             if (value is not None and value.decode("utf-8", "replace") == token) or (key, token) in seen:
                 work.verdicts[index] = DELIVERED
-                work.deduped.add(index)
+                work.deduped = work.deduped | {index}
             seen.add((key, token))
+
+
+def _add(groups: dict[str, list[Work]], work: Work) -> None:
+    """Put ``work`` in its write key's group."""
+    group = groups.get(work.write_key)
+    if group is None:
+        groups[work.write_key] = [work]
+    else:
+        group.append(work)
 
 
 def _suspect(group: list[Work], cause: str, sent: int | None = None) -> None:

@@ -21,7 +21,6 @@ so that delivery frees memory. A group that was delivered whole on the fast path
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -195,8 +194,9 @@ class OutcomeWriter:
         except redis.OutOfMemoryError:
             free_done(self.client, stream, acks, ("", ""), [])
         tally.delivered += len(group)
-        for kind, count in Counter(str(work.records[0].get("type")) for work in group).items():
-            metrics.records_delivered.labels(destination.name, kind).inc(count)
+        kinds = [work.records[0].get("type") for work in group]
+        for kind in dict.fromkeys(kinds):  # a plain group holds one kind or two (event, profile): C-speed counts
+            metrics.records_delivered.labels(destination.name, str(kind)).inc(kinds.count(kind))
 
     def dead_letter(
         self, schedule: RetrySchedule, group: list[Work], reason: str, error: str, tally: Tally, *, name: str

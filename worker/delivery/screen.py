@@ -47,9 +47,9 @@ class _RecordsByDestination(Mapping[str, list[dict[str, Any]]]):
     """The batch's records by write key, gathered only for the destinations asked for (the suppressions' view asks
     only for those with many suppressed ids): a batch costs one pass over its works for their write keys."""
 
-    def __init__(self, works: list[Work]) -> None:
+    def __init__(self, works: list[Work], names: list[str] | None = None) -> None:
         self._works = works
-        self._names = list(dict.fromkeys(work.write_key for work in works))
+        self._names = names if names is not None else list(dict.fromkeys(work.write_key for work in works))
 
     def __getitem__(self, write_key: str) -> list[dict[str, Any]]:
         return [record for work in self._works if work.write_key == write_key for record in work.records]
@@ -78,16 +78,27 @@ class Screen:
         self.clock = clock
         self.name_of = name_of
 
-    def screen(self, partition: int, works: list[Work], tally: Tally, schedule: RetrySchedule) -> list[Work]:
-        """Suppress the users of the batch's deletions; drop (acknowledge, unschedule, count) suppressed work."""
+    def screen(
+        self,
+        partition: int,
+        works: list[Work],
+        tally: Tally,
+        schedule: RetrySchedule,
+        *,
+        write_keys: list[str] | None = None,
+        deletions: bool = True,
+    ) -> list[Work]:
+        """Suppress the users of the batch's deletions; drop (acknowledge, unschedule, count) suppressed work.
+        Returns ``works`` itself when nothing is dropped. ``write_keys``: those of ``works`` in order, when the
+        caller knows them; ``deletions=False``: the caller knows that no work is a deletion (none to look for)."""
         if not works:
             return works
         now = self.clock()
         new: dict[str, set[str]] = {}
-        for work in works:
+        for work in works if deletions else ():
             if work.retry is None and is_deletion(work):  # read from the stream (a retry was seen when first read)
                 new.setdefault(work.write_key, set()).update(fields_of(work.records[0]))
-        view = self.suppressions.view(_RecordsByDestination(works))
+        view = self.suppressions.view(_RecordsByDestination(works, write_keys))
         if not new and not any(view.values()):
             return works
         kept: list[Work] = []

@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from worker.core.messages import CALL_TYPES, identifier
 from worker.transform.deletions import Delete, asks_deletion
 from worker.transform.integrations import turned_off
-from worker.transform.keycase import convert_key
 from worker.transform.timestamps import epoch_seconds
 from worker.transform.traits import profile
-from worker.transform.values import TransformStats, clean, truncate
+from worker.transform.values import TransformStats, clean, clean_finding, truncate
 
 if TYPE_CHECKING:
     from worker.core.destinations import Destination
@@ -109,20 +108,17 @@ def _amount(value: Any) -> int | float | None:
 
 def _charged(properties: Mapping[str, Any], stats: TransformStats | None) -> dict[str, Any]:
     """Order Completed's event data: ``Charged ID``, ``Amount`` and ``Items`` beside the other properties."""
-    data = clean(properties, stats)
+    data, products = clean_finding(properties, "products", stats)  # the last spelling of "products" wins
     data.pop("products", None)
     order_id = data.pop("order_id", None)
     if order_id is not None:
         data["Charged ID"] = order_id
     for field in ("total", "revenue"):
-        amount = _amount(data.get(field))
+        value = data.get(field)
+        amount = None if value is None else _amount(value)
         if amount is not None:
             data["Amount"] = amount
             break
-    products: Any = None
-    for key, value in properties.items():
-        if convert_key(key) == "products":  # the last spelling of "products" wins
-            products = value
     if isinstance(products, list):
         data["Items"] = [clean(product, stats) for product in products if _is_object(product)]
     return data
@@ -160,23 +156,30 @@ def _check(message: Mapping[str, Any], kind: str) -> Invalid | None:
     return None
 
 
-def transform(
-    message: Mapping[str, Any], destination: Destination, now: float, stats: TransformStats | None = None
-) -> list[Record] | Skip | Invalid | Delete:
-    """The CleverTap records of one Segment ``message`` for ``destination``; see the module docstring.
+_RECORD_TYPES = {"identify": "profile", "track": "event", "page": "event", "screen": "event", "alias": "", "group": ""}
+"""Each call type (:data:`~worker.core.messages.CALL_TYPES`) and its record's type; ``""``: the call branches off
+(:func:`_alias_or_group`)."""
 
-    ``now`` (epoch seconds) is the timestamp of a message without a usable one; ``stats``, when given,
-    counts the keys dropped and the values truncated.
-    """
-    if not _is_object(message):
-        return Invalid("message: must be a JSON object")
-    kind = message.get("type")
-    if kind not in CALL_TYPES:
-        return Invalid("type: required" if kind is None else f"type: must be one of {', '.join(CALL_TYPES)}")
-    user_id = identifier(message.get("userId"))
-    anonymous_id = identifier(message.get("anonymousId"))
-    if user_id is None and anonymous_id is None:
-        return Invalid(_IDS_REQUIRED)
+
+def _record_type(kind: Any) -> str | None:
+    return _RECORD_TYPES.get(kind) if isinstance(kind, str) else None
+
+
+def _invalid_kind(kind: Any) -> Invalid:
+    return Invalid("type: required" if kind is None else f"type: must be one of {', '.join(CALL_TYPES)}")
+
+
+def _alias_or_group(
+    message: Mapping[str, Any],
+    kind: str,
+    destination: Destination,
+    *,
+    user_id: str | None,
+    anonymous_id: str | None,
+    now: float,
+) -> list[Record] | Skip | Invalid:
+    """The rest of the rules for an alias or a group (ids checked): a group is never sent; an alias's profile record
+    links ``previousId`` (the objectId) to ``userId``."""
     problem = _check(message, kind)
     if problem is not None:
         return problem
@@ -184,39 +187,82 @@ def transform(
         return Skip("disabled_by_integrations")
     if kind == "group":
         return Skip("unsupported_type")
-
-    object_ids = destination.send_anonymous_id_as_object_id
-    if asks_deletion(message, destination):
-        return Delete.of(user_id, anonymous_id, object_ids=object_ids)
-    record: Record
-    if kind == "alias":
-        if not destination.alias:
-            return Skip("alias_disabled")
-        if not object_ids:
-            return Skip("alias_needs_object_id")
-        record = {"type": "profile", "identity": user_id, "objectId": identifier(message.get("previousId"))}
-    else:
-        record = {"type": "profile" if kind == "identify" else "event"}
-        if not object_ids:
-            record["identity"] = user_id or anonymous_id
-        else:
-            if user_id is not None:
-                record["identity"] = user_id
-            if anonymous_id is not None:
-                record["objectId"] = anonymous_id
+    if not destination.alias:
+        return Skip("alias_disabled")
+    if not destination.send_anonymous_id_as_object_id:
+        return Skip("alias_needs_object_id")
+    record: Record = {"type": "profile", "identity": user_id, "objectId": identifier(message.get("previousId"))}
     record["ts"] = _timestamp(message, now)
+    record["profileData"] = {}
+    token = _push_token(message, anonymous_id)
+    return [record] if token is None else [record, token]
 
-    if kind == "identify":
-        record["profileData"] = profile(_identify_traits(message), destination.profile_keys, stats)
-    elif kind == "alias":
-        record["profileData"] = {}
-    elif kind == "track":
-        event: str = message["event"]
-        properties = _object(message.get("properties"))
+
+def transform(
+    message: Mapping[str, Any], destination: Destination, now: float, stats: TransformStats | None = None
+) -> list[Record] | Skip | Invalid | Delete:
+    """The CleverTap records of one Segment ``message`` for ``destination``; see the module docstring.
+
+    ``now`` (epoch seconds) is the timestamp of a message without a usable one; ``stats``, when given,
+    counts the keys dropped and the values truncated.
+
+    The checks come in the rules' order, each written so that the common message (a dict, string ids, a track,
+    identify, page or screen) passes it with a class test or a lookup; an alias or a group branches off after the
+    ids (:func:`_alias_or_group`), odd ids go through :func:`~worker.core.messages.identifier`.
+    """
+    if message.__class__ is not dict and not isinstance(message, Mapping):
+        return Invalid("message: must be a JSON object")
+    kind: Any = message.get("type")
+    record_type = _RECORD_TYPES.get(kind) if kind.__class__ is str else _record_type(kind)
+    if record_type is None:
+        return _invalid_kind(kind)
+    user_id = message.get("userId")
+    if user_id.__class__ is not str:
+        user_id = None if user_id is None else identifier(user_id)
+    elif not user_id:
+        user_id = None
+    anonymous_id = message.get("anonymousId")
+    if anonymous_id.__class__ is not str:
+        anonymous_id = None if anonymous_id is None else identifier(anonymous_id)
+    elif not anonymous_id:
+        anonymous_id = None
+    if user_id is None and anonymous_id is None:
+        return Invalid(_IDS_REQUIRED)
+    event = None
+    if kind == "track":
+        event = message.get("event")
+        if (event.__class__ is not str and not isinstance(event, str)) or not event:
+            return Invalid("event: required (a non-empty string)")
+    elif not record_type:
+        return _alias_or_group(message, kind, destination, user_id=user_id, anonymous_id=anonymous_id, now=now)
+    integrations = message.get("integrations")
+    if integrations is not None and turned_off(integrations):
+        return Skip("disabled_by_integrations")
+    if event is not None and event == destination.delete_event_name and asks_deletion(message, destination):
+        return Delete.of(user_id, anonymous_id, object_ids=destination.send_anonymous_id_as_object_id)
+
+    record: Record = {"type": record_type}
+    if not destination.send_anonymous_id_as_object_id:
+        record["identity"] = user_id or anonymous_id
+    else:
+        if user_id is not None:
+            record["identity"] = user_id
+        if anonymous_id is not None:
+            record["objectId"] = anonymous_id
+    stamp = message.get("timestamp")  # _timestamp's first field, inlined
+    seconds = None if stamp is None else epoch_seconds(stamp)
+    record["ts"] = _timestamp(message, now) if seconds is None else seconds
+
+    if event is not None:
+        properties = message.get("properties")
+        if properties.__class__ is not dict:
+            properties = _object(properties)
         if event == CHARGED_SOURCE:
             record["evtName"], record["evtData"] = "Charged", _charged(properties, stats)
         else:
             record["evtName"], record["evtData"] = truncate(event, stats), clean(properties, stats)
+    elif kind == "identify":
+        record["profileData"] = profile(_identify_traits(message), destination.profile_keys, stats)
     else:
         data = clean(_object(message.get("properties")), stats)
         if kind == "page":
@@ -227,5 +273,9 @@ def transform(
             data.update(clean({"name": message.get("name")}, stats))
         record["evtData"] = data
 
-    token = _push_token(message, anonymous_id)
-    return [record] if token is None else [record, token]
+    context = message.get("context")  # the token record needs context.device: most messages have none
+    if anonymous_id is not None and context is not None and (context.__class__ is not dict or "device" in context):
+        token = _push_token(message, anonymous_id)
+        if token is not None:
+            return [record, token]
+    return [record]

@@ -22,6 +22,7 @@ _MILLISECONDS_ABOVE = 1e11
 _FIRST_SECOND, _LAST_SECOND = -62_135_596_800, 253_402_300_799  # years 1 to 9999, as for ISO strings
 _LARGEST_MILLISECONDS = 1e16  # above any epoch in milliseconds of the years 1 to 9999
 _LONG_FRACTION = re.compile(r"([.,]\d{6})\d+")
+_fromisoformat = datetime.fromisoformat
 
 
 def _parse_iso(text: str) -> datetime | None:
@@ -50,6 +51,17 @@ def epoch_seconds(value: object) -> int | None:
     >>> epoch_seconds("2024-01-05T10:00:00.123456789+01:00"), epoch_seconds("2024-01-05T09:00:00Z")
     (1704445200, 1704445200)
     """
+    if type(value) is str:  # the common case, inlined (the worker's hot path): _parse_iso, then _whole_seconds
+        if len(value) > 64:
+            return None
+        try:
+            moment: datetime | None = _fromisoformat(value)
+        except ValueError:
+            moment = _parse_iso(value)
+        if moment is None:
+            return None
+        delta: timedelta = moment - (_EPOCH_NAIVE if moment.tzinfo is None else _EPOCH)
+        return delta.days * _DAY + delta.seconds
     if isinstance(value, str):
         if len(value) > 64:
             return None

@@ -105,23 +105,50 @@ def clean(data: Mapping[Any, Any], stats: TransformStats | None = None, *, keep_
     out: dict[str, Any] = {}
     for key, item in data.items():
         name = snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)
-        size = len(name)
-        if not 0 < size <= MAX_KEY_LENGTH:
-            if size and stats is not None:
+        if not 0 < len(name) <= MAX_KEY_LENGTH:
+            if name and stats is not None:
                 stats.keys_dropped += 1
             continue
         cls = item.__class__
         if cls is str:
-            value = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
-        elif cls is int or cls is bool or (cls is float and _finite(item)):
-            value = item
+            out[name] = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
+        elif cls is int or cls is bool or (cls is float and item - item == 0):  # item - item: _finite, inlined
+            out[name] = item
+        elif item is None:  # null: dropped (the common drop: no call)
+            continue
         elif cls is list and keep_arrays:
             value = _scalar_array(item, stats)
-            if value is None:
-                continue
+            if value is not None:
+                out[name] = value
         else:
             value = _unusual(item, keep_arrays, stats)
-            if value is DROP:
-                continue
-        out[name] = value
+            if value is not DROP:
+                out[name] = value
     return out
+
+
+def clean_finding(
+    data: Mapping[Any, Any], find: str, stats: TransformStats | None = None
+) -> tuple[dict[str, Any], Any]:
+    """:func:`clean` (without arrays), and the raw value of the last key of ``data`` that converts to ``find``
+    (``None`` when there is none), in the same pass: what Order Completed needs for its ``products``."""
+    out: dict[str, Any] = {}
+    found: Any = None
+    for key, item in data.items():
+        name = snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)
+        if name == find:
+            found = item
+        if not 0 < len(name) <= MAX_KEY_LENGTH:
+            if name and stats is not None:
+                stats.keys_dropped += 1
+            continue
+        cls = item.__class__
+        if cls is str:
+            out[name] = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
+        elif cls is int or cls is bool or (cls is float and item - item == 0):
+            out[name] = item
+        elif item is not None:
+            value = _unusual(item, False, stats)
+            if value is not DROP:
+                out[name] = value
+    return out, found
