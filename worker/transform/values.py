@@ -102,9 +102,27 @@ def kept(value: Any, stats: TransformStats | None = None, *, keep_arrays: bool =
 
 def clean(data: Mapping[Any, Any], stats: TransformStats | None = None, *, keep_arrays: bool = False) -> dict[str, Any]:
     """``data`` with converted keys and kept values (see the module docstring)."""
+    return _clean(data, stats, keep_arrays, None)[0]
+
+
+def clean_finding(
+    data: Mapping[Any, Any], find: str, stats: TransformStats | None = None
+) -> tuple[dict[str, Any], Any]:
+    """:func:`clean` (without arrays), and the raw value of the last key of ``data`` that converts to ``find``
+    (``None`` when there is none), in the same pass: what Order Completed needs for its ``products``."""
+    return _clean(data, stats, False, find)
+
+
+def _clean(
+    data: Mapping[Any, Any], stats: TransformStats | None, keep_arrays: bool, find: str | None
+) -> tuple[dict[str, Any], Any]:
+    """The one pass of :func:`clean` and :func:`clean_finding`."""
     out: dict[str, Any] = {}
+    found: Any = None
     for key, item in data.items():
         name = snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)
+        if find is not None and name == find:
+            found = item
         if not 0 < len(name) <= MAX_KEY_LENGTH:
             if name and stats is not None:
                 stats.keys_dropped += 1
@@ -122,33 +140,6 @@ def clean(data: Mapping[Any, Any], stats: TransformStats | None = None, *, keep_
                 out[name] = value
         else:
             value = _unusual(item, keep_arrays, stats)
-            if value is not DROP:
-                out[name] = value
-    return out
-
-
-def clean_finding(
-    data: Mapping[Any, Any], find: str, stats: TransformStats | None = None
-) -> tuple[dict[str, Any], Any]:
-    """:func:`clean` (without arrays), and the raw value of the last key of ``data`` that converts to ``find``
-    (``None`` when there is none), in the same pass: what Order Completed needs for its ``products``."""
-    out: dict[str, Any] = {}
-    found: Any = None
-    for key, item in data.items():
-        name = snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)
-        if name == find:
-            found = item
-        if not 0 < len(name) <= MAX_KEY_LENGTH:
-            if name and stats is not None:
-                stats.keys_dropped += 1
-            continue
-        cls = item.__class__
-        if cls is str:
-            out[name] = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
-        elif cls is int or cls is bool or (cls is float and item - item == 0):
-            out[name] = item
-        elif item is not None:
-            value = _unusual(item, False, stats)
             if value is not DROP:
                 out[name] = value
     return out, found
