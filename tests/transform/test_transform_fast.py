@@ -6,6 +6,11 @@
   written: :func:`~worker.transform.values.clean`, then the last key that converts to ``products``;
 - :func:`~worker.transform.timestamps.epoch_seconds` (the string case inlined) against ``_parse_iso`` then
   ``_whole_seconds``.
+
+``transform_as_written`` is a reference, kept here only: the mapping rules in their plainest form, each check
+through its helper, as they stood before the product's transform was written for speed. A change of a rule goes
+into both (the product's :mod:`worker.transform.records` and this reference); the comparison then says that the
+fast form still means what the plain one says.
 """
 
 from __future__ import annotations
