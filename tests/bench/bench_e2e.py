@@ -108,6 +108,39 @@ def load(port: int, kind: str, first: int, count: int, *, connections: int, read
 
 
 @dataclass
+class Load:
+    """Load processes started, their bodies built, waiting for ``go``; each puts its statuses on ``results``."""
+
+    loaders: list[Any]
+    go: Any
+    results: Any
+    requests: int
+
+    def join(self) -> None:
+        for loader in self.loaders:
+            loader.join(timeout=10)
+
+
+def start_load(port: int, kind: str, first: int, count: int, *, processes: int, connections: int) -> Load:
+    """``count`` messages from number ``first`` on, shared by ``processes`` load processes (spawned), ready to go."""
+    context = multiprocessing.get_context("spawn")
+    ready, go, results = context.Queue(), context.Event(), context.Queue()
+    shares = [(first + i * count // processes, (i + 1) * count // processes - i * count // processes)
+              for i in range(processes)]  # fmt: skip
+    loaders = [
+        context.Process(
+            target=load,
+            args=(port, kind, start, n),
+            kwargs={"connections": connections, "ready": ready, "go": go, "results": results},
+        )
+        for start, n in shares
+    ]
+    for loader in loaders:
+        loader.start()
+    return Load(loaders, go, results, sum(ready.get(timeout=120) for _ in loaders))
+
+
+@dataclass
 class Side:
     """One relay: its name, the checkout it runs, its processes and Redis."""
 
@@ -136,22 +169,9 @@ class Side:
 
     def send(self, kind: str, count: int, processes: int, connections: int, poll: bool) -> dict[str, float]:
         """Send ``count`` messages; with ``poll``, until the sandbox holds them all. Figures of the scenario."""
-        context = multiprocessing.get_context("spawn")
-        ready, go, results = context.Queue(), context.Event(), context.Queue()
         first, self.sequence = self.sequence, self.sequence + count
-        shares = [(first + i * count // processes, (i + 1) * count // processes - i * count // processes)
-                  for i in range(processes)]  # fmt: skip
-        loaders = [
-            context.Process(
-                target=load,
-                args=(self.port, kind, start, n),
-                kwargs={"connections": connections, "ready": ready, "go": go, "results": results},
-            )
-            for start, n in shares
-        ]
-        for loader in loaders:
-            loader.start()
-        requests = sum(ready.get(timeout=120) for _ in loaders)
+        run = start_load(self.port, kind, first, count, processes=processes, connections=connections)
+        requests, go, results = run.requests, run.go, run.results
         base, cpu = self.records(), self.cpu()
         started = time.monotonic()
         go.set()
@@ -161,22 +181,21 @@ class Side:
         deadline = started + 900
         while time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
-                while finished < len(loaders):
+                while finished < len(run.loaders):
                     statuses += results.get_nowait()
                     finished += 1
-            if finished == len(loaders) and not poll:
+            if finished == len(run.loaders) and not poll:
                 break
             if poll:
                 samples.append((time.monotonic(), self.records()))
-                if finished == len(loaders) and samples[-1][1] >= base + count:
+                if finished == len(run.loaders) and samples[-1][1] >= base + count:
                     break
             time.sleep(0.05)
         else:
             raise SystemExit(f"{self.name}: {kind} scenario did not finish in 900 s")
         done = samples[-1][0] if poll else time.monotonic()
         used = {k: v - cpu[k] for k, v in self.cpu().items()}
-        for loader in loaders:
-            loader.join(timeout=10)
+        run.join()
         refused = [s for s in statuses if s != 200]
         if refused or len(statuses) != requests:
             raise SystemExit(f"{self.name}: {len(refused)} of {requests} requests not answered 200 ({refused[:3]})")

@@ -20,9 +20,7 @@ side is shown.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import multiprocessing
 import os
 import queue
 import shutil
@@ -32,26 +30,17 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
 
-from bench_e2e import bodies, checkout  # noqa: E402
-from bench_ingest import WRITE_KEY, _send, cpu_seconds  # noqa: E402
+from bench_e2e import checkout, start_load  # noqa: E402
+from bench_ingest import WRITE_KEY, cpu_seconds  # noqa: E402
 from delivery_e2e import Proc, Relay  # noqa: E402
 from machine import code_version, load_average  # noqa: E402
 
 from worker.cli.embedded import redis_server  # noqa: E402
-
-
-def load(port: int, kind: str, first: int, count: int, *, connections: int, ready: Any, go: Any, results: Any) -> None:
-    """One load process: build its bodies, say so, wait for the start, send, report the statuses."""
-    path, content_type, prepared = bodies(kind, first, count)
-    ready.put(len(prepared))
-    go.wait(timeout=120)
-    results.put(asyncio.run(_send(port, path, prepared, connections, content_type)))
 
 
 class Side:
@@ -75,22 +64,9 @@ class Side:
 
     def send(self, kind: str, count: int, processes: int, connections: int) -> float:
         """Send ``count`` messages; the ingest process's CPU seconds per message (a single call: per request)."""
-        context = multiprocessing.get_context("spawn")
-        ready, go, results = context.Queue(), context.Event(), context.Queue()
         first, self.sequence = self.sequence, self.sequence + count
-        shares = [(first + i * count // processes, (i + 1) * count // processes - i * count // processes)
-                  for i in range(processes)]  # fmt: skip
-        loaders = [
-            context.Process(
-                target=load,
-                args=(self.port, kind, start, n),
-                kwargs={"connections": connections, "ready": ready, "go": go, "results": results},
-            )
-            for start, n in shares
-        ]
-        for loader in loaders:
-            loader.start()
-        requests = sum(ready.get(timeout=120) for _ in loaders)
+        run = start_load(self.port, kind, first, count, processes=processes, connections=connections)
+        requests, go, results = run.requests, run.go, run.results
         pid = self.ingest.process.pid
         cpu = cpu_seconds(pid)
         go.set()
@@ -100,8 +76,7 @@ class Side:
             with contextlib.suppress(queue.Empty):
                 statuses += results.get(timeout=1)
         used = cpu_seconds(pid) - cpu
-        for loader in loaders:
-            loader.join(timeout=10)
+        run.join()
         refused = [s for s in statuses if s != 200]
         if refused or len(statuses) != requests:
             raise SystemExit(f"{self.name}: {len(refused)} of {requests} requests not answered 200 ({refused[:3]})")
