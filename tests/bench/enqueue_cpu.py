@@ -57,13 +57,9 @@ COMMANDS: dict[str, str] = {}
 """Per run: the commands Redis ran per message (INFO commandstats; a script's commands counted apiece)."""
 
 
-def cpu_rounds(url: str, client: redis.Redis, messages: int, rounds: int) -> dict[str, list[float]]:
-    keys = Keys(f"bench-dedup-{uuid.uuid4().hex[:6]}")
-    producer = Producer(keys, PARTITIONS, WINDOW)
-    day = 30_000
-    # steady state: a previous bucket of sets filled to the target (random members), this one half way (the sets
-    # exist: one EXPIRE per set, not per message), sized the same
-    sets = 512
+def steady_buckets(client: redis.Redis, keys: Keys, day: int, sets: int = 512) -> None:
+    """Markers in steady state: the previous bucket's sets filled to the target (random members), this one's half
+    way (the sets exist: one EXPIRE per set, not per message), both sized ``sets``."""
     pipe = client.pipeline(transaction=False)
     for p in range(PARTITIONS):
         client.hset(keys.seen_sizes(p), mapping={day - 1: sets, day: sets})
@@ -72,6 +68,13 @@ def cpu_rounds(url: str, client: redis.Redis, messages: int, rounds: int) -> dic
             pipe.sadd(keys.seen(p, day, shard), 0, *[random.getrandbits(63) + 1 for _ in range(TARGET_FILL // 2)])
             pipe.expire(keys.seen(p, day, shard), 2 * WINDOW)
         pipe.execute()
+
+
+def cpu_rounds(url: str, client: redis.Redis, messages: int, rounds: int) -> dict[str, list[float]]:
+    keys = Keys(f"bench-dedup-{uuid.uuid4().hex[:6]}")
+    producer = Producer(keys, PARTITIONS, WINDOW)
+    day = 30_000
+    steady_buckets(client, keys, day)
     producer.clock = lambda: day * WINDOW + 10
     batches = [
         [producer.entry("wk_live_1", message(i)) for i in range(start, start + 100)]
@@ -152,15 +155,7 @@ def side_rounds(url: str, messages: int, state: str, batch: int = 100) -> dict[s
     producer = Producer(keys, PARTITIONS, WINDOW)
     day = 30_000
     if state == "steady":
-        sets = 512
-        pipe = client.pipeline(transaction=False)
-        for p in range(PARTITIONS):
-            client.hset(keys.seen_sizes(p), mapping={day - 1: sets, day: sets})
-            for shard in range(sets):
-                pipe.sadd(keys.seen(p, day - 1, shard), 0, *[random.getrandbits(63) + 1 for _ in range(TARGET_FILL)])
-                pipe.sadd(keys.seen(p, day, shard), 0, *[random.getrandbits(63) + 1 for _ in range(TARGET_FILL // 2)])
-                pipe.expire(keys.seen(p, day, shard), 2 * WINDOW)
-            pipe.execute()
+        steady_buckets(client, keys, day)
     ensure_groups(client, keys, PARTITIONS)
     producer.clock = lambda: day * WINDOW + 10
     batches = [
