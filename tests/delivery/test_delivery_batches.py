@@ -14,7 +14,6 @@ from pydantic import SecretStr
 
 from worker.core.destinations import Destination
 from worker.core.keys import GROUP, Keys
-from worker.delivery.clevertap import Encoded
 from worker.delivery.work import Work
 from worker.store.deadletters import DeadLetterStore
 from worker.store.retries import RetrySchedule
@@ -443,57 +442,3 @@ def test_work_decodes_its_message_bytes_once() -> None:
     assert work.message is first
     given = Work("wk", message, [{"type": "event"}])
     assert given.message is message
-
-
-def test_a_plain_request_frees_its_records_before_the_answer_and_reads_them_back_on_a_failure(
-    redis_client: redis.Redis, keys: Keys
-) -> None:
-    """While a plain request waits for CleverTap, its works hold a stand-in of each record (its type alone): the
-    dicts were freed, the body was sent as encoded. A partial failure reads the records back from that body: the
-    retry carries the record as it was sent, the dead letter the message, the delivered ones are acknowledged."""
-    fake, clock = FakeCleverTap(), Clock()
-    drainer = build(redis_client, keys, DESTS, fake, clock=clock)
-    held: list[list[dict[str, Any]]] = []
-    original = drainer.deliverer.uploader.clevertap.upload
-
-    def upload(destination: Destination, records: Any) -> Any:
-        held.append([dict(r) for w in works for r in w.records])  # what the works hold while the request is out
-        return original(destination, records)
-
-    works: list[Work] = []
-    prepare = drainer.deliverer._prepare
-
-    def spy(*args: Any) -> Any:
-        answer = prepare(*args)
-        works[:] = answer[0]
-        return answer
-
-    drainer.deliverer._prepare = spy  # type: ignore[method-assign]
-    drainer.deliverer.uploader.clevertap.upload = upload  # type: ignore[method-assign]
-    fake.record_codes = lambda record: {1: 555, 2: 512}.get(record["evtData"]["n"])
-    messages = [track("u", i) for i in range(4)]
-    enqueue(redis_client, keys, "wk", messages)
-    result = drainer.drain(0)
-    assert held == [[{"type": "event"}] * 4]
-    assert (result.tally.delivered, result.tally.retried, result.tally.deadlettered) == (2, 1, 1)
-    (item,) = RetrySchedule(redis_client, keys, 0).due(clock.now + 3600, 10)
-    assert item.message == messages[1]
-    assert [record["evtData"]["n"] for record in item.records] == [1]
-    assert item.records[0]["evtName"] == messages[1]["event"]
-    (letter,) = letters(redis_client, keys)
-    assert letter.message == messages[2]
-    assert sorted(r["evtData"]["n"] for _, r in fake.received) == [0, 3]
-    assert pending(redis_client, keys) == 0
-
-
-def test_encoded_records_are_the_upload_body_and_decode_back_once() -> None:
-    records = [{"type": "event", "identity": "u", "evtData": {"n": i, "x": [1.5, None, "é"]}} for i in range(3)]
-    encoded = Encoded(records)
-    assert encoded.body == orjson.dumps({"d": records})
-    assert len(encoded) == 3
-    assert encoded._records is None  # its length is known without decoding
-    assert list(encoded) == records
-    assert encoded[1] == records[1]
-    assert encoded[1:] == records[1:]
-    assert encoded.decoded() is encoded.decoded()
-    assert Encoded(tuple(records)).body == encoded.body

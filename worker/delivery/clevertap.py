@@ -17,9 +17,9 @@ from __future__ import annotations
 import email.utils
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 import httpx
 import orjson
@@ -33,43 +33,6 @@ MAX_RECORDS = 1000
 MAX_TOKENS = 100
 MAX_DELETE_IDS = 100
 """At most this many values in each of ``identity`` and ``guid`` of one delete request."""
-
-
-class Encoded(Sequence[Mapping[str, Any]]):
-    """Records encoded as an upload's body (``{"d": [...]}``), without their dicts: a sequence that decodes them
-    again from the body when it is first read (a report's failures matched back, a partial failure's retries).
-
-    So that the dicts of a request's records can be freed before its upload waits for CleverTap, while they are
-    still in the CPU's caches: freed after the wait they cost several times as much (cold memory), and a request
-    CleverTap takes whole never needs them again. JSON is their form on the wire: decoded, they equal the sent."""
-
-    __slots__ = ("_count", "_records", "body")
-
-    def __init__(self, records: Sequence[Mapping[str, Any]]) -> None:
-        self.body = orjson.dumps({"d": records if isinstance(records, list) else list(records)})
-        self._count = len(records)
-        self._records: list[dict[str, Any]] | None = None
-
-    def decoded(self) -> list[dict[str, Any]]:
-        """The records, decoded from the body (once)."""
-        if self._records is None:
-            self._records = orjson.loads(self.body)["d"]
-        return self._records
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self) -> Iterator[Mapping[str, Any]]:
-        return iter(self.decoded())
-
-    @overload
-    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Mapping[str, Any]]: ...
-
-    def __getitem__(self, index: int | slice) -> Mapping[str, Any] | Sequence[Mapping[str, Any]]:
-        return self.decoded()[index]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +140,8 @@ class CleverTap:
         self.client.close()
 
     def upload(self, destination: Destination, records: Sequence[Mapping[str, Any]]) -> Report:
-        """POST ``records`` (at most 1000 event/profile and 100 token records) and report per record; ``records``
-        may be :class:`Encoded` (its body is sent as it is)."""
-        body = records.body if isinstance(records, Encoded) else orjson.dumps({"d": list(records)})
-        return self._post(destination, UPLOAD_PATH, body, records)
+        """POST ``records`` (at most 1000 event/profile and 100 token records) and report per record."""
+        return self._post(destination, UPLOAD_PATH, orjson.dumps({"d": list(records)}), records)
 
     def delete(self, destination: Destination, records: Sequence[Mapping[str, Any]]) -> Report:
         """POST CleverTap's profile delete call for the deletion ``records`` (``{"type": "delete", "identity":

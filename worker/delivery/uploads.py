@@ -35,7 +35,7 @@ from worker.core.destinations import Destination
 from worker.core.errors import DrainStopped
 from worker.core.keys import Keys
 from worker.delivery import metrics
-from worker.delivery.clevertap import MAX_DELETE_IDS, MAX_RECORDS, MAX_TOKENS, CleverTap, Encoded, Report
+from worker.delivery.clevertap import MAX_DELETE_IDS, MAX_RECORDS, MAX_TOKENS, CleverTap, Report
 from worker.delivery.gate import Gate
 from worker.delivery.policy import DELIVERED, SPLIT, RetryPolicy, Verdict, all_delivered, classify
 from worker.delivery.work import Work
@@ -140,11 +140,8 @@ class Uploader:
         requests = 0
         for start in range(0, len(group), MAX_RECORDS):
             part = group[start : start + MAX_RECORDS]
-            encoded = Encoded([work.records[0] for work in part])
-            for work in part:  # the records' dicts are freed now, while in the caches (read again if need be)
-                work.records[0] = _stand_in(work.records[0])
             try:
-                report = self._request(destination, encoded, keepalive, None, deadline)
+                report = self._request(destination, [work.records[0] for work in part], keepalive, None, deadline)
             except DrainStopped:  # the requests before this one were delivered: say so (duplicates counted)
                 _delivered(group[:start])
                 raise
@@ -154,8 +151,6 @@ class Uploader:
                 self._adjust(destination, report)
                 continue
             _delivered(group[:start])
-            for work, record in zip(part, encoded.decoded(), strict=True):  # the records, as they were sent
-                work.records[0] = record
             chunk: Slice = [(work, 0) for work in part]
             failure, sent = self._answer(destination, chunk, report, keepalive, call=None, deadline=deadline)
             requests += sent - 1
@@ -202,7 +197,7 @@ class Uploader:
     def _request(
         self,
         destination: Destination,
-        records: Sequence[Mapping[str, Any]],
+        records: list[dict[str, Any]],
         keepalive: Callable[[], object] | None,
         call: Call | None,
         deadline: float | None,
@@ -310,19 +305,6 @@ def _outcome(verdicts: list[Verdict] | object) -> str:
     assert isinstance(verdicts, list)
     kinds = {v.kind for v in verdicts}
     return kinds.pop() if len(kinds) == 1 else "partial"
-
-
-_STAND_INS: dict[Any, dict[str, Any]] = {}
-
-
-def _stand_in(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What a plain work keeps of a record while it is uploaded (:meth:`Uploader.send_plain`): its ``type`` alone,
-    all a delivered record's commit reads (one shared dict per type, never changed)."""
-    kind = record.get("type")
-    found = _STAND_INS.get(kind)
-    if found is None:
-        found = _STAND_INS[kind] = {"type": kind}
-    return found
 
 
 def _delivered(works: list[Work]) -> None:
