@@ -72,9 +72,12 @@ def thread_ticks(pid: int) -> dict[str, int]:
 
 
 def thread_names(pid: int) -> dict[str, str]:
-    """Python thread names by thread id (``py-spy dump``): MainThread (Celery's loop), the ticker, the pool's."""
-    dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "-p", str(pid)],
-                          capture_output=True, text=True, check=False).stdout  # fmt: skip
+    """Python thread names by thread id (``py-spy dump``): MainThread (Celery's loop), the ticker, the pool's; none
+    without py-spy (every thread is then "other")."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():  # (py-spy is not among the project's packages: `pip install py-spy` into the venv)
+        return {}
+    dump = subprocess.run([str(spy), "dump", "-p", str(pid)], capture_output=True, text=True, check=False).stdout
     names = {}
     for line in dump.splitlines():
         if line.startswith("Thread "):
@@ -217,7 +220,7 @@ def concurrent_run(side: Side, messages: int, profile_s: float) -> dict[str, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base", default="integrate")
+    parser.add_argument("--base", default="c55367e", help="the commit to compare with")
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--latency-ms", type=float, default=200)
     parser.add_argument("--workers", type=int, default=2)
