@@ -122,8 +122,15 @@ async def read_json(
 def shallow(body: bytes, limit: int) -> bool:
     """Whether no value of ``body`` can be nested deeper than ``limit``: it has at most ``limit`` brackets.
 
-    A C-speed upper bound that spares :func:`too_deep`'s walk for almost every real request."""
+    A C-speed upper bound that spares :func:`too_deep`'s walk for almost every real request (a message's: one pass,
+    the bytes without the brackets; a big body's: two counts, no copy)."""
+    if len(body) <= _ONE_PASS:
+        return len(body) - len(body.translate(None, b"{[")) <= limit
     return body.count(b"{") + body.count(b"[") <= limit
+
+
+_ONE_PASS = 16 * 1024
+"""Bodies up to this size are counted in one pass (a copy without the brackets: cheaper than two counts there)."""
 
 
 def too_deep(value: Any, limit: int) -> bool:

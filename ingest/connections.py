@@ -74,7 +74,13 @@ _SPARE_DESCRIPTORS = 256
 
 class GuardedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with header and body timeouts, a connection cap and a cap on requests in
-    progress. One timer per connection: the head's, then the body's, then the next head's."""
+    progress.
+
+    The timeouts (the head's, then the body's, then the next head's, and uvicorn's keep-alive) are deadlines of one
+    timer per connection, which is not made again per request: arming a deadline sets a float, and a timer is only
+    scheduled anew when the deadline comes before the scheduled one; when the timer fires before a deadline that
+    moved later (the connection served requests meanwhile), it is scheduled again for it. A connection is closed
+    once a deadline is past (within :data:`_EARLY` of it: the loop's clock has millisecond steps)."""
 
     header_timeout_s: ClassVar[float] = 10.0
     max_header_bytes: ClassVar[int] = 64 * 1024
@@ -83,6 +89,12 @@ class GuardedHttpTools(HttpToolsProtocol):
     max_requests: ClassVar[int] = 256
 
     _timer: asyncio.TimerHandle | None = None
+    """The connection's one scheduled callback (:meth:`_tick`): it fires no later than the earliest deadline."""
+    _timer_at = 0.0
+    _guard_at: float | None = None
+    """The header's or the body's deadline (loop time), when one runs."""
+    _idle_at: float | None = None
+    """The keep-alive deadline, while uvicorn's ``timeout_keep_alive_task`` is set (:class:`_KeepAlive`)."""
     _head_left: int | None = None
     """Bytes the current request head may still take; None once it is complete."""
     direct: Direct | None = None
@@ -90,6 +102,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._keep_alive = _KeepAlive(self)
         self.direct = getattr(self.app, "direct", None)
         if len(self.connections) > self.max_connections:
             transport.close()  # accepted only to be closed: the descriptor is free again at once
@@ -97,8 +110,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
         super().connection_lost(exc)
+        self._stop_timer()
 
     def data_received(self, data: bytes) -> None:
         if self._head_left is None:
@@ -196,17 +209,26 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._await_head()  # answered before its body was in (a 401): now waiting for a head
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.timeout_keep_alive_task is None:  # closing, or a pipelined request started
+        # uvicorn's own, but for its keep-alive timer: a deadline of this connection's one timer (_KeepAlive)
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
             return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:  # a pipelined request starts
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_at = self.loop.time() + self.timeout_keep_alive
+        self.timeout_keep_alive_task = self._keep_alive  # type: ignore[assignment]
         if self.cycle.more_body:  # answered early (a 401): the rest of the body still has its timeout
             self._arm(self.body_timeout_s)
         else:  # kept alive, waiting for the next request's head
             self._await_head()
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._timed_out)
+        self._guard_at = at = self.loop.time() + seconds
+        self._schedule(at)
 
     def _await_head(self) -> None:
         """Wait for a request head: within the header timeout, and at most ``max_header_bytes``."""
@@ -214,14 +236,53 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._head_left = self.max_header_bytes
 
     def _disarm(self) -> None:
+        self._guard_at = None
+
+    def _schedule(self, at: float) -> None:
+        """Have the timer fire no later than ``at``."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= at:
+                return
+            timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self.loop.time() + _EARLY
+        guard, idle = self._guard_at, self._idle_at
+        if (guard is not None and guard <= now) or (idle is not None and idle <= now):
+            if not self.transport.is_closing():
+                self.transport.close()
+            return
+        at = idle if guard is None else guard if idle is None else min(guard, idle)
+        if at is not None:
+            self._schedule(at)
+
+    def _stop_timer(self) -> None:
+        self._guard_at = self._idle_at = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _timed_out(self) -> None:
-        self._timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
+
+_EARLY = 0.002
+"""How early a deadline may be taken as past: the loop's clock (uvloop's) moves in milliseconds and a timer's delay
+is rounded to them, so a timer may fire that much before its deadline by the clock."""
+
+
+class _KeepAlive:
+    """What uvicorn's protocol holds as its keep-alive timer (``timeout_keep_alive_task``): cancelling it clears the
+    connection's keep-alive deadline (on any data received, the connection's loss or the next response)."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: GuardedHttpTools) -> None:
+        self.protocol = protocol
+
+    def cancel(self) -> None:
+        self.protocol._idle_at = None
 
 
 _CRASHED = Answer(500, CRASHED, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(CRASHED))])

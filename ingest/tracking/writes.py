@@ -42,6 +42,11 @@ _Sink = asyncio.Future[list[bytes | None]] | Callable[[list[bytes | None] | Base
 callback."""
 
 
+def _expire(task: asyncio.Task[Any], expired: list[bool]) -> None:
+    expired.append(True)
+    task.cancel()
+
+
 class Writes:
     """Gathers the entries of the requests of one event-loop turn into one ``enqueue(entries)`` call."""
 
@@ -109,6 +114,22 @@ class Writes:
             self._running += 1
             self._hold(self._run(entries, waiting))
 
+    async def _limited(self, entries: list[Entry]) -> list[bytes | None]:
+        """``enqueue(entries)`` within ``limit_s`` (past it: ``TimeoutError``), in the call's own task: a timer that
+        cancels the task (what ``asyncio.timeout`` does, without its bookkeeping: a third of the CPU)."""
+        task = asyncio.current_task()
+        assert task is not None
+        expired: list[bool] = []
+        timer = asyncio.get_running_loop().call_later(self.limit_s, _expire, task, expired)
+        try:
+            return await self.enqueue(entries)
+        except asyncio.CancelledError:
+            if expired:
+                raise TimeoutError from None
+            raise
+        finally:
+            timer.cancel()
+
     def _ended(self) -> None:
         self._running -= 1
         if not self._running and self._waiting and self._flush is None:
@@ -116,8 +137,7 @@ class Writes:
 
     async def _run(self, entries: list[Entry], waiting: list[tuple[int, _Sink]]) -> None:
         try:
-            async with asyncio.timeout(self.limit_s):
-                written = await self.enqueue(entries)
+            written = await self._limited(entries)
             if len(written) != len(entries):
                 raise RuntimeError(f"enqueue answered {len(written)} ids for {len(entries)} entries")
         except BaseException as exc:

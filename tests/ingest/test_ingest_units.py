@@ -155,3 +155,15 @@ def test_no_skew_correction_for_webhooks() -> None:
 def test_parse_time_naive_means_utc() -> None:
     assert parse_time("2026-11-28T12:00:00") == RECEIVED
     assert parse_time("nope") is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 300, 16 * 1024, 16 * 1024 + 1, 200_000])
+@pytest.mark.parametrize("brackets", [0, 31, 32, 33])
+def test_shallow_counts_the_brackets_of_a_small_and_a_big_body_alike(size: int, brackets: int) -> None:
+    """At most ``limit`` brackets (``{`` and ``[``; ``}``, ``]`` and text do not count), whatever the body's size."""
+    opening = (b"{[" * brackets)[:brackets]
+    data = opening + b'"}]x' * max(0, (size - brackets) // 4)
+    assert body.shallow(data, 32) is (brackets <= 32)
+    assert body.shallow(data, brackets) is True
+    if brackets:
+        assert body.shallow(data, brackets - 1) is False

@@ -4,6 +4,8 @@ sizes, the ordered suppression step, the old layout's migration; and the scripts
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import struct
 from typing import Any
 
 import fakeredis
@@ -47,6 +49,16 @@ def test_the_digest_is_a_nonzero_64_bit_integer_and_splits_on_nothing_else() -> 
     assert 0 <= shard < 2**32
     assert digest(b"wk", "m1") == (member, shard)
     assert digest(b"wk:m", "1")[0] != digest(b"wk", "m:1")[0]  # the separator is not ':'
+
+
+@pytest.mark.parametrize("write_key", [b"wk", b"", "cl\u00e9".encode(), b"wk\n"])
+@pytest.mark.parametrize("message_id", ["m1", "", "\u00e9t\u00e9-42", "0b3c7a2e-5d6f-4a1b-9c8d-7e6f5a4b3c2d"])
+def test_the_digest_is_blake2b_of_the_write_key_a_newline_and_the_message_id(write_key: bytes, message_id: str) -> None:
+    """The markers already in Redis were made so: the digest (a copy of a hash fed the write key) must not change."""
+    raw = hashlib.blake2b(write_key + b"\n" + message_id.encode("utf-8"), digest_size=12).digest()
+    member, shard = struct.unpack("<qI", raw)
+    for _ in range(2):  # (the second time from the write key's cached hash)
+        assert digest(write_key, message_id) == (str(member or 1).encode("ascii"), shard)
 
 
 def test_a_marker_outlives_its_bucket_by_one_and_no_more(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:

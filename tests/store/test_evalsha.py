@@ -88,3 +88,43 @@ def test_only_a_plain_client_of_a_url_pool_gets_a_held_connection() -> None:
     other = redis.asyncio.Redis(connection_pool=Pool())
     assert evalsha._held(plain) is not None
     assert evalsha._held(other) is None
+
+
+def test_a_call_that_gets_no_answer_in_the_socket_timeout_fails_as_a_redis_timeout() -> None:
+    """A Redis that answers the connection's handshake, never a script: the held connection's call (its send and its
+    replies)
+    has the socket timeout as one limit, is retried once on a new connection, then fails with redis-py's
+    ``TimeoutError`` (a 503 for ingest), and the connection is dropped each time."""
+
+    async def go() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+            while data := await reader.read(65536):
+                if b"EVALSHA" in data:
+                    continue  # never answered
+                commands = data.count(b"\r\n*") + data.startswith(b"*")
+                writer.write(b"+OK\r\n" * commands)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = connect_async(Settings(redis_url=f"redis://127.0.0.1:{port}/0"), timeout_s=0.2)
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(redis.TimeoutError, match="scripts' call"):
+                await evalsha.run_scripts(client, [(OK, ["k"], ["a"])])
+            assert asyncio.get_running_loop().time() - started < 5
+            assert len(accepted) == 2  # the retry's connection is a new one
+            held = evalsha._HELD[client].connection
+            assert held is not None
+            assert held.socket_timeout is None
+            assert not held.is_connected
+        finally:
+            await client.aclose()
+            for writer in accepted:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(go())

@@ -132,3 +132,33 @@ def test_backlog_counts_the_retry_schedule(redis_url: str, keys: Keys, redis_cli
     RetrySchedule(redis_client, keys, 0).remove(pipe, ["wk\nr0-0"])
     pipe.execute()
     assert producer.backlog_sync(redis_client) == 5
+
+
+@pytest.mark.parametrize(("shards", "previous"), [(64, 0), (64, 16), (5000, 7000), (3, 9000)])
+def test_a_calls_keys_name_each_entrys_marker_sets(keys: Keys, shards: int, previous: int) -> None:
+    """KEYS per partition: its sizes hash, its stream, then per entry its set of the current bucket (and of the
+    previous one when that bucket has sets): ``seen_stem(partition, bucket)`` and the shard hash modulo S, the names
+    made once per bucket up to a bound, per entry beyond it."""
+    producer = Producer(keys, 4, dedup_window=600)
+    now = 1_000_000.0
+    bucket = producer.markers.bucket(now)
+    entries = [producer.entry("wk", message(f"user-{i % 7}", f"m{i}")) for i in range(60)]
+    groups: dict[tuple[int, bytes], list[int]] = {}
+    for index, entry in enumerate(entries):
+        groups.setdefault((entry.partition, entry.write_key), []).append(index)
+    for partition, _ in groups:
+        producer.markers._sizes[partition] = (bucket, shards, previous)
+    for _ in range(2):  # (the second time from the names made the first)
+        _, got, args = producer._call(entries, groups, set(), list(groups), bucket=bucket, now=now)
+        expected: list[str] = []
+        parts: list[Any] = []
+        for (partition, _), indexes in groups.items():
+            expected += (keys.seen_sizes(partition), keys.stream(partition))
+            for index in indexes:
+                shard = entries[index].shard
+                expected.append(f"{keys.seen_stem(partition, bucket)}{shard % shards}")
+                if previous:
+                    expected.append(f"{keys.seen_stem(partition, bucket - 1)}{shard % previous}")
+                parts += (entries[index].member, entries[index].message)
+        assert got == expected
+        assert [arg for arg in args if isinstance(arg, bytes) and arg != b"wk"] == parts

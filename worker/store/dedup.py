@@ -28,6 +28,7 @@ EXISTS per message and, on a cluster, a key of another slot): :func:`migrate` co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -85,8 +86,16 @@ return {tonumber(cur), prev}
 def digest(write_key: bytes, message_id: str) -> tuple[bytes, int]:
     """The marker of a message: its member (a 64-bit integer, as Redis reads it: decimal, never 0) and the hash
     that picks its shard."""
-    member, shard = _SPLIT(hashlib.blake2b(write_key + b"\n" + message_id.encode("utf-8"), digest_size=12).digest())
+    hashed = _keyed(write_key).copy()  # (a copy of the hash fed ``<write key>\n``: half the cost of a new one)
+    hashed.update(message_id.encode("utf-8"))
+    member, shard = _SPLIT(hashed.digest())
     return str(member or 1).encode("ascii"), shard
+
+
+@functools.lru_cache(maxsize=64)
+def _keyed(write_key: bytes) -> Any:
+    """BLAKE2b (12 bytes) fed ``<write key>\n``: every message of a destination starts so."""
+    return hashlib.blake2b(write_key + b"\n", digest_size=12)
 
 
 class Markers:

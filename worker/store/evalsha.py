@@ -24,6 +24,7 @@ from redis.asyncio import ConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.core.errors import NotReplicated
 from worker.store.connections import is_cluster, reset_is_connection_error
@@ -35,11 +36,16 @@ def sha(source: str) -> str:
 
 
 class _Held:
-    """A connection of a client's pool kept for the scripts: one call at a time, its replies read in order."""
+    """A connection of a client's pool kept for the scripts: one call at a time, its replies read in order.
+
+    A call (its send and the reading of its replies) has the connection's socket timeout as one time limit: redis-py
+    would bound the send by a task of its own (``wait_for``) and each reply by a timer, per call. Past the limit the
+    connection is dropped and the call fails with redis-py's ``TimeoutError``, retried once as redis-py's own."""
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self.connection: AbstractConnection | None = None
+        self.limit_s: float | None = None
         self.lock = asyncio.Lock()
 
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -49,16 +55,23 @@ class _Held:
             connection = self.connection
             if connection is None:
                 connection = self.connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]  # held
+                self.limit_s, connection.socket_timeout = connection.socket_timeout, None  # (the call's limit, below)
             packed = connection.pack_commands(commands)
+            limit = self.limit_s
 
             async def attempt() -> list[Any]:
-                await connection.send_packed_command(packed, check_health=False)
                 replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
+                try:
+                    async with asyncio.timeout(limit):
+                        await connection.send_packed_command(packed, check_health=False)
+                        for _ in commands:
+                            try:
+                                replies.append(await connection.read_response())
+                            except ResponseError as exc:
+                                replies.append(exc)
+                except TimeoutError:
+                    await connection.disconnect(nowait=True)
+                    raise RedisTimeoutError(f"Timeout of the scripts' call after {limit} s") from None
                 return replies
 
             async def failed(error: BaseException) -> None:

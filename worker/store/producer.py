@@ -103,6 +103,10 @@ _ATTEMPTS = 4
 """Script calls per partition and request at most: a stale size (a bucket that started) is reloaded and retried."""
 
 
+_NAMED_SHARDS = 4096
+"""Buckets of up to this many sets have their sets' names made once (a bigger one's are made per entry)."""
+
+
 class Entry(NamedTuple):
     """One envelope ready to write: its stream and partition, its dedup marker, and the encoded fields.
 
@@ -144,6 +148,8 @@ class Producer:
         self.replicas_timeout_ms = max(1, int(replicas_timeout_s * 1000))
         self._streams = self.streams()
         self._sizes = [keys.seen_sizes(p) for p in range(partitions)]
+        self._shard_names: dict[tuple[int, int, int], list[str]] = {}
+        """The marker sets' names of a partition's bucket of S sets, by (partition, bucket, S), made once."""
 
     def entry(self, write_key: str, message: dict[str, Any], encoded: bytes | None = None) -> Entry:
         """Prepare one envelope; ``message`` must carry ``messageId``. ``encoded`` saves a second dumps."""
@@ -202,7 +208,12 @@ class Producer:
         """The stream ids (None: a duplicate), and the deletions whose suppression is to be written."""
         groups: dict[tuple[int, bytes], list[int]] = {}  # a request's entries share one write key
         for index, entry in enumerate(entries):
-            groups.setdefault((entry.partition, entry.write_key), []).append(index)
+            group = (entry.partition, entry.write_key)
+            found = groups.get(group)
+            if found is None:
+                groups[group] = [index]
+            else:
+                found.append(index)
         written: list[bytes | None] = [None] * len(entries)
         pending: set[int] = set()
         markers = self.markers
@@ -235,6 +246,8 @@ class Producer:
                         for index, stream_id in zip(indexes, answer[at : at + len(indexes)], strict=True):
                             written[index] = stream_id
                         at += len(indexes)
+                        if not deletions:
+                            continue
                         asks = [index for index in indexes if index in deletions]
                         flags = answer[at : at + len(asks)]
                         pending.update(index for index, flag in zip(asks, flags, strict=True) if flag)
@@ -264,23 +277,33 @@ class Producer:
             sizes = self.markers.cached(partition, bucket)
             assert sizes is not None  # loaded by the caller
             shards, previous = sizes
-            stem = self.keys.seen_stem(partition, bucket)
-            before = self.keys.seen_stem(partition, bucket - 1)
             asks = [index for index in indexes if index in deletions] if deletions else []
             keys += (self._sizes[partition], self._streams[partition])
             args += (shards, previous, len(indexes), len(asks))
-            for index in indexes:
-                entry = entries[index]
-                shard = entry.shard
-                if previous:  # the previous bucket's set only when that bucket has sets
-                    keys += (f"{stem}{shard % shards}", f"{before}{shard % previous}")
-                else:
-                    keys.append(f"{stem}{shard % shards}")
-                args += (entry.member, entry.message)
+            chosen = [entries[index] for index in indexes]
+            current = self._set_keys(partition, bucket, shards, chosen)
+            if previous:  # the previous bucket's set only when that bucket has sets
+                earlier = self._set_keys(partition, bucket - 1, previous, chosen)
+                keys += [key for pair in zip(current, earlier, strict=True) for key in pair]
+            else:
+                keys += current
+            args += [part for entry in chosen for part in (entry.member, entry.message)]
             if asks:
                 keys += [self.keys.seen_pending(partition, entries[index].member.decode("ascii")) for index in asks]
                 args += [indexes.index(index) + 1 for index in asks]
         return _ENQUEUE_LUA, keys, args
+
+    def _set_keys(self, partition: int, bucket: int, shards: int, chosen: list[Entry]) -> list[str]:
+        """The marker set of each entry in ``bucket`` of ``partition`` (split in ``shards`` sets): its shard's."""
+        names = self._shard_names.get((partition, bucket, shards))
+        if names is None:
+            stem = self.keys.seen_stem(partition, bucket)
+            if shards > _NAMED_SHARDS:
+                return [f"{stem}{entry.shard % shards}" for entry in chosen]
+            if len(self._shard_names) >= 4 * self.partitions:  # (older buckets' names)
+                self._shard_names.clear()
+            names = self._shard_names[(partition, bucket, shards)] = [f"{stem}{shard}" for shard in range(shards)]
+        return [names[entry.shard % shards] for entry in chosen]
 
     async def _execute(self, client: AsyncRedis, scripts: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         return await run_scripts(client, scripts, self.replicas, self.replicas_timeout_ms)
