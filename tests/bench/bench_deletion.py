@@ -64,10 +64,10 @@ def run(client: redis.Redis, mode: str, count: int) -> tuple[float, float, int, 
     screener = drainer.deliverer.screen
     screen, spent = screener.screen, [0.0, 0.0]
 
-    def timed(partition: int, works: Any, tally: Any, schedule: Any) -> Any:
+    def timed(partition: int, works: Any, tally: Any, schedule: Any, **options: Any) -> Any:
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
-            return works if mode == "off" else screen(partition, works, tally, schedule)
+            return works if mode == "off" else screen(partition, works, tally, schedule, **options)
         finally:
             spent[0] += time.perf_counter() - wall
             spent[1] += time.thread_time() - cpu
