@@ -21,7 +21,6 @@ delays every answer (a sleep in the mock: the drain waits as for CleverTap, othe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import gc
 import json
@@ -30,11 +29,9 @@ import pstats
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,19 +163,6 @@ def run_side(
     return {"worker_us": cpu / messages * 1e6, "redis_us": redis_cpu / messages * 1e6, "rate": messages / wall}
 
 
-@contextlib.contextmanager
-def checkout(rev: str) -> Iterator[Path]:
-    """``rev`` in a temporary git worktree, removed afterwards."""
-    scratch = Path(tempfile.mkdtemp(prefix="bench-drain-base-"))
-    path = scratch / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), rev], cwd=ROOT, check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def side(root: Path, args: argparse.Namespace) -> dict[str, float]:
     command = [sys.executable, __file__, "--side", str(root), "--messages", str(args.messages)]
     command += [
@@ -227,7 +211,7 @@ def main() -> None:
         print(json.dumps(figures))
         return
     sys.path[:0] = [str(HERE)]
-    from machine import code_version, load_average
+    from machine import checkout, code_version, load_average
 
     base_rev = args.base or subprocess.run(
         ["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True, check=True

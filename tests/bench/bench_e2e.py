@@ -55,7 +55,7 @@ from bench_delivery import CAP, steady_rate  # noqa: E402
 from bench_ingest import WRITE_KEY, _send, cpu_seconds  # noqa: E402
 from bench_ingest import message as track  # noqa: E402
 from delivery_e2e import Proc, Relay  # noqa: E402
-from machine import code_version, load_average  # noqa: E402
+from machine import checkout, code_version, load_average  # noqa: E402
 from soak import PRODUCTION  # noqa: E402
 
 from worker.cli.embedded import redis_server  # noqa: E402
@@ -204,19 +204,6 @@ class Side:
         if poll:
             figures["steady"] = steady_rate(samples, base, count)
         return figures
-
-
-@contextlib.contextmanager
-def checkout(rev: str) -> Iterator[Path]:
-    """``rev`` in a temporary git worktree, removed afterwards."""
-    scratch = Path(tempfile.mkdtemp(prefix="bench-e2e-base-"))
-    path = scratch / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), rev], cwd=ROOT, check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager

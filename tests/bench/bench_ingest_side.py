@@ -35,10 +35,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
 
-from bench_e2e import checkout, start_load  # noqa: E402
+from bench_e2e import start_load  # noqa: E402
 from bench_ingest import WRITE_KEY, cpu_seconds  # noqa: E402
 from delivery_e2e import Proc, Relay  # noqa: E402
-from machine import code_version, load_average  # noqa: E402
+from machine import checkout, code_version, load_average  # noqa: E402
 
 from worker.cli.embedded import redis_server  # noqa: E402
 

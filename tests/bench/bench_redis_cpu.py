@@ -37,10 +37,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
 
-from bench_e2e import Side, checkout  # noqa: E402
+from bench_e2e import Side  # noqa: E402
 from bench_ingest import WRITE_KEY  # noqa: E402
 from delivery_e2e import Relay  # noqa: E402
-from machine import code_version  # noqa: E402
+from machine import checkout, code_version  # noqa: E402
 from soak import PRODUCTION  # noqa: E402
 
 from worker.cli.embedded import redis_server  # noqa: E402

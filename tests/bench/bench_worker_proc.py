@@ -41,10 +41,10 @@ ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
 
 from bench_delivery import steady_rate  # noqa: E402
-from bench_e2e import Side, checkout  # noqa: E402
+from bench_e2e import Side  # noqa: E402
 from bench_ingest import WRITE_KEY, cpu_seconds  # noqa: E402
 from delivery_e2e import Relay  # noqa: E402
-from machine import load_average  # noqa: E402
+from machine import checkout, load_average  # noqa: E402
 from soak import PRODUCTION  # noqa: E402
 
 from worker.cli.embedded import redis_server  # noqa: E402

@@ -218,8 +218,7 @@ def compare() -> None:
     here = Path(__file__).resolve().parent
     root = here.parents[1]
     sys.path[:0] = [str(root), str(root / "tests")]
-    from bench_e2e import checkout
-    from machine import code_version, load_average
+    from machine import checkout, code_version, load_average
 
     from worker.cli.embedded import redis_server
 

@@ -1,10 +1,15 @@
-"""What a benchmark ran on: cores, CPU model, Python, Redis, load average and the date (UTC)."""
+"""What a benchmark ran on: cores, CPU model, Python, Redis, load average and the date (UTC); and the code of a base
+commit, checked out for a side-by-side run (:func:`checkout`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,3 +62,18 @@ def code_version() -> str:
     except OSError:
         return "unknown"
     return last + (" (with uncommitted changes in the tree)" if dirty else "")
+
+
+@contextlib.contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """``rev`` in a temporary ``git worktree`` of this repository, removed afterwards (the base side of a benchmark
+    that compares two trees in one run)."""
+    root = Path(__file__).resolve().parents[2]
+    scratch = Path(tempfile.mkdtemp(prefix="bench-base-"))
+    path = scratch / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), rev], cwd=root, check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=root, check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
