@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -263,21 +262,15 @@ class Ingest:
         name = pending.destination.name
         duplicates = written.count(None)
         if duplicates:
-            pairs = zip(outcome.types, written, strict=True)
-            types = Tally(call for call, stream_id in pairs if stream_id)
-            metrics.count_accepted(types, name)
+            accepted = [call for call, stream_id in zip(outcome.types, written, strict=True) if stream_id]
             metrics.duplicates_of(name).inc(duplicates)
-        elif len(outcome.types) == 1:
-            metrics.accepted_of(outcome.types[0], name).inc()
-            types = None
         else:
-            types = Tally(outcome.types)
-            metrics.count_accepted(types, name)
+            accepted = outcome.types
+        metrics.count_accepted(accepted, name)
         for reason, number in outcome.rejected.items():
             metrics.refused(reason).inc(number)
         if outcome.rejected:
-            accepted = (Tally(outcome.types) if types is None else types).total()
-            log.info("batch items refused", destination=name, refused=dict(outcome.rejected), accepted=accepted)
+            log.info("batch items refused", destination=name, refused=dict(outcome.rejected), accepted=len(accepted))
 
     def _suppression(
         self, destination: Destination, deletions: dict[int, dict[str, Any]]
