@@ -4,8 +4,8 @@
   ``transform_as_written`` below: the rules as first written, every check through its helper;
 - Order Completed's data (one pass: :func:`~worker.transform.values.clean_finding`) against the rule as first
   written: :func:`~worker.transform.values.clean`, then the last key that converts to ``products``;
-- :func:`~worker.transform.timestamps.epoch_seconds` (the string case inlined) against ``_parse_iso`` then
-  ``_whole_seconds``.
+- :func:`~worker.transform.timestamps.epoch_seconds` (its string case takes ``_parse_iso``'s first step itself)
+  against ``_parse_iso`` then ``_whole_seconds``.
 
 ``transform_as_written`` is a reference, kept here only: the mapping rules in their plainest form, each check
 through its helper, as they stood before the product's transform was written for speed. A change of a rule goes
