@@ -217,15 +217,11 @@ def transform(
     if record_type is None:
         return _invalid_kind(kind)
     user_id = message.get("userId")
-    if user_id.__class__ is not str:
+    if user_id.__class__ is not str or not user_id:  # (a non-empty string as is)
         user_id = None if user_id is None else identifier(user_id)
-    elif not user_id:
-        user_id = None
     anonymous_id = message.get("anonymousId")
-    if anonymous_id.__class__ is not str:
+    if anonymous_id.__class__ is not str or not anonymous_id:  # (a non-empty string as is)
         anonymous_id = None if anonymous_id is None else identifier(anonymous_id)
-    elif not anonymous_id:
-        anonymous_id = None
     if user_id is None and anonymous_id is None:
         return Invalid(_IDS_REQUIRED)
     event = None
