@@ -84,15 +84,17 @@ class Runtime:
         )
 
     def close(self) -> None:
-        """Close this process's connections (the CleverTap client, then Redis)."""
+        """Close this process's connections (the CleverTap client, then Redis), its liveness key deleted first."""
+        self.drainer.close()
         self.http.close()
         close(self.client)
 
     @property
     def reclaim_idle_s(self) -> float:
-        """Entries idle this long are reclaimed by the lease's holder: ``CTRELAY_RECLAIM_IDLE_S``, at most the lease's
-        TTL. Only the holder reclaims, and a drain that lost its lease sends and commits nothing more, so a dead
-        worker's entries can go as soon as its lease has expired: a SIGKILL costs about one lease TTL."""
+        """A live consumer's entries idle this long are reclaimed by the lease's holder (a dead consumer's go at
+        once, :mod:`worker.delivery.drain`): ``CTRELAY_RECLAIM_IDLE_S``, at most the lease's TTL. Only the holder
+        reclaims, and a drain that lost its lease sends and commits nothing more, so the entries of a worker whose
+        lease expired during a Redis outage wait no longer than one lease TTL."""
         return min(self.settings.reclaim_idle_s, self.settings.lease_ttl_s)
 
     @property
