@@ -12,6 +12,7 @@ it claimed a dead consumer's entries, and nothing was lost.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from typing import Any
@@ -38,7 +39,10 @@ def pending_of(client: redis.Redis, relay: Relay, consumer: str) -> int:
     """The entries ``consumer`` holds pending, over every partition."""
     total = 0
     for partition in range(relay.partitions):
-        summary: Any = client.xpending(relay.keys.stream(partition), GROUP)
+        try:
+            summary: Any = client.xpending(relay.keys.stream(partition), GROUP)
+        except redis.ResponseError:  # NOGROUP: no worker has made the group yet
+            continue
         total += sum(int(c["pending"]) for c in summary["consumers"] or [] if c["name"].decode() == consumer)
     return total
 
@@ -80,3 +84,23 @@ def test_a_killed_workers_partitions_and_entries_are_taken_over_within_seconds(
     assert state.dead == {}
     assert state.duplicates <= held, "more copies than the entries the victim held"  # at least once: its uploads
     assert taken_over_s < GENEROUS_S, f"the victim's entries waited {taken_over_s:.1f} s"
+
+
+def test_a_warm_shutdown_releases_its_leases_and_deletes_its_liveness_key(
+    relay: Relay, redis_client: redis.Redis
+) -> None:
+    relay.start_sandbox("--latency-ms", "300")
+    relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "secret"}])
+    enqueue(redis_client, relay, WK, tracks(3000, users=100))
+    worker = relay.start_worker(CTRELAY_READ_BATCH="100", **SHIPPED)
+    consumer = f"{socket.gethostname()}-{worker.process.pid}"
+    leases = [relay.keys.lease(partition) for partition in range(relay.partitions)]
+    wait_for(lambda: pending_of(redis_client, relay, consumer) > 0, 60, "the worker to hold entries", worker)
+    assert redis_client.exists(relay.keys.alive(consumer))
+    assert redis_client.exists(*leases) > 0
+
+    worker.process.send_signal(signal.SIGTERM)  # warm shutdown: the batches in hand finish, nothing more starts
+    assert worker.process.wait(timeout=60) == 0, worker.tail()
+    assert redis_client.exists(*leases) == 0, "a lease outlived its drain: the next worker would wait for its TTL"
+    assert not redis_client.exists(relay.keys.alive(consumer)), "the liveness key outlived the process"
+    assert pending_of(redis_client, relay, consumer) == 0
