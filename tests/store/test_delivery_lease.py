@@ -19,6 +19,7 @@ from worker.store.deadletters import DeadLetterStore
 from worker.store.lease import Liveness
 from worker.store.retries import RetrySchedule
 from worker.store.slots import AccountSlots
+from worker.store.streams import ensure_group
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +200,24 @@ def test_a_drain_keeps_its_consumer_alive_and_a_warm_shutdown_deletes_the_key(
     assert not redis_client.exists(key)
     time.sleep(0.5)
     assert not redis_client.exists(key), "the keeper renewed the key after the shutdown"
+
+
+def test_a_drain_task_lost_with_its_worker_holds_its_partition_back_one_lease_ttl_at_most(
+    redis_client: redis.Redis, keys: Keys, redis_url: str
+) -> None:
+    from worker.core.destinations import Destinations
+    from worker.core.settings import Config, Settings
+    from worker.delivery.app import Runtime
+
+    settings = Settings(redis_url=redis_url, redis_prefix=keys.prefix, partitions=1, lease_ttl_s=0.5)
+    lost: list[int] = []  # queued, then prefetched by a worker SIGKILLed before it started the drain
+    runtime = Runtime(Config(settings=settings, destinations=Destinations([DEST])), lost.append)
+    ensure_group(redis_client, keys.stream(0))
+    enqueue(redis_client, keys, "wk", [track("u", 1)])
+    assert runtime.tick() == [0]
+    assert runtime.tick() == []  # queued: not twice
+    assert 0 < redis_client.pttl(keys.dispatched(0)) <= 500
+    time.sleep(0.6)
+    assert runtime.tick() == [0]  # queued again one lease TTL later
+    assert lost == [0, 0]
+    runtime.close()

@@ -99,8 +99,12 @@ class Runtime:
 
     @property
     def marker_ttl_s(self) -> float:
-        """How long a queued drain blocks re-queuing: generous, since a lost task only costs this delay."""
-        return max(10.0, 3 * self.settings.drain_budget_s)
+        """How long a queued drain blocks re-queuing: one lease TTL. A task is lost with a SIGKILLed worker that had
+        prefetched it (no ack emulation), and the partition then waits for this marker as it waits for a dead
+        holder's lease (measured with the former ``max(10, 3 × drain_budget_s)`` = 15 s: the chaos loop's slowest
+        runs after the lease fix waited exactly that). A marker that expires while its task is still queued (every
+        thread busy) costs a second task, which finds the lease taken or nothing to do, and returns at once."""
+        return self.settings.lease_ttl_s
 
     def dispatch(self, partitions: list[int]) -> list[int]:
         return dispatch(self.client, self.keys, partitions, self.send, self.marker_ttl_s)
