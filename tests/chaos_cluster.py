@@ -41,7 +41,8 @@ WORKER_ENV = {
 the recovery from worker and Redis faults; leases, reclaim and drain budgets keep their defaults (README
 "Delivery"): a killed worker costs what it costs in production."""
 LEASE_TTL_S = 5.0
-"""The default ``CTRELAY_LEASE_TTL_S``: every accepted message must be done within this + 10 s of the last fault."""
+"""The default ``CTRELAY_LEASE_TTL_S``: every accepted message must be done within this + 5 s of the last fault (a
+killed worker's partitions wait one lease TTL for its lease, its liveness key and any drain task it took with it)."""
 
 
 class RedisServer:
