@@ -52,11 +52,13 @@ def test_a_killed_workers_partitions_and_entries_are_taken_over_within_seconds(
 ) -> None:
     relay.start_sandbox("--latency-ms", "300")
     relay.destinations([{"write_key": WK, "account_id": ACC, "passcode": "secret"}])
-    messages = tracks(6000, users=200)
+    messages = tracks(20_000, users=200)
     enqueue(redis_client, relay, WK, messages)
     env = {"CTRELAY_READ_BATCH": "100", **SHIPPED}
     victim = relay.start_worker(**env)
     consumer = f"{socket.gethostname()}-{victim.process.pid}"
+    # the victim alone first, so that it holds the partitions (~1,300 messages/s: the backlog lasts ~15 s)
+    wait_for(lambda: pending_of(redis_client, relay, consumer) > 0, 60, "the victim to hold entries", victim)
     survivor = relay.start_worker(**env)
     wait_for(lambda: "worker_ready" in survivor.log.read_text(errors="replace"), 60, "the second worker", survivor)
     wait_for(lambda: pending_of(redis_client, relay, consumer) > 0, 60, "the victim to hold entries", victim)
