@@ -32,7 +32,7 @@ WORKER_ENV = {
     "CTRELAY_BACKOFF_MAX_S": "2",
     "CTRELAY_WORKER_CONCURRENCY": "4",
     # the defaults (Settings), set here since the end-to-end Relay shortens them for its own tests
-    "CTRELAY_LEASE_TTL_S": "30",
+    "CTRELAY_LEASE_TTL_S": "5",
     "CTRELAY_RECLAIM_IDLE_S": "60",
     "CTRELAY_DRAIN_BUDGET_S": "5",
     "CTRELAY_TICK_INTERVAL_S": "0.2",
@@ -40,8 +40,9 @@ WORKER_ENV = {
 """What answers CleverTap's (the sandbox's) faults is shortened (upload timeout, backoff), so that a run measures
 the recovery from worker and Redis faults; leases, reclaim and drain budgets keep their defaults (README
 "Delivery"): a killed worker costs what it costs in production."""
-LEASE_TTL_S = 30.0
-"""The default ``CTRELAY_LEASE_TTL_S``: every accepted message must be done within this + 10 s of the last fault."""
+LEASE_TTL_S = 5.0
+"""The default ``CTRELAY_LEASE_TTL_S``: every accepted message must be done within this + 5 s of the last fault (a
+killed worker's partitions wait one lease TTL for its lease, its liveness key and any drain task it took with it)."""
 
 
 class RedisServer:

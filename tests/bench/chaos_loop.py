@@ -4,7 +4,7 @@
 
 Each run is ``tests/delivery/test_chaos.py`` with ``CHAOS_STRICT=1``: it fails when an accepted message is
 missing or misplaced, the queue does not drain, a process exits by itself, or everything is done later than
-lease TTL + 10 s after the last fault. The line ``CHAOS-FIGURES`` of each run is printed as it ends.
+lease TTL + 5 s (10 s) after the last fault. The line ``CHAOS-FIGURES`` of each run is printed as it ends.
 """
 
 from __future__ import annotations

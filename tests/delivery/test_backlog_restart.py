@@ -37,13 +37,16 @@ DEST = Destination(write_key="wk", account_id="ACC", passcode="secret", endpoint
 
 def drain_all(client: redis.Redis, keys: Keys, fake: FakeCleverTap) -> None:
     drainer = build(client, keys, {"wk": DEST}, fake)
-    for _ in range(100):
-        busy = partitions_with_work(client, keys, PARTITIONS, reclaim_idle_s=60)
-        if not busy:
-            return
-        for partition in busy:
-            drainer.drain(partition)
-    raise AssertionError("the streams did not drain")
+    try:
+        for _ in range(100):
+            busy = partitions_with_work(client, keys, PARTITIONS, reclaim_idle_s=60)
+            if not busy:
+                return
+            for partition in busy:
+                drainer.drain(partition)
+        raise AssertionError("the streams did not drain")
+    finally:
+        drainer.close()  # as a warm shutdown does: its keeper no longer renews a liveness key on this Redis
 
 
 async def ingest_backlog(url: str, producer: Producer) -> int:

@@ -10,8 +10,8 @@ one script or one MULTI touches together share a tag, since a cluster refuses a 
 - a partition's keys share ``{p<n>}``: ``<prefix>:{p<n>}:stream``, ``:retry:due``, ``:retry:items``, ``:lease``,
   ``:dispatched``, and the dedup markers of the messages routed to that partition;
 - an account's upload slots and cap share ``{a:<account>}``; the four dead-letter keys share ``{dlq}``;
-- the suppressions of a write key are one hash (tag ``{s:<write key>}``); token markers, pause markers, the
-  partition count and the housekeeping marker are single keys.
+- the suppressions of a write key are one hash (tag ``{s:<write key>}``); token markers, pause markers, consumers'
+  liveness keys, the partition count and the housekeeping marker are single keys.
 
 Work that spans tags (an outcome's dead letters and its stream acknowledgement, a replay's letters and streams) is
 written in order by the module that owns it, never in one transaction. :class:`LegacyKeys` names the layout before
@@ -109,6 +109,10 @@ class Keys:
         """String: the token of the worker draining ``partition`` (PX = the lease TTL)."""
         return f"{self.prefix}:{{p{partition}}}:lease"
 
+    def alive(self, consumer: str) -> str:
+        """String: the group consumer ``consumer``'s process is alive (PX = the lease TTL, renewed by its keeper)."""
+        return f"{self.prefix}:alive:{consumer}"
+
     def dispatched(self, partition: int) -> str:
         """String: a drain task for ``partition`` is queued (PX), so that ticks do not queue twice."""
         return f"{self.prefix}:{{p{partition}}}:dispatched"
@@ -169,6 +173,10 @@ class LegacyKeys:
 
     def lease(self, partition: int) -> str:
         return f"{self.prefix}:lease:{partition}"
+
+    def alive(self, consumer: str) -> str:
+        """String: the group consumer ``consumer``'s process is alive (PX = the lease TTL, renewed by its keeper)."""
+        return f"{self.prefix}:alive:{consumer}"
 
     def dispatched(self, partition: int) -> str:
         return f"{self.prefix}:dispatched:{partition}"

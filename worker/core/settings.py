@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     read_batch: int = Field(default=1000, ge=1, le=1000, description="stream entries read per drain step")
     upload_timeout_s: float = Field(default=30.0, gt=0, description="timeout of one CleverTap upload request")
     concurrency_cap: int = Field(default=15, ge=1, description="max concurrent uploads per CleverTap account")
-    lease_ttl_s: float = Field(default=30.0, gt=0, description="a partition's drain lease; expires if its holder dies")
+    lease_ttl_s: float = Field(
+        default=5.0, gt=0, description="a partition's drain lease and a worker's liveness key; expire if it dies"
+    )
     drain_budget_s: float = Field(default=5.0, gt=0, description="how long one drain task keeps a partition")
     tick_interval_s: float = Field(default=0.2, gt=0, description="how often a worker looks for partitions with work")
     reclaim_idle_s: float = Field(default=60.0, ge=0, description="pending entries idle this long are reclaimed")

@@ -84,21 +84,27 @@ class Runtime:
         )
 
     def close(self) -> None:
-        """Close this process's connections (the CleverTap client, then Redis)."""
+        """Close this process's connections (the CleverTap client, then Redis), its liveness key deleted first."""
+        self.drainer.close()
         self.http.close()
         close(self.client)
 
     @property
     def reclaim_idle_s(self) -> float:
-        """Entries idle this long are reclaimed by the lease's holder: ``CTRELAY_RECLAIM_IDLE_S``, at most the lease's
-        TTL. Only the holder reclaims, and a drain that lost its lease sends and commits nothing more, so a dead
-        worker's entries can go as soon as its lease has expired: a SIGKILL costs about one lease TTL."""
+        """A live consumer's entries idle this long are reclaimed by the lease's holder (a dead consumer's go at
+        once, :mod:`worker.delivery.drain`): ``CTRELAY_RECLAIM_IDLE_S``, at most the lease's TTL. Only the holder
+        reclaims, and a drain that lost its lease sends and commits nothing more, so the entries of a worker whose
+        lease expired during a Redis outage wait no longer than one lease TTL."""
         return min(self.settings.reclaim_idle_s, self.settings.lease_ttl_s)
 
     @property
     def marker_ttl_s(self) -> float:
-        """How long a queued drain blocks re-queuing: generous, since a lost task only costs this delay."""
-        return max(10.0, 3 * self.settings.drain_budget_s)
+        """How long a queued drain blocks re-queuing: one lease TTL. A task is lost with a SIGKILLed worker that had
+        prefetched it (no ack emulation), and the partition then waits for this marker as it waits for a dead
+        holder's lease (measured with the former ``max(10, 3 × drain_budget_s)`` = 15 s: the chaos loop's slowest
+        runs after the lease fix waited exactly that). A marker that expires while its task is still queued (every
+        thread busy) costs a second task, which finds the lease taken or nothing to do, and returns at once."""
+        return self.settings.lease_ttl_s
 
     def dispatch(self, partitions: list[int]) -> list[int]:
         return dispatch(self.client, self.keys, partitions, self.send, self.marker_ttl_s)

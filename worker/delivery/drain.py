@@ -7,13 +7,23 @@ unread entries (the stream's length less its pending entries), pending entries i
 per such partition, marking it *dispatched* (``SET NX PX``) so that several workers' tickers never queue it twice.
 
 A drain (:meth:`Drainer.drain`) takes the partition's lease (:mod:`worker.store.lease`), then loops for up
-to ``drain_budget_s``: reclaim entries left pending by dead consumers (``XAUTOCLAIM`` after
-``reclaim_idle_s``), take the due retries, read up to ``read_batch`` new entries (``XREADGROUP``),
-deliver them (:mod:`worker.delivery.batches`), renew the lease. A batch stops before its next upload or commit
-once the lease is lost, and when it has waited ``drain_budget_s`` for upload slots (so a warm shutdown is
-not held by a starved account): its entries stay pending. When the budget runs out with work left,
-the task queues its successor at once, so a busy partition is drained back to back (full
-batches) while idle ones cost one cheap look per tick.
+to ``drain_budget_s``: reclaim entries left pending by other consumers (below), take the due retries, read up to
+``read_batch`` new entries (``XREADGROUP``), deliver them (:mod:`worker.delivery.batches`), renew the lease. A
+batch stops before its next upload or commit once the lease is lost, and when it has waited ``drain_budget_s`` for
+upload slots (so a warm shutdown is not held by a starved account): its entries stay pending.
+When the budget runs out with work left, the task queues its successor at once, so a busy partition is drained back
+to back (full batches) while idle ones cost one cheap look per tick.
+
+**Reclaiming** (:meth:`Drainer._reclaim`, only ever by the lease's holder). One ``XPENDING`` summary says which other
+consumers hold pending entries (none: nothing more to do, the usual case). Those of a *dead* consumer, one whose
+liveness key (:class:`~worker.store.lease.Liveness`, renewed by its process's keeper every third of the lease TTL) is
+gone, are claimed at once, oldest first and before any new entry, whatever their idle time: its process was SIGKILLed
+or OOM-killed, and nothing of it will send or commit them, so a killed worker costs its partitions about one lease
+TTL (5 s) and its users' order is kept. A *live* consumer's entries are claimed only once idle for
+``reclaim_idle_s``: it is alive, so its drain stopped (lost lease, no upload slot in time) or is stopping, and its own
+process's next drain of the partition takes them back at once; a live drain still sending holds the lease, so no one
+else can claim them. (The worker caps ``reclaim_idle_s`` at the lease TTL: a live worker whose lease expired during a
+Redis outage must not hold its entries back for long.)
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from worker.delivery import metrics
 from worker.delivery.batches import Deliverer
 from worker.delivery.gate import Gate
 from worker.delivery.work import StreamEntry, Tally
-from worker.store.lease import Lease, LeaseKeeper
+from worker.store.lease import Lease, LeaseKeeper, Liveness, alive
 from worker.store.retries import RetryItem, RetrySchedule
 from worker.store.streams import BACKLOG_COMMANDS, ensure_group, queue_backlog, read_backlog
 
@@ -69,7 +79,7 @@ class Drainer:
         self,
         deliverer: Deliverer,
         *,
-        lease_ttl_s: float = 30.0,
+        lease_ttl_s: float = 5.0,
         budget_s: float = 5.0,
         read_batch: int = 1000,
         reclaim_idle_s: float = 60.0,
@@ -86,6 +96,27 @@ class Drainer:
         self.keeper = LeaseKeeper(lease_ttl_s / 3)
         self.active: set[int] = set()
         """The partitions this process is draining now (the ticker need not look at them)."""
+        self.liveness: Liveness | None = None
+        """This consumer's liveness key, set by its first drain, then renewed by the keeper."""
+
+    def _live(self) -> None:
+        """Set this consumer's liveness key (once: the keeper renews it) before it reads any entry."""
+        if self.liveness is None:
+            liveness = Liveness(self.client, self.keys.alive(self.consumer), self.lease_ttl_s)
+            liveness.renew()
+            self.liveness = liveness
+            self.keeper.hold(liveness)
+
+    def close(self) -> None:
+        """A warm shutdown, every drain done: delete the liveness key, so that whatever this consumer left pending is
+        claimed at once by the partitions' next holders (best effort: else it expires one lease TTL later)."""
+        if self.liveness is not None:
+            self.keeper.drop(self.liveness)
+            try:
+                self.liveness.release()
+            except redis.RedisError as exc:
+                log.warning("liveness_release_failed", error=f"{type(exc).__name__}: {exc}")
+            self.liveness = None
 
     def drain(self, partition: int) -> DrainResult:
         """Drain ``partition`` if nobody else is; returns what was done. Runs inside the process's gate
@@ -105,6 +136,12 @@ class Drainer:
         if lease is None:
             return DrainResult(partition, acquired=False)
         self.keeper.hold(lease)
+        try:
+            self._live()
+        except BaseException:
+            self.keeper.drop(lease)
+            lease.release()
+            raise
         result = DrainResult(partition, acquired=True)
         stream = self.keys.stream(partition)
         schedule = RetrySchedule(self.client, self.keys, partition)
@@ -152,7 +189,18 @@ class Drainer:
         return result
 
     def _reclaim(self, stream: str, cursor: str) -> tuple[str | None, list[StreamEntry]]:
-        """Claim entries pending (unacknowledged) for longer than ``reclaim_idle_s``: their consumer died."""
+        """Claim other consumers' pending entries: a dead consumer's at once, a live one's once idle for
+        ``reclaim_idle_s`` (``XAUTOCLAIM``). A cursor of ``0-0`` starts over (the summary first)."""
+        if cursor == "0-0":
+            others = self._others(stream)
+            if not others:
+                return None, []
+            living = alive(self.client, [self.keys.alive(name) for name in others])
+            dead = [name for name, live in zip(others, living, strict=True) if not live]
+            if dead:
+                entries = self._claim_dead(stream, dead)
+                if entries:
+                    return "0-0", entries  # (a dead consumer may hold more than one batch: look again)
         try:
             answer: Any = self.client.xautoclaim(
                 stream, GROUP, self.consumer, self.reclaim_idle_ms, start_id=cursor, count=self.read_batch
@@ -168,6 +216,38 @@ class Drainer:
             log.info("reclaimed", stream=stream, entries=len(entries))
             metrics.duplicates_suspected.labels("reclaimed").inc(len(entries))
         return (None if next_cursor == "0-0" else next_cursor), entries
+
+    def _others(self, stream: str) -> list[str]:
+        """The other consumers that hold pending entries in ``stream`` (one ``XPENDING`` summary)."""
+        try:
+            summary: Any = self.client.xpending(stream, GROUP)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            ensure_group(self.client, stream)
+            return []
+        names = [_text(item["name"]) for item in summary.get("consumers") or [] if int(item["pending"]) > 0]
+        return [name for name in names if name != self.consumer]
+
+    def _claim_dead(self, stream: str, dead: Sequence[str]) -> list[StreamEntry]:
+        """Claim up to ``read_batch`` of the dead consumers' pending entries, oldest first, whatever their idle time;
+        entries deleted from the stream meanwhile are acknowledged (nothing left to deliver)."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in dead:
+            pipe.xpending_range(stream, GROUP, min="-", max="+", count=self.read_batch, consumername=name)
+        found: list[Any] = pipe.execute()
+        ids = sorted({item["message_id"] for items in found for item in items}, key=_stream_id)[: self.read_batch]
+        if not ids:
+            return []
+        answer: Any = self.client.xclaim(stream, GROUP, self.consumer, 0, ids)
+        entries = [(entry_id, fields) for entry_id, fields in answer if fields]
+        gone = set(ids) - {entry_id for entry_id, _ in entries}
+        if gone:
+            self.client.xack(stream, GROUP, *gone)
+        if entries:  # the dead consumer may have uploaded them before it died: they may reach CleverTap twice
+            log.info("reclaimed", stream=stream, entries=len(entries), consumers=len(dead), consumer="dead")
+            metrics.duplicates_suspected.labels("reclaimed").inc(len(entries))
+        return entries
 
     def _read_new(self, stream: str, schedule: RetrySchedule) -> tuple[list[StreamEntry], list[RetryItem]]:
         """New entries (``>``) and the due retries, in one round trip."""
@@ -222,6 +302,16 @@ class Keepalive:
             return True
         self.waits = waits
         return self.lease.renew()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_id(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream id's order (``<ms>-<seq>``, compared as numbers)."""
+    ms, _, seq = _text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def partitions_with_work(

@@ -5,6 +5,17 @@ renewed and released only by its holder (Lua compares the token; the scripts run
 itself when the holder dies, so another worker can take over the partition after ``lease_ttl_s``. While a drain works,
 :class:`LeaseKeeper` renews its lease every third of the TTL, however long one request takes.
 
+**The TTL is short (5 s by default, as the upload slots' is):** it is what a SIGKILLed or OOM-killed worker's
+partitions wait for (measured with a 30 s TTL: the chaos loop's long runs were exactly 30 s after a worker kill). A
+live holder does not depend on it: its keeper renews every third of it whatever the drain is doing, and a drain that
+finds its lease lost (Redis away for longer than the TTL, a frozen process) stops before its next upload or commit,
+its entries left pending for the next holder. What a shorter TTL costs is that a Redis outage longer than it takes
+the leases of the drains under way: a batch uploaded but not committed then reaches CleverTap twice.
+
+:class:`Liveness` is a consumer's key in the same spirit (``<prefix>:alive:<consumer>``, renewed by the keeper,
+expiring a TTL after its process died): the holder of a partition's lease claims at once the pending entries of
+consumers whose key is gone (:mod:`worker.delivery.drain`), instead of waiting for them to be idle.
+
 The keeper renews anything :class:`Renewable` (upload slots, :mod:`worker.store.slots`, use it too), optionally
 only until a deadline: a holder that is stuck past what its work can need loses what it holds, as a dead one does.
 """
@@ -14,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Protocol
 
 import redis
@@ -71,6 +83,39 @@ class Lease:
         if self.held:
             eval_allow_oom(self.client, _RELEASE, [self.key], [self.token])
             self.held = False
+
+
+# allow-oom: a full Redis (noeviction) must not make a live consumer look dead
+_ALIVE = """
+return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+"""
+
+
+class Liveness:
+    """A consumer's liveness key: set, then renewed by a :class:`LeaseKeeper`, while its process lives; it expires
+    ``ttl_s`` after the process died (SIGKILL, OOM kill, a lost machine) and is deleted on a warm shutdown."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
+        self.client = client
+        self.key = key
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+
+    def renew(self) -> bool:
+        """Set the key for another TTL; always held (a failure raises, and the keeper tries again next time)."""
+        eval_allow_oom(self.client, _ALIVE, [self.key], [self.ttl_ms])
+        return True
+
+    def release(self) -> None:
+        """Delete the key (a warm shutdown): what this consumer left pending can be claimed at once."""
+        self.client.delete(self.key)
+
+
+def alive(client: redis.Redis, keys: Sequence[str]) -> list[bool]:
+    """Whether each liveness key exists (one pipelined round trip; one key per command, so a cluster is fine)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.exists(key)
+    return [bool(found) for found in pipe.execute()]
 
 
 class Renewable(Protocol):
