@@ -17,6 +17,7 @@ from worker.core.keys import GROUP, Keys
 from worker.delivery.work import Work
 from worker.store.deadletters import DeadLetterStore
 from worker.store.retries import RetrySchedule
+from worker.store.streams import COMMIT_HELD
 from worker.transform.deletions import Delete
 
 pytestmark = pytest.mark.integration
@@ -320,6 +321,9 @@ def test_a_redis_blip_after_the_200_does_not_send_the_batch_again(
         if self.transaction and failures["commit"] and any(args[0] == "XACK" for args, _ in self.command_stack):
             failures["commit"] -= 1
             raise redis.ConnectionError("Redis restarting")
+        if not self.transaction and failures["release"] and any(args[0] == "ZREM" for args, _ in self.command_stack):
+            failures["release"] -= 1  # the release with the commit in its round trip (a single Redis)
+            raise redis.ConnectionError("Redis restarting")
         return original_execute(self, raise_on_error)
 
     def release(self: AccountSlots, account_id: str, token: str) -> None:
@@ -360,6 +364,8 @@ def test_a_commit_that_cannot_be_written_counts_its_duplicates(
     def down(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
         if self.transaction and any(args[0] == "XACK" for args, _ in self.command_stack):
             raise redis.ConnectionError("Redis down")
+        if any(args[:2] == ("EVALSHA", COMMIT_HELD.sha) for args, _ in self.command_stack):
+            raise redis.ConnectionError("Redis down")  # the commit sent with the slot's release (a single Redis)
         return original(self, raise_on_error)
 
     before = metrics.duplicates_suspected.labels("commit_failed")._value.get()
@@ -442,3 +448,52 @@ def test_work_decodes_its_message_bytes_once() -> None:
     assert work.message is first
     given = Work("wk", message, [{"type": "event"}])
     assert given.message is message
+
+
+def test_the_fast_paths_commit_goes_with_the_slot_release(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a single Redis a plain group delivered whole is committed in the round trip that gives its slot back (one
+    script that checks and renews the lease): no renewal, release and MULTI of their own."""
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(30)])
+    original = redis.client.Pipeline.execute
+    sent: list[tuple[bool, list[str]]] = []
+
+    def record(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        sent.append((self.transaction, [str(args[0]) for args, _ in self.command_stack]))
+        return original(self, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", record)
+    result = drainer.drain(0)
+    assert result.tally.delivered == 30
+    assert fake.requests == [("ACC", 30)]
+    assert [commands for _, commands in sent if "ZREM" in commands] == [["ZREM", "EVALSHA"]]
+    assert not [commands for _, commands in sent if "XACK" in commands]
+    assert pending(redis_client, keys) == 0
+    assert redis_client.xlen(keys.stream(0)) == 0
+    assert redis_client.zcard(keys.slots("ACC")) == 0  # the slot is back
+
+
+def test_a_lease_lost_during_the_upload_commits_nothing_on_the_fast_path(redis_client: redis.Redis, keys: Keys) -> None:
+    from worker.delivery import metrics
+
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(7)])
+
+    def taken_over(records: list[dict[str, Any]], passcode: str) -> None:
+        redis_client.set(keys.lease(0), "another-drain", px=30_000)  # ours expired while CleverTap answered
+        # then answered as usual (None): every record taken
+
+    fake.rule = taken_over
+    before = metrics.duplicates_suspected.labels("lease_lost")._value.get()
+    result = drainer.drain(0)
+    assert result.tally.delivered == 0
+    assert fake.requests == [("ACC", 7)]
+    assert pending(redis_client, keys) == 7  # the new holder's: reclaimed, sent again (counted)
+    assert redis_client.xlen(keys.stream(0)) == 7
+    assert metrics.duplicates_suspected.labels("lease_lost")._value.get() == before + 7
+    assert redis_client.get(keys.lease(0)) == b"another-drain"  # neither renewed nor released by the old holder
+    assert redis_client.zcard(keys.slots("ACC")) == 0

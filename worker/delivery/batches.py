@@ -122,16 +122,23 @@ class Deliverer:
                 continue
             # the fast path: a plain group (no retries, tokens or deletions) that CleverTap took whole
             delivered = False
+            held = None
             try:
                 if write_key in mixed:
                     tally.uploads += self.uploader.send(destination, group, keepalive, deadline)
-                else:
-                    requests, delivered = self.uploader.send_plain(destination, group, keepalive, deadline)
+                else:  # its commit goes with the last request's slot release (one round trip), where it can
+                    held = self.outcomes.held_commit(partition, group, keepalive)
+                    requests, delivered = self.uploader.send_plain(destination, group, keepalive, deadline, held)
                     tally.uploads += requests
             except DrainStopped:  # what this group already delivered is sent again with its entries
                 _suspect(group, "stopped")
                 raise
-            if delivered:
+            if delivered and held is not None and held.held is not None:  # committed with the release, or not held
+                if not held.held:
+                    _suspect(group, "lease_lost", len(group))
+                    raise DrainStopped("partition lease lost")
+                self.outcomes.delivered(destination, group, tally)
+            elif delivered:
                 write = partial(self.outcomes.commit_delivered, partition, destination, group, tally)
                 self._commit(group, keepalive, destination.name, write, sent=len(group))
             else:

@@ -223,6 +223,21 @@ class Keepalive:
         self.waits = waits
         return self.lease.renew()
 
+    def fold(self) -> tuple[str, str, int] | None:
+        """The lease as a commit checks and renews it in its own script (key, token, TTL ms), instead of a renewal
+        of its own before it (:class:`worker.delivery.outcomes.HeldCommit`); None when it is known lost."""
+        lease = self.lease
+        return (lease.key, lease.token, lease.ttl_ms) if lease.held else None
+
+    def folded(self, held: bool, asked: float) -> None:
+        """What such a commit found, sent at ``asked`` (monotonic): the lease held and renewed then (as
+        :meth:`__call__`'s renewal, which it stands for), or lost."""
+        if held:
+            self.lease.renewed_at = max(self.lease.renewed_at, asked)
+            self.waits = self.gate.waits()
+        else:
+            self.lease.held = False
+
 
 def partitions_with_work(
     client: redis.Redis,

@@ -6,8 +6,9 @@ adapts the account's cap (429 lowers it), sets every record's :class:`~worker.de
 request that CleverTap rejects as a whole, pauses the destination on a 401/403, and stops sending the
 destination's other requests after a request-wide failure (they would fail alike). One structlog line
 ``upload`` per request (destination, account, records, status, outcome, duration) and one
-``ctrelay_uploads_total`` count, written as soon as CleverTap answers, before anything that needs Redis (giving
-the slot back, adapting the cap, pausing): a Redis failure after the answer never loses its line or count.
+``ctrelay_uploads_total`` count, written once CleverTap answered, whatever Redis does next (giving the slot back,
+with the batch's commit on the fast path, adapting the cap, pausing): a Redis failure after the answer never loses
+its line or count.
 A request without an answer (timeout, network) counts its records in
 ``ctrelay_duplicates_suspected_total{cause="no_answer"}``: CleverTap may have processed it before the retry.
 
@@ -38,7 +39,7 @@ from worker.delivery import metrics
 from worker.delivery.clevertap import MAX_DELETE_IDS, MAX_RECORDS, MAX_TOKENS, CleverTap, Report
 from worker.delivery.gate import Gate
 from worker.delivery.policy import DELIVERED, SPLIT, RetryPolicy, Verdict, all_delivered, classify
-from worker.delivery.work import Work
+from worker.delivery.work import Fold, Work
 from worker.store.slots import AccountSlots
 
 log = structlog.get_logger("ctrelay.delivery")
@@ -129,19 +130,25 @@ class Uploader:
         group: list[Work],
         keepalive: Callable[[], object] | None,
         deadline: float | None = None,
+        fold: Fold | None = None,
     ) -> tuple[int, bool]:
         """:meth:`send` for a *plain* group (read from the stream, one event or profile record per message: no
         retries, tokens or deletions), the fast path: requests are slices of the group, and while CleverTap answers
         every record delivered (:func:`~worker.delivery.policy.all_delivered`) no verdict is set. Returns (requests,
         all delivered); when not all were, every record's verdict is set as :meth:`send` sets them (the requests
-        before the first other answer delivered, that answer read as usual, the rest sent or not as usual)."""
+        before the first other answer delivered, that answer read as usual, the rest sent or not as usual).
+
+        ``fold``: the group's commit, sent with the last request's slot release when CleverTap took that request
+        whole (one round trip instead of two; :class:`~worker.store.slots.HeldSlot`)."""
         if self._paused(destination, [(work, 0) for work in group]):
             return 0, False
         requests = 0
         for start in range(0, len(group), MAX_RECORDS):
             part = group[start : start + MAX_RECORDS]
+            last = fold if start + MAX_RECORDS >= len(group) else None
             try:
-                report = self._request(destination, [work.records[0] for work in part], keepalive, None, deadline)
+                records = [work.records[0] for work in part]
+                report = self._request(destination, records, keepalive, None, deadline, fold=last)
             except DrainStopped:  # the requests before this one were delivered: say so (duplicates counted)
                 _delivered(group[:start])
                 raise
@@ -201,15 +208,24 @@ class Uploader:
         keepalive: Callable[[], object] | None,
         call: Call | None,
         deadline: float | None,
+        *,
+        fold: Fold | None = None,
     ) -> Report:
-        """One request under an account slot, once the lease is known held."""
+        """One request under an account slot, once the lease is known held; ``fold`` goes with the slot's release
+        when CleverTap took the request whole."""
         call = call if call is not None else self.clevertap.upload
         # a batch may take several requests (splits): keep the partition's lease, and send nothing once it is lost
         if keepalive is not None and keepalive() is False:
             raise DrainStopped("partition lease lost")
         timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
-        with self.gate.outside(), self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s):
-            return call(destination, records)  # the wait for a slot and for the answer: other drains run meanwhile
+        slot = self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s)
+        with self.gate.outside(), slot as held:
+            report = call(destination, records)  # the wait for a slot and for the answer: other drains run meanwhile
+            if fold is not None and all_delivered(report):
+                held.then = fold.queue
+        if fold is not None and held.answers is not None:
+            fold.read(held.answers)
+        return report
 
     def _upload(
         self,

@@ -11,7 +11,9 @@ The deadline is short (:data:`SLOT_TTL_S`, 5 s) and, while a request runs, the p
 holder's slots free within 5 s, however long requests take. The keeper renews a slot only for as long as
 one request can need (``max_hold_s``: the client's longest request plus a margin), so a stuck thread in a
 live process loses its slot too. Giving a slot back is best effort: when Redis does not answer, the slot
-expires by itself within the TTL (the upload's answer is still logged, counted and committed). The scripts
+expires by itself within the TTL (the upload's answer is still logged, counted and committed). On a single Redis the
+holder may send commands of its own with the release, in its round trip (the batch's commit after an upload that
+CleverTap took whole: :class:`HeldSlot`). The scripts
 run when Redis is full (:mod:`worker.store.scripts`: a few bytes each), since delivering is what frees memory then.
 
 The cap starts at the configured maximum (15, CleverTap's documented limit). A 429 lowers it to
@@ -26,12 +28,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 import structlog
 
 from worker.core.errors import DrainStopped
 from worker.core.keys import Keys
+from worker.store.connections import is_cluster
 from worker.store.lease import LeaseKeeper
 from worker.store.scripts import OomScript
 
@@ -93,12 +97,18 @@ return tostring(cap)
 
 
 class HeldSlot:
-    """One slot this process holds, as the keeper renews it."""
+    """One slot this process holds, as the keeper renews it.
+
+    ``then``: commands the holder queues to go with the slot's release, in its round trip (a single Redis; on a
+    Redis Cluster the release goes alone and ``then`` is not run); ``answers``: theirs, once sent (None: not sent,
+    or Redis did not answer)."""
 
     def __init__(self, slots: AccountSlots, account_id: str, token: str) -> None:
         self.slots = slots
         self.key = slots.keys.slots(account_id)
         self.token = token
+        self.then: Callable[[Any], object] | None = None
+        self.answers: list[Any] | None = None
 
     def renew(self) -> bool:
         return int(self.slots._renew(keys=[self.key], args=[self.token, self.slots.slot_ttl_ms])) == 1
@@ -177,9 +187,10 @@ class AccountSlots:
     @contextmanager
     def slot(
         self, account_id: str, *, keepalive: Callable[[], object] | None = None, timeout_s: float | None = None
-    ) -> Iterator[str]:
+    ) -> Iterator[HeldSlot]:
         """Hold a slot for the duration of the block (waits up to ``timeout_s``, default as long as it takes),
-        renewed by the keeper (up to ``max_hold_s``); given back after it, best effort (see the module).
+        renewed by the keeper (up to ``max_hold_s``); given back after it, best effort (see the module), with the
+        commands the block set as the slot's ``then`` (:class:`HeldSlot`) in the same round trip on a single Redis.
 
         Raises :class:`~worker.core.errors.DrainStopped` when no slot came in time or ``keepalive`` answered ``False``.
         """
@@ -190,11 +201,17 @@ class AccountSlots:
         until = None if self.max_hold_s is None else time.monotonic() + self.max_hold_s
         self.keeper.hold(held, until)
         try:
-            yield token
+            yield held
         finally:
             self.keeper.drop(held)
             try:
-                self.release(account_id, token)
+                if held.then is not None and not is_cluster(self.client):
+                    with self.client.pipeline(transaction=False) as pipe:
+                        pipe.zrem(held.key, token)
+                        held.then(pipe)
+                        held.answers = pipe.execute(raise_on_error=False)[1:]
+                else:
+                    self.release(account_id, token)
             except redis.RedisError as exc:  # it expires within the TTL; what the block did stands
                 log.warning("slot_release_failed", account=account_id, error=f"{type(exc).__name__}: {exc}")
 
