@@ -497,3 +497,54 @@ def test_a_lease_lost_during_the_upload_commits_nothing_on_the_fast_path(redis_c
     assert metrics.duplicates_suspected.labels("lease_lost")._value.get() == before + 7
     assert redis_client.get(keys.lease(0)) == b"another-drain"  # neither renewed nor released by the old holder
     assert redis_client.zcard(keys.slots("ACC")) == 0
+
+
+def lingering(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch, arriving: int, linger_s: float = 0.05
+) -> tuple[FakeCleverTap, list[float]]:
+    """A drainer whose reads linger ``linger_s``; ``arriving`` more messages come in while it first lingers."""
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    drainer.deliverer.read_linger_s = linger_s
+    drainer.read_batch = 10
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if seconds == linger_s:
+            sleeps.append(seconds)
+            if len(sleeps) == 1:
+                enqueue(redis_client, keys, "wk", [track(f"v{i}", 100 + i) for i in range(arriving)])
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    drainer.drain(0)
+    return fake, sleeps
+
+
+def test_a_short_read_lingers_once_and_fills_the_batch(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(4)])
+    fake, sleeps = lingering(redis_client, keys, monkeypatch, arriving=8)
+    assert fake.requests == [("ACC", 10), ("ACC", 2)]  # 4 + 6 of the 8 that came meanwhile, then the last 2
+    assert sleeps == [0.05, 0.05]  # each short read lingers once
+    assert [r["evtData"]["n"] for _, r in fake.received] == [*range(4), *range(100, 108)]
+    assert pending(redis_client, keys) == 0
+    assert redis_client.xlen(keys.stream(0)) == 0
+
+
+def test_a_full_read_or_none_does_not_linger(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(10)])
+    fake, sleeps = lingering(redis_client, keys, monkeypatch, arriving=0)
+    assert fake.requests == [("ACC", 10)]
+    assert sleeps == []
+
+
+def test_no_linger_when_it_is_off(redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(4)])
+    fake, sleeps = lingering(redis_client, keys, monkeypatch, arriving=8, linger_s=0.0)
+    assert fake.requests == [("ACC", 4)]
+    assert sleeps == []
