@@ -40,7 +40,7 @@ from worker.delivery.clevertap import MAX_DELETE_IDS, MAX_RECORDS, MAX_TOKENS, C
 from worker.delivery.gate import Gate
 from worker.delivery.policy import DELIVERED, SPLIT, RetryPolicy, Verdict, all_delivered, classify
 from worker.delivery.work import Fold, Work
-from worker.store.slots import AccountSlots
+from worker.store.slots import AccountSlots, Paused
 
 log = structlog.get_logger("ctrelay.delivery")
 Slice = list[tuple[Work, int]]
@@ -138,17 +138,21 @@ class Uploader:
         all delivered); when not all were, every record's verdict is set as :meth:`send` sets them (the requests
         before the first other answer delivered, that answer read as usual, the rest sent or not as usual).
 
-        ``fold``: the group's commit, sent with the last request's slot release when CleverTap took that request
-        whole (one round trip instead of two; :class:`~worker.store.slots.HeldSlot`)."""
-        if self._paused(destination, [(work, 0) for work in group]):
-            return 0, False
+        Whether the destination is paused is asked with the first request's slot (in its script on a single Redis:
+        :meth:`~worker.store.slots.AccountSlots.try_acquire`), not in a round trip of its own. ``fold``: the group's
+        commit, sent with the last request's slot release when CleverTap took that request whole (one round trip
+        instead of two; :class:`~worker.store.slots.HeldSlot`)."""
         requests = 0
         for start in range(0, len(group), MAX_RECORDS):
             part = group[start : start + MAX_RECORDS]
             last = fold if start + MAX_RECORDS >= len(group) else None
+            paused = self.keys.paused(destination.write_key) if start == 0 else None  # asked with the first slot
             try:
                 records = [work.records[0] for work in part]
-                report = self._request(destination, records, keepalive, None, deadline, fold=last)
+                report = self._request(destination, records, keepalive, None, deadline, fold=last, paused=paused)
+            except Paused as exc:  # nothing sent
+                _pause(exc.status, [(work, 0) for work in group])
+                return 0, False
             except DrainStopped:  # the requests before this one were delivered: say so (duplicates counted)
                 _delivered(group[:start])
                 raise
@@ -176,10 +180,7 @@ class Uploader:
         paused = self.client.get(self.keys.paused(destination.write_key))
         if paused is None:
             return False
-        status = int(paused)
-        verdict = Verdict("auth", "auth", status, None, f"destination paused after HTTP {status}")
-        for work, index in items:
-            work.verdicts[index] = verdict
+        _pause(int(paused), items)
         return True
 
     def _send(
@@ -210,15 +211,17 @@ class Uploader:
         deadline: float | None,
         *,
         fold: Fold | None = None,
+        paused: str | None = None,
     ) -> Report:
         """One request under an account slot, once the lease is known held; ``fold`` goes with the slot's release
-        when CleverTap took the request whole."""
+        when CleverTap took the request whole. ``paused``: the destination's pause marker, asked with the slot
+        (raises :class:`~worker.store.slots.Paused`, nothing sent)."""
         call = call if call is not None else self.clevertap.upload
         # a batch may take several requests (splits): keep the partition's lease, and send nothing once it is lost
         if keepalive is not None and keepalive() is False:
             raise DrainStopped("partition lease lost")
         timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
-        slot = self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s)
+        slot = self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s, paused_key=paused)
         with self.gate.outside(), slot as held:
             report = call(destination, records)  # the wait for a slot and for the answer: other drains run meanwhile
             if fold is not None and all_delivered(report):
@@ -321,6 +324,13 @@ def _outcome(verdicts: list[Verdict] | object) -> str:
     assert isinstance(verdicts, list)
     kinds = {v.kind for v in verdicts}
     return kinds.pop() if len(kinds) == 1 else "partial"
+
+
+def _pause(status: int, items: Slice) -> None:
+    """Set every item's verdict ``auth``: the destination is paused after a 401/403 (``status``)."""
+    verdict = Verdict("auth", "auth", status, None, f"destination paused after HTTP {status}")
+    for work, index in items:
+        work.verdicts[index] = verdict
 
 
 def _delivered(works: list[Work]) -> None:

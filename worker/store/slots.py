@@ -59,6 +59,16 @@ end
 return 0
 """
 
+# KEYS: slots, cap, the destination's pause marker. ARGV: as _ACQUIRE. {-1, status} when the destination is paused
+# (no slot taken), else as _ACQUIRE.
+_ACQUIRE_UNPAUSED = (
+    """
+local paused = redis.call('GET', KEYS[3])
+if paused then return {-1, paused} end
+"""
+    + _ACQUIRE
+)
+
 # KEYS: slots. ARGV: token, ttl ms. Returns 1 when the slot was still held (its deadline is pushed back).
 _RENEW = """
 local t = redis.call('TIME')
@@ -94,6 +104,14 @@ redis.call('HSET', KEYS[1], 'cap', tostring(cap))
 redis.call('PEXPIRE', KEYS[1], 3600000)
 return tostring(cap)
 """
+
+
+class Paused(Exception):
+    """The destination is paused (a 401/403 earlier: its marker holds the status): no slot was taken."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"destination paused after HTTP {status}")
+        self.status = status
 
 
 class HeldSlot:
@@ -134,17 +152,32 @@ class AccountSlots:
         self.max_hold_s = max_hold_s
         self.keeper = LeaseKeeper(slot_ttl_s / 3, name="ctrelay-slots")
         self._acquire = OomScript(client, _ACQUIRE)
+        self._acquire_unpaused = OomScript(client, _ACQUIRE_UNPAUSED)
+        self._cluster = is_cluster(client)
         self._renew = OomScript(client, _RENEW)
         self._adjust = OomScript(client, _ADJUST)
         self._at_max: dict[str, bool] = {}  # per account: the cap was at its maximum when this process last took a slot
 
-    def try_acquire(self, account_id: str) -> str | None:
-        """Take a slot now if one is free; returns its token, or None."""
+    def try_acquire(self, account_id: str, paused_key: str | None = None) -> str | None:
+        """Take a slot now if one is free; returns its token, or None. With ``paused_key`` (a destination's pause
+        marker), raises :class:`Paused` instead when the marker is set: on a single Redis in the same script (one
+        round trip), on a Redis Cluster (another hash tag) by a ``GET`` before it."""
         token = uuid.uuid4().hex
         keys = [self.keys.slots(account_id), self.keys.cap(account_id)]
-        taken = self._acquire(keys=keys, args=[token, self.slot_ttl_ms, self.max_cap])
+        args = [token, self.slot_ttl_ms, self.max_cap]
+        if paused_key is None:
+            taken = self._acquire(keys=keys, args=args)
+        elif self._cluster:
+            paused = self.client.get(paused_key)
+            if paused is not None:
+                raise Paused(int(paused))
+            taken = self._acquire(keys=keys, args=args)
+        else:
+            taken = self._acquire_unpaused(keys=[*keys, paused_key], args=args)
         if not isinstance(taken, list):
             return None
+        if int(taken[0]) == -1:
+            raise Paused(int(taken[1]))
         self._at_max[account_id] = int(taken[1]) == 1
         return token
 
@@ -155,16 +188,18 @@ class AccountSlots:
         timeout_s: float | None = None,
         keepalive: Callable[[], object] | None = None,
         keepalive_every_s: float = 1.0,
+        paused_key: str | None = None,
     ) -> str | None:
         """Wait for a slot (polling, 5-50 ms with jitter); None if ``timeout_s`` passes first.
 
         ``keepalive`` is called about every ``keepalive_every_s`` while waiting (the drain renews its lease);
-        when it answers ``False`` (the lease is lost) the wait ends at once: None.
+        when it answers ``False`` (the lease is lost) the wait ends at once: None. ``paused_key``: see
+        :meth:`try_acquire` (asked at every try).
         """
         started = last_keepalive = time.monotonic()
         wait = 0.005
         while True:
-            token = self.try_acquire(account_id)
+            token = self.try_acquire(account_id, paused_key)
             if token is not None:
                 return token
             now = time.monotonic()
@@ -186,15 +221,21 @@ class AccountSlots:
 
     @contextmanager
     def slot(
-        self, account_id: str, *, keepalive: Callable[[], object] | None = None, timeout_s: float | None = None
+        self,
+        account_id: str,
+        *,
+        keepalive: Callable[[], object] | None = None,
+        timeout_s: float | None = None,
+        paused_key: str | None = None,
     ) -> Iterator[HeldSlot]:
         """Hold a slot for the duration of the block (waits up to ``timeout_s``, default as long as it takes),
         renewed by the keeper (up to ``max_hold_s``); given back after it, best effort (see the module), with the
         commands the block set as the slot's ``then`` (:class:`HeldSlot`) in the same round trip on a single Redis.
 
-        Raises :class:`~worker.core.errors.DrainStopped` when no slot came in time or ``keepalive`` answered ``False``.
+        Raises :class:`~worker.core.errors.DrainStopped` when no slot came in time or ``keepalive`` answered ``False``,
+        :class:`Paused` when ``paused_key`` is set (:meth:`try_acquire`).
         """
-        token = self.acquire(account_id, timeout_s=timeout_s, keepalive=keepalive)
+        token = self.acquire(account_id, timeout_s=timeout_s, keepalive=keepalive, paused_key=paused_key)
         if token is None:
             raise DrainStopped(f"no upload slot for account {account_id} (waited up to {timeout_s} s, or lease lost)")
         held = HeldSlot(self, account_id, token)
