@@ -525,11 +525,11 @@ def lingering(
 def test_a_short_read_lingers_once_and_fills_the_batch(
     redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(4)])
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(6)])
     fake, sleeps = lingering(redis_client, keys, monkeypatch, arriving=8)
-    assert fake.requests == [("ACC", 10), ("ACC", 2)]  # 4 + 6 of the 8 that came meanwhile, then the last 2
-    assert sleeps == [0.05, 0.05]  # each short read lingers once
-    assert [r["evtData"]["n"] for _, r in fake.received] == [*range(4), *range(100, 108)]
+    assert fake.requests == [("ACC", 10), ("ACC", 4)]  # 6 + 4 of the 8 that came meanwhile, then the last 4
+    assert sleeps == [0.05]  # the first read (6 of 10) lingers once; the second (4) is below half a batch
+    assert [r["evtData"]["n"] for _, r in fake.received] == [*range(6), *range(100, 108)]
     assert pending(redis_client, keys) == 0
     assert redis_client.xlen(keys.stream(0)) == 0
 
@@ -543,8 +543,18 @@ def test_a_full_read_or_none_does_not_linger(
     assert sleeps == []
 
 
-def test_no_linger_when_it_is_off(redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_below_half_a_batch_does_not_linger(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition fed slowly: its drain delivers what it read and ends (until the next tick), without waiting."""
     enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(4)])
-    fake, sleeps = lingering(redis_client, keys, monkeypatch, arriving=8, linger_s=0.0)
+    fake, sleeps = lingering(redis_client, keys, monkeypatch, arriving=8)
     assert fake.requests == [("ACC", 4)]
+    assert sleeps == []
+
+
+def test_no_linger_when_it_is_off(redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(6)])
+    fake, sleeps = lingering(redis_client, keys, monkeypatch, arriving=8, linger_s=0.0)
+    assert fake.requests == [("ACC", 6)]
     assert sleeps == []
