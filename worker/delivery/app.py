@@ -74,7 +74,6 @@ class Runtime:
             ),
             suppression_window_s=settings.suppression_window_s,
             commit_patience_s=settings.lease_ttl_s,
-            read_linger_s=settings.read_linger_ms / 1000,
         )
         self.drainer = Drainer(
             self.deliverer,

@@ -66,11 +66,8 @@ class Deliverer:
         rng: random.Random | None = None,
         suppression_window_s: float = 30 * 86_400,
         commit_patience_s: float = 30.0,
-        read_linger_s: float = 0.0,
     ) -> None:
         self.client = client
-        self.read_linger_s = read_linger_s
-        """How long a drain waits for more entries after a read short of a batch (``CTRELAY_READ_LINGER_MS``)."""
         self.commit_patience_s = commit_patience_s
         self.keys = keys
         self.destinations = destinations

@@ -170,32 +170,19 @@ class Drainer:
         return (None if next_cursor == "0-0" else next_cursor), entries
 
     def _read_new(self, stream: str, schedule: RetrySchedule) -> tuple[list[StreamEntry], list[RetryItem]]:
-        """New entries (``>``) and the due retries, in one round trip; when that read is short of ``read_batch`` but
-        at least half of it (a busy partition fed live), the drain lingers (:attr:`Deliverer.read_linger_s`, outside
-        the gate, once) and reads the rest of a batch, so that a batch's fixed cost (its round trips, its request) is
-        spread over more messages, at the price of that much latency. A read shorter than that does not linger: a
-        partition fed that slowly would not fill a batch in a short wait, and lingering after every read would keep
-        its drain running from one tiny batch to the next instead of ending it until the next tick (measured)."""
+        """New entries (``>``) and the due retries, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.read_batch)
         schedule.queue_due(pipe, self.deliverer.clock(), self.read_batch)
         answer, due = pipe.execute(raise_on_error=False)
         if isinstance(due, Exception):
             raise due
-        entries = self._entries(stream, answer)
-        linger = self.deliverer.read_linger_s
-        if linger > 0 and self.read_batch // 2 <= len(entries) < self.read_batch:
-            with self.deliverer.gate.outside(counted=False):  # at most 1 s: a lease renewed just now is held
-                time.sleep(linger)
-            entries += self._read(stream, ">", self.read_batch - len(entries))
-        return entries, schedule.items(due)
+        return self._entries(stream, answer), schedule.items(due)
 
-    def _read(self, stream: str, start: str, count: int | None = None) -> list[StreamEntry]:
-        """New entries (``>``), or this consumer's own pending ones (``0``); up to ``count`` (``read_batch``)."""
+    def _read(self, stream: str, start: str) -> list[StreamEntry]:
+        """New entries (``>``), or this consumer's own pending ones (``0``)."""
         try:
-            answer: Any = self.client.xreadgroup(
-                GROUP, self.consumer, {stream: start}, count=count if count is not None else self.read_batch
-            )
+            answer: Any = self.client.xreadgroup(GROUP, self.consumer, {stream: start}, count=self.read_batch)
         except redis.ResponseError as exc:
             answer = exc
         return self._entries(stream, answer)

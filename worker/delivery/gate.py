@@ -65,12 +65,10 @@ class Gate:
                 self._give()
 
     @contextmanager
-    def outside(self, *, counted: bool = True) -> Iterator[None]:
+    def outside(self) -> Iterator[None]:
         """Let go of the gate for the block (a wait), and take it back after; nothing when this thread does not
-        hold it (a caller outside any drain: tests, the CLI). ``counted=False``: a pause of the drain's own, bounded
-        well below a lease's TTL (the read's linger), not counted in :meth:`waits`."""
-        if counted:
-            self._local.waits = self.waits() + 1
+        hold it (a caller outside any drain: tests, the CLI)."""
+        self._local.waits = self.waits() + 1
         depth = self._depth()
         if depth == 0:
             yield
