@@ -497,3 +497,39 @@ def test_a_lease_lost_during_the_upload_commits_nothing_on_the_fast_path(redis_c
     assert metrics.duplicates_suspected.labels("lease_lost")._value.get() == before + 7
     assert redis_client.get(keys.lease(0)) == b"another-drain"  # neither renewed nor released by the old holder
     assert redis_client.zcard(keys.slots("ACC")) == 0
+
+
+def test_entries_read_as_flat_fields_in_any_order_or_with_more_fields(redis_client: redis.Redis, keys: Keys) -> None:
+    """A new read's entries keep Redis's flat field lists (no dict per entry): ingest's [w, key, m, message] and
+    any other order or extra field are read alike."""
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    stream = keys.stream(0)
+    redis_client.xadd(stream, {"w": "wk", "m": orjson.dumps(track("u", 0))})
+    redis_client.xadd(stream, {"m": orjson.dumps(track("u", 1)), "w": "wk"})
+    redis_client.xadd(stream, {"w": "wk", "x": "1", "m": orjson.dumps(track("u", 2))})
+    redis_client.xadd(stream, {"w": "wk", "q": orjson.dumps(track("u", 3))})  # no message: a dead letter
+    result = drainer.drain(0)
+    assert (result.tally.delivered, result.tally.deadlettered) == (3, 1)
+    assert [r["evtData"]["n"] for _, r in fake.received] == [0, 1, 2]
+    (letter,) = letters(redis_client, keys)
+    assert letter.reason == "invalid_message"
+    assert pending(redis_client, keys) == 0
+
+
+def test_a_flat_pipeline_leaves_only_xreadgroup_unparsed(redis_client: redis.Redis, keys: Keys) -> None:
+    from worker.store.streams import ensure_group, flat_pipeline
+
+    stream = keys.stream(0)
+    ensure_group(redis_client, stream)
+    entry = redis_client.xadd(stream, {"w": "wk", "m": "{}"})
+    redis_client.hset(keys.paused("wk"), mapping={"a": "1"})
+    pipe = flat_pipeline(redis_client)
+    pipe.xreadgroup(GROUP, "test", {stream: ">"}, count=10)
+    pipe.hgetall(keys.paused("wk"))
+    answer, mapping = pipe.execute()
+    streams = [list(item) for item in answer.items()] if isinstance(answer, dict) else answer  # RESP3: a map
+    assert streams == [[stream.encode(), [[entry, [b"w", b"wk", b"m", b"{}"]]]]]
+    assert mapping == {b"a": b"1"}  # parsed as usual
+    parsed = redis_client.xreadgroup(GROUP, "test", {stream: "0"})  # the client's own reads: parsed as usual
+    assert parsed == [[stream.encode(), [(entry, {b"w": b"wk", b"m": b"{}"})]]]

@@ -199,12 +199,18 @@ class Deliverer:
         group: list[Work] | None = None
         group_key: str | None = None  # the write key of ``group`` (a batch mostly has one)
         for entry_id, fields in entries:
-            try:  # Envelope.read, inlined
-                write_key, message = fields[FIELD_WRITE_KEY].decode("utf-8"), orjson.loads(fields[FIELD_MESSAGE])
+            try:  # Envelope.read, inlined; ingest's entry is the flat [w, <write key>, m, <message>]
+                if fields.__class__ is list and len(fields) == 4 and fields[0] == FIELD_WRITE_KEY:
+                    data = fields[3] if fields[2] == FIELD_MESSAGE else _field(fields, FIELD_MESSAGE)
+                    write_key, message = fields[1].decode("utf-8"), orjson.loads(data)
+                else:
+                    data = _field(fields, FIELD_MESSAGE)
+                    write_key, message = _field(fields, FIELD_WRITE_KEY).decode("utf-8"), orjson.loads(data)
                 if message.__class__ is not dict:
                     raise TypeError("message is not an object")
             except (KeyError, ValueError, TypeError):
-                raw = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+                pairs = fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=False)
+                raw = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs}
                 error = "not a ctrelay envelope (expected fields w and m, m a JSON object)"
                 letters.append(Letter.of(raw.get("w", ""), {"entry": raw}, "invalid_message", now=now, error=error))
                 acks.append(entry_id)
@@ -224,7 +230,7 @@ class Deliverer:
                 acks.append(entry_id)
                 continue
             if result.__class__ is list and len(result) == 1:  # the common message: its bytes kept, not the dict
-                work = Work(write_key, fields[FIELD_MESSAGE], result, entry_id)
+                work = Work(write_key, data, result, entry_id)
             elif isinstance(result, Delete):
                 work = Work(write_key, message, [result.record()], entry_id=entry_id)
                 mixed.add(write_key)
@@ -300,6 +306,16 @@ class Deliverer:
                 work.verdicts[index] = DELIVERED
                 work.deduped = work.deduped | {index}
             seen.add((key, token))
+
+
+def _field(fields: dict[bytes, bytes] | list[bytes], name: bytes) -> bytes:
+    """A stream entry's field (its fields as a dict or as a flat list of names and values); KeyError when absent."""
+    if isinstance(fields, dict):
+        return fields[name]
+    for index in range(0, len(fields) - 1, 2):
+        if fields[index] == name:
+            return fields[index + 1]
+    raise KeyError(name)
 
 
 def _add(groups: dict[str, list[Work]], work: Work) -> None:

@@ -35,9 +35,10 @@ from worker.delivery import metrics
 from worker.delivery.batches import Deliverer
 from worker.delivery.gate import Gate
 from worker.delivery.work import StreamEntry, Tally
+from worker.store.connections import is_cluster
 from worker.store.lease import Lease, LeaseKeeper
 from worker.store.retries import RetryItem, RetrySchedule
-from worker.store.streams import BACKLOG_COMMANDS, ensure_group, queue_backlog, read_backlog
+from worker.store.streams import BACKLOG_COMMANDS, ensure_group, flat_pipeline, queue_backlog, read_backlog
 
 log = structlog.get_logger("ctrelay.drain")
 FRESH_S = 1.0
@@ -170,8 +171,9 @@ class Drainer:
         return (None if next_cursor == "0-0" else next_cursor), entries
 
     def _read_new(self, stream: str, schedule: RetrySchedule) -> tuple[list[StreamEntry], list[RetryItem]]:
-        """New entries (``>``) and the due retries, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        """New entries (``>``) and the due retries, in one round trip (their fields as flat lists on a single Redis:
+        :func:`~worker.store.streams.flat_pipeline`)."""
+        pipe = self.client.pipeline(transaction=False) if is_cluster(self.client) else flat_pipeline(self.client)
         pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.read_batch)
         schedule.queue_due(pipe, self.deliverer.clock(), self.read_batch)
         answer, due = pipe.execute(raise_on_error=False)
@@ -197,6 +199,8 @@ class Drainer:
             return []
         if not answer:
             return []
+        if isinstance(answer, dict):  # RESP3, as Redis sends it: a map of streams
+            answer = list(answer.items())
         gone = [entry_id for entry_id, fields in answer[0][1] if not fields]
         if gone:  # pending, but deleted from the stream: nothing left to deliver
             self.client.xack(stream, GROUP, *gone)

@@ -14,8 +14,9 @@ from worker.delivery.policy import Verdict
 from worker.store.retries import RetryItem, item_id
 
 NONE_DEDUPED: frozenset[int] = frozenset()
-StreamEntry = tuple[bytes, dict[bytes, bytes]]
-"""One entry as ``XREADGROUP`` returns it: its id and its fields."""
+StreamEntry = tuple[bytes, dict[bytes, bytes] | list[bytes]]
+"""One entry as ``XREADGROUP`` returns it: its id and its fields, as a dict (redis-py's form) or as Redis sends them,
+a flat list of names and values (a new read's, :func:`worker.store.streams.flat_pipeline`)."""
 
 
 class Folding(Protocol):
