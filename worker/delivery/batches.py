@@ -17,9 +17,11 @@ is sent again anyway is counted in ``ctrelay_duplicates_suspected_total{cause}``
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import orjson
 import redis
@@ -68,6 +70,10 @@ class Deliverer:
         commit_patience_s: float = 30.0,
     ) -> None:
         self.client = client
+        self.recent_write_keys: tuple[str, ...] = ()
+        """The write keys of the last batch delivered (any thread's): those whose suppressions' versions the next
+        read asks with it (:meth:`prefetch`)."""
+        self._prefetched = threading.local()
         self.commit_patience_s = commit_patience_s
         self.keys = keys
         self.destinations = destinations
@@ -97,6 +103,9 @@ class Deliverer:
         :class:`~worker.core.errors.DrainStopped` (before an upload or a commit) when ``keepalive`` answers
         ``False`` or no upload slot comes by ``deadline`` (monotonic): the entries not committed stay pending."""
         schedule = schedule if schedule is not None else RetrySchedule(self.client, self.keys, partition)
+        prefetched = getattr(self._prefetched, "batch", None)
+        self._prefetched.batch = None
+        versions = prefetched[1] if prefetched is not None and prefetched[0] is entries else None
         tally = Tally()
         works, groups, mixed = self._prepare(partition, entries, tally)
         for item in retries:
@@ -105,7 +114,12 @@ class Deliverer:
             _add(groups, work)
             mixed.add(item.write_key)
         # deleted users: suppress, drop their work (a deletion is always among the mixed)
-        kept = self.screen.screen(partition, works, tally, schedule, write_keys=list(groups), deletions=bool(mixed))
+        write_keys = list(groups)
+        if write_keys:
+            self.recent_write_keys = tuple(write_keys)
+        kept = self.screen.screen(
+            partition, works, tally, schedule, write_keys=write_keys, deletions=bool(mixed), versions=versions
+        )
         if kept is not works:  # some were dropped: group what is left
             groups = {}
             for work in kept:
@@ -145,6 +159,11 @@ class Deliverer:
                 write = partial(self.outcomes.commit, partition, schedule, destination, group, tally)
                 self._commit(group, keepalive, destination.name, write)
         return tally
+
+    def prefetch(self, entries: Sequence[StreamEntry], versions: Mapping[str, tuple[Any, int]]) -> None:
+        """The suppressions' versions read in the round trip of ``entries``'s read (after it), for this thread's
+        :meth:`deliver` of those very entries (any other batch ignores them)."""
+        self._prefetched.batch = (entries, versions)
 
     def _commit(
         self,

@@ -172,14 +172,22 @@ class Drainer:
 
     def _read_new(self, stream: str, schedule: RetrySchedule) -> tuple[list[StreamEntry], list[RetryItem]]:
         """New entries (``>``) and the due retries, in one round trip (their fields as flat lists on a single Redis:
-        :func:`~worker.store.streams.flat_pipeline`)."""
-        pipe = self.client.pipeline(transaction=False) if is_cluster(self.client) else flat_pipeline(self.client)
+        :func:`~worker.store.streams.flat_pipeline`), and after them, on a single Redis, the suppressions' versions of
+        the last batch's destinations, which the batch's deletion screen reads then (:meth:`Deliverer.prefetch`)."""
+        cluster = is_cluster(self.client)
+        pipe = self.client.pipeline(transaction=False) if cluster else flat_pipeline(self.client)
         pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.read_batch)
         schedule.queue_due(pipe, self.deliverer.clock(), self.read_batch)
-        answer, due = pipe.execute(raise_on_error=False)
+        guess = () if cluster else self.deliverer.recent_write_keys  # the batch's destinations, most likely
+        suppressions = self.deliverer.suppressions
+        suppressions.queue_versions(pipe, guess)
+        answer, due, *versions = pipe.execute(raise_on_error=False)
         if isinstance(due, Exception):
             raise due
-        return self._entries(stream, answer), schedule.items(due)
+        entries = self._entries(stream, answer)
+        if entries and guess:
+            self.deliverer.prefetch(entries, suppressions.versions(guess, versions))
+        return entries, schedule.items(due)
 
     def _read(self, stream: str, start: str) -> list[StreamEntry]:
         """New entries (``>``), or this consumer's own pending ones (``0``)."""
