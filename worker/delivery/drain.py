@@ -184,7 +184,7 @@ class Drainer:
         answer, due, *versions = pipe.execute(raise_on_error=False)
         if isinstance(due, Exception):
             raise due
-        entries = self._entries(stream, answer)
+        entries = self._entries(stream, answer, new=True)
         if entries and guess:
             self.deliverer.prefetch(entries, suppressions.versions(guess, versions))
         return entries, schedule.items(due)
@@ -197,9 +197,10 @@ class Drainer:
             answer = exc
         return self._entries(stream, answer)
 
-    def _entries(self, stream: str, answer: Any) -> list[StreamEntry]:
+    def _entries(self, stream: str, answer: Any, *, new: bool = False) -> list[StreamEntry]:
         """The entries of an ``XREADGROUP`` answer (a NOGROUP error, after a Redis restart lost the group: none,
-        the group made again); pending entries whose entry was deleted are acknowledged."""
+        the group made again); pending entries whose entry was deleted are acknowledged. ``new``: a read of new
+        entries (``>``), which never answers a deleted one: the answer's list is the batch, as it came."""
         if isinstance(answer, Exception):
             if not isinstance(answer, redis.ResponseError) or "NOGROUP" not in str(answer):
                 raise answer
@@ -209,6 +210,8 @@ class Drainer:
             return []
         if isinstance(answer, dict):  # RESP3, as Redis sends it: a map of streams
             answer = list(answer.items())
+        if new:
+            return answer[0][1]  # type: ignore[no-any-return]  # (entry id, fields) pairs, as lists
         gone = [entry_id for entry_id, fields in answer[0][1] if not fields]
         if gone:  # pending, but deleted from the stream: nothing left to deliver
             self.client.xack(stream, GROUP, *gone)
