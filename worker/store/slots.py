@@ -13,8 +13,9 @@ one request can need (``max_hold_s``: the client's longest request plus a margin
 live process loses its slot too. Giving a slot back is best effort: when Redis does not answer, the slot
 expires by itself within the TTL (the upload's answer is still logged, counted and committed). On a single Redis the
 holder may send commands of its own with the release, in its round trip (the batch's commit after an upload that
-CleverTap took whole: :class:`HeldSlot`). The scripts
-run when Redis is full (:mod:`worker.store.scripts`: a few bytes each), since delivering is what frees memory then.
+CleverTap took whole: :class:`HeldSlot`), and the acquire script may read a destination's pause marker first
+(:meth:`AccountSlots.try_acquire`: no slot taken for a paused destination). The scripts run when Redis is full
+(:mod:`worker.store.scripts`: a few bytes each), since delivering is what frees memory then.
 
 The cap starts at the configured maximum (15, CleverTap's documented limit). A 429 lowers it to
 ¾ of its value (at most once per second, so one burst of 429s counts once; never below 1); each
