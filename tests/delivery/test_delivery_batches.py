@@ -533,3 +533,54 @@ def test_a_flat_pipeline_leaves_only_xreadgroup_unparsed(redis_client: redis.Red
     assert mapping == {b"a": b"1"}  # parsed as usual
     parsed = redis_client.xreadgroup(GROUP, "test", {stream: "0"})  # the client's own reads: parsed as usual
     assert parsed == [[stream.encode(), [(entry, {b"w": b"wk", b"m": b"{}"})]]]
+
+
+def paced(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch, arriving: int, pace_s: float = 0.05
+) -> tuple[FakeCleverTap, list[float]]:
+    """A drainer whose reads after a short one wait for ``pace_s``; ``arriving`` more messages come in during the
+    first such wait."""
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    drainer.deliverer.read_pace_s = pace_s
+    drainer.read_batch = 10
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if 0 < seconds <= pace_s:  # the drain's (the keepers' threads sleep too, for seconds)
+            sleeps.append(seconds)
+            if len(sleeps) == 1:
+                enqueue(redis_client, keys, "wk", [track(f"v{i}", 100 + i) for i in range(arriving)])
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    drainer.drain(0)
+    return fake, sleeps
+
+
+def test_a_read_after_a_short_one_waits_for_the_pace_and_finds_a_fuller_batch(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(3)])
+    fake, sleeps = paced(redis_client, keys, monkeypatch, arriving=8)
+    assert fake.requests == [("ACC", 3), ("ACC", 8)]  # the 8 that came while it waited: one batch, the same drain
+    assert len(sleeps) == 1  # before the second read; that one (8 of 10) was not short: the third came at once
+    assert pending(redis_client, keys) == 0
+    assert redis_client.xlen(keys.stream(0)) == 0
+
+
+def test_a_read_after_a_full_one_does_not_wait(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(14)])
+    fake, sleeps = paced(redis_client, keys, monkeypatch, arriving=0)
+    assert fake.requests == [("ACC", 10), ("ACC", 4)]
+    assert len(sleeps) == 1  # only after the short read of 4 (before the last read, which found nothing)
+
+
+def test_no_pace_when_it_is_off(redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(3)])
+    fake, sleeps = paced(redis_client, keys, monkeypatch, arriving=8, pace_s=0.0)
+    assert fake.requests == [("ACC", 3)]  # the next read came at once, found nothing: the drain ended
+    assert sleeps == []
