@@ -416,3 +416,36 @@ def test_ingest_a_failed_enqueue_suppresses_nobody(redis_url: str, redis_client:
     assert _post_batches(_ingest_app(redis_url, keys), [[deletion]]) == [200]
     assert [s["id"] for s in suppressed(redis_client, keys, DEST, time.time())] == ["u1"]
     assert redis_client.xlen(keys.stream(0)) == 1
+
+
+def test_a_user_deleted_while_a_drain_runs_is_screened_from_its_next_batch(
+    drainer: Drainer, redis_client: redis.Redis, keys: Keys, fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next batch's screen reads the suppressions' versions in its read's round trip, after the read: a deletion
+    made while the batch before it was uploaded is seen (its version moved), with no round trip of its own."""
+    drainer.read_batch = 3
+    enqueue(redis_client, keys, WK, [track("u1", 0), track("u2", 0), track("u3", 0)])
+    enqueue(redis_client, keys, WK, [track("u1", 1), track("u2", 1)])
+    producer = dlq.replay_producer(keys, 1)
+    deleted: list[str] = []
+
+    def delete_during_the_upload(records: list[dict[str, Any]], passcode: str) -> None:
+        if not deleted:
+            delete_user(redis_client, keys, producer, DEST, user_id="u1", window_s=1000.0, via="cli", now=NOW)
+            deleted.append("u1")
+
+    fake.rule = delete_during_the_upload
+    original = redis.client.Pipeline.execute
+    views: list[bool] = []  # per pipeline asking a version: whether it also read the stream
+
+    def record(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        commands = [str(args[0]) for args, _ in self.command_stack]
+        if "HLEN" in commands:
+            views.append("XREADGROUP" in commands)
+        return original(self, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", record)
+    result = drainer.drain(0)
+    assert fake.users() == ["u1", "u2", "u3", "u2"]  # u1's second message came after the deletion: dropped
+    assert result.tally.skipped == 1
+    assert views[:3] == [False, True, True]  # the first batch asks alone (nothing read before it), the next ones not

@@ -17,6 +17,7 @@ from worker.core.keys import GROUP, Keys
 from worker.delivery.work import Work
 from worker.store.deadletters import DeadLetterStore
 from worker.store.retries import RetrySchedule
+from worker.store.streams import COMMIT_HELD
 from worker.transform.deletions import Delete
 
 pytestmark = pytest.mark.integration
@@ -320,6 +321,9 @@ def test_a_redis_blip_after_the_200_does_not_send_the_batch_again(
         if self.transaction and failures["commit"] and any(args[0] == "XACK" for args, _ in self.command_stack):
             failures["commit"] -= 1
             raise redis.ConnectionError("Redis restarting")
+        if not self.transaction and failures["release"] and any(args[0] == "ZREM" for args, _ in self.command_stack):
+            failures["release"] -= 1  # the release with the commit in its round trip (a single Redis)
+            raise redis.ConnectionError("Redis restarting")
         return original_execute(self, raise_on_error)
 
     def release(self: AccountSlots, account_id: str, token: str) -> None:
@@ -360,6 +364,8 @@ def test_a_commit_that_cannot_be_written_counts_its_duplicates(
     def down(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
         if self.transaction and any(args[0] == "XACK" for args, _ in self.command_stack):
             raise redis.ConnectionError("Redis down")
+        if any(args[:2] == ("EVALSHA", COMMIT_HELD.sha) for args, _ in self.command_stack):
+            raise redis.ConnectionError("Redis down")  # the commit sent with the slot's release (a single Redis)
         return original(self, raise_on_error)
 
     before = metrics.duplicates_suspected.labels("commit_failed")._value.get()
@@ -442,3 +448,139 @@ def test_work_decodes_its_message_bytes_once() -> None:
     assert work.message is first
     given = Work("wk", message, [{"type": "event"}])
     assert given.message is message
+
+
+def test_the_fast_paths_commit_goes_with_the_slot_release(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a single Redis a plain group delivered whole is committed in the round trip that gives its slot back (one
+    script that checks and renews the lease): no renewal, release and MULTI of their own."""
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(30)])
+    original = redis.client.Pipeline.execute
+    sent: list[tuple[bool, list[str]]] = []
+
+    def record(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        sent.append((self.transaction, [str(args[0]) for args, _ in self.command_stack]))
+        return original(self, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", record)
+    result = drainer.drain(0)
+    assert result.tally.delivered == 30
+    assert fake.requests == [("ACC", 30)]
+    assert [commands for _, commands in sent if "ZREM" in commands] == [["ZREM", "EVALSHA"]]
+    assert not [commands for _, commands in sent if "XACK" in commands]
+    assert pending(redis_client, keys) == 0
+    assert redis_client.xlen(keys.stream(0)) == 0
+    assert redis_client.zcard(keys.slots("ACC")) == 0  # the slot is back
+
+
+def test_a_lease_lost_during_the_upload_commits_nothing_on_the_fast_path(redis_client: redis.Redis, keys: Keys) -> None:
+    from worker.delivery import metrics
+
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(7)])
+
+    def taken_over(records: list[dict[str, Any]], passcode: str) -> None:
+        redis_client.set(keys.lease(0), "another-drain", px=30_000)  # ours expired while CleverTap answered
+        # then answered as usual (None): every record taken
+
+    fake.rule = taken_over
+    before = metrics.duplicates_suspected.labels("lease_lost")._value.get()
+    result = drainer.drain(0)
+    assert result.tally.delivered == 0
+    assert fake.requests == [("ACC", 7)]
+    assert pending(redis_client, keys) == 7  # the new holder's: reclaimed, sent again (counted)
+    assert redis_client.xlen(keys.stream(0)) == 7
+    assert metrics.duplicates_suspected.labels("lease_lost")._value.get() == before + 7
+    assert redis_client.get(keys.lease(0)) == b"another-drain"  # neither renewed nor released by the old holder
+    assert redis_client.zcard(keys.slots("ACC")) == 0
+
+
+def test_entries_read_as_flat_fields_in_any_order_or_with_more_fields(redis_client: redis.Redis, keys: Keys) -> None:
+    """A new read's entries keep Redis's flat field lists (no dict per entry): ingest's [w, key, m, message] and
+    any other order or extra field are read alike."""
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    stream = keys.stream(0)
+    redis_client.xadd(stream, {"w": "wk", "m": orjson.dumps(track("u", 0))})
+    redis_client.xadd(stream, {"m": orjson.dumps(track("u", 1)), "w": "wk"})
+    redis_client.xadd(stream, {"w": "wk", "x": "1", "m": orjson.dumps(track("u", 2))})
+    redis_client.xadd(stream, {"w": "wk", "q": orjson.dumps(track("u", 3))})  # no message: a dead letter
+    result = drainer.drain(0)
+    assert (result.tally.delivered, result.tally.deadlettered) == (3, 1)
+    assert [r["evtData"]["n"] for _, r in fake.received] == [0, 1, 2]
+    (letter,) = letters(redis_client, keys)
+    assert letter.reason == "invalid_message"
+    assert pending(redis_client, keys) == 0
+
+
+def test_a_flat_pipeline_leaves_only_xreadgroup_unparsed(redis_client: redis.Redis, keys: Keys) -> None:
+    from worker.store.streams import ensure_group, flat_pipeline
+
+    stream = keys.stream(0)
+    ensure_group(redis_client, stream)
+    entry = redis_client.xadd(stream, {"w": "wk", "m": "{}"})
+    redis_client.hset(keys.paused("wk"), mapping={"a": "1"})
+    pipe = flat_pipeline(redis_client)
+    pipe.xreadgroup(GROUP, "test", {stream: ">"}, count=10)
+    pipe.hgetall(keys.paused("wk"))
+    answer, mapping = pipe.execute()
+    streams = [list(item) for item in answer.items()] if isinstance(answer, dict) else answer  # RESP3: a map
+    assert streams == [[stream.encode(), [[entry, [b"w", b"wk", b"m", b"{}"]]]]]
+    assert mapping == {b"a": b"1"}  # parsed as usual
+    parsed = redis_client.xreadgroup(GROUP, "test", {stream: "0"})  # the client's own reads: parsed as usual
+    assert parsed == [[stream.encode(), [(entry, {b"w": b"wk", b"m": b"{}"})]]]
+
+
+def paced(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch, arriving: int, pace_s: float = 0.05
+) -> tuple[FakeCleverTap, list[float]]:
+    """A drainer whose reads after a short one wait for ``pace_s``; ``arriving`` more messages come in during the
+    first such wait."""
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, DESTS, fake)
+    drainer.deliverer.read_pace_s = pace_s
+    drainer.read_batch = 10
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if 0 < seconds <= pace_s:  # the drain's (the keepers' threads sleep too, for seconds)
+            sleeps.append(seconds)
+            if len(sleeps) == 1:
+                enqueue(redis_client, keys, "wk", [track(f"v{i}", 100 + i) for i in range(arriving)])
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    drainer.drain(0)
+    return fake, sleeps
+
+
+def test_a_read_after_a_short_one_waits_for_the_pace_and_finds_a_fuller_batch(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(3)])
+    fake, sleeps = paced(redis_client, keys, monkeypatch, arriving=8)
+    assert fake.requests == [("ACC", 3), ("ACC", 8)]  # the 8 that came while it waited: one batch, the same drain
+    assert len(sleeps) == 1  # before the second read; that one (8 of 10) was not short: the third came at once
+    assert pending(redis_client, keys) == 0
+    assert redis_client.xlen(keys.stream(0)) == 0
+
+
+def test_a_read_after_a_full_one_does_not_wait(
+    redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(14)])
+    fake, sleeps = paced(redis_client, keys, monkeypatch, arriving=0)
+    assert fake.requests == [("ACC", 10), ("ACC", 4)]
+    assert len(sleeps) == 1  # only after the short read of 4 (before the last read, which found nothing)
+
+
+def test_no_pace_when_it_is_off(redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    enqueue(redis_client, keys, "wk", [track(f"u{i}", i) for i in range(3)])
+    fake, sleeps = paced(redis_client, keys, monkeypatch, arriving=8, pace_s=0.0)
+    assert fake.requests == [("ACC", 3)]  # the next read came at once, found nothing: the drain ended
+    assert sleeps == []

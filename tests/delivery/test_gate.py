@@ -51,6 +51,7 @@ def test_outside_without_holding_is_a_no_op() -> None:
 
 class FakeLease:
     def __init__(self) -> None:
+        self.key, self.token, self.ttl_ms = "lease", "token", 30_000
         self.held = True
         self.renewed_at = time.monotonic()
         self.renewals = 0
@@ -79,6 +80,29 @@ def test_the_keepalive_asks_redis_after_every_wait_and_not_twice_in_a_row() -> N
     lease.lost, lease.held, lease.renewed_at = False, True, time.monotonic() - 2
     assert keepalive()  # renewed long ago: asked again
     assert lease.renewals == 3
+
+
+def test_a_commit_that_renewed_the_lease_itself_spares_the_next_renewal() -> None:
+    """:meth:`Keepalive.folded`: the commit's own check stands for a renewal (held), or says the lease is lost."""
+    gate, lease = Gate(), FakeLease()
+    keepalive = Keepalive(lease, gate)  # type: ignore[arg-type]
+    with gate.inside():
+        with gate.outside():  # the upload
+            assert keepalive.fold() == (lease.key, lease.token, lease.ttl_ms)
+            asked = time.monotonic()
+        keepalive.folded(True, asked)
+        assert keepalive()
+        assert lease.renewals == 0
+        with gate.outside(counted=False):  # the read's pace: not a wait that may lose the lease
+            pass
+        assert keepalive()
+        assert lease.renewals == 0
+        with gate.outside():
+            lease.lost = True  # taken over during the upload: the commit found another token
+        keepalive.folded(False, time.monotonic())
+        assert keepalive.fold() is None
+        assert lease.held is False
+        assert keepalive() is False
 
 
 def test_a_drain_waits_for_its_turn_only_so_long() -> None:

@@ -169,3 +169,23 @@ def test_the_workers_gauges_read_a_cluster(client: Any, keys: Keys) -> None:
     gauges = {family.name: family.samples for family in collector.collect()}
     assert sum(sample.value for sample in gauges["ctrelay_stream_lag"]) == 10
     assert [sample.value for sample in gauges["ctrelay_deadletters"]] == [1]
+
+
+def test_a_slot_asks_the_pause_marker_and_goes_back_alone_on_a_cluster(client: Any, keys: Keys) -> None:
+    """The pause marker and the commit sent with a release have other hash tags than the account's slots: on a
+    cluster the marker is read by a GET of its own and the release goes alone (the holder commits after it)."""
+    from worker.store.slots import AccountSlots, Paused
+
+    slots = AccountSlots(client, keys, 15)
+    client.set(keys.paused("wk"), 401)
+    with pytest.raises(Paused) as raised, slots.slot("ACC", paused_key=keys.paused("wk")):
+        pass
+    assert raised.value.status == 401
+    assert client.zcard(keys.slots("ACC")) == 0
+    client.delete(keys.paused("wk"))
+    with slots.slot("ACC", paused_key=keys.paused("wk")) as held:
+        assert client.zcard(keys.slots("ACC")) == 1
+        held.then = lambda pipe: pipe.set(keys.stream(0), "never")
+    assert held.answers is None
+    assert client.zcard(keys.slots("ACC")) == 0
+    assert not client.exists(keys.stream(0))

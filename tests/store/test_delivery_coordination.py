@@ -253,3 +253,27 @@ def test_a_failed_release_leaves_the_slot_to_expire(redis_client: redis.Redis, k
         pass  # the block's work stands: no exception from the release
     assert slots.try_acquire("ACC") is None
     assert AccountSlots(redis_client, keys, max_cap=1).acquire("ACC", timeout_s=5.0) is not None
+
+
+def test_a_slot_asks_the_pause_marker_in_its_script(redis_client: redis.Redis, keys: Keys) -> None:
+    from worker.store.slots import Paused
+
+    slots = AccountSlots(redis_client, keys, 2)
+    redis_client.set(keys.paused("wk"), 403)
+    with pytest.raises(Paused) as raised, slots.slot("ACC", paused_key=keys.paused("wk")):
+        pass
+    assert raised.value.status == 403
+    assert redis_client.zcard(keys.slots("ACC")) == 0  # no slot taken
+    with slots.slot("ACC"):  # a caller that does not ask is not refused
+        pass
+    redis_client.delete(keys.paused("wk"))
+    with slots.slot("ACC", paused_key=keys.paused("wk")):
+        assert redis_client.zcard(keys.slots("ACC")) == 1
+
+
+def test_commands_sent_with_a_release_share_its_round_trip(redis_client: redis.Redis, keys: Keys) -> None:
+    slots = AccountSlots(redis_client, keys, 2)
+    with slots.slot("ACC") as held:
+        held.then = lambda pipe: (pipe.set(keys.paused("wk"), 1), pipe.get(keys.paused("wk")))
+    assert held.answers == [True, b"1"]
+    assert redis_client.zcard(keys.slots("ACC")) == 0

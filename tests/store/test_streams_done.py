@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
+
 import pytest
 import redis
 
 from worker.core.keys import GROUP, Keys
-from worker.store.streams import ack_and_delete, ensure_group
+from worker.store.scripts import PipelineScript
+from worker.store.streams import COMMIT_HELD, ack_and_delete, ensure_group, queue_commit_held
 
 pytestmark = pytest.mark.integration
+LEASE = "lease-token"
 
 
-def commit(client: redis.Redis, stream: str, ids: list[bytes]) -> None:
+def commit_multi(client: redis.Redis, stream: str, ids: list[bytes]) -> None:
     with client.pipeline(transaction=True) as pipe:
         ack_and_delete(pipe, stream, ids)
         pipe.execute()
+
+
+def commit_held(client: redis.Redis, stream: str, ids: list[bytes], token: str = LEASE) -> int:
+    """The commit under the partition's lease (``<stream>:lease``, set by the caller), on a plain pipeline."""
+    with client.pipeline(transaction=False) as pipe:
+        keys, args = queue_commit_held(pipe, stream, (f"{stream}:lease", token, 30_000), ids)
+        (answer,) = pipe.execute(raise_on_error=False)
+    return int(COMMIT_HELD.answer(client, answer, keys, args))
+
+
+@pytest.fixture(params=["multi", "held"])
+def commit(request: pytest.FixtureRequest, redis_client: redis.Redis, keys: Keys) -> Callable[..., object]:
+    """Both forms of a commit delete alike: the MULTI of :func:`ack_and_delete`, the script under the lease."""
+    if request.param == "multi":
+        return commit_multi
+    redis_client.set(f"{keys.stream(0)}:lease", LEASE, px=30_000)
+    return commit_held
 
 
 def read(client: redis.Redis, stream: str, consumer: str, count: int) -> list[bytes]:
@@ -22,7 +44,9 @@ def read(client: redis.Redis, stream: str, consumer: str, count: int) -> list[by
     return [entry_id for entry_id, _ in answer[0][1]]
 
 
-def test_done_entries_go_and_pending_or_unread_ones_stay(redis_client: redis.Redis, keys: Keys) -> None:
+def test_done_entries_go_and_pending_or_unread_ones_stay(
+    redis_client: redis.Redis, keys: Keys, commit: Callable[..., object]
+) -> None:
     stream = keys.stream(0)
     ensure_group(redis_client, stream)
     added = [redis_client.xadd(stream, {"n": n}) for n in range(12)]
@@ -42,7 +66,9 @@ def test_done_entries_go_and_pending_or_unread_ones_stay(redis_client: redis.Red
     assert int(redis_client.xpending(stream, GROUP)["pending"]) == 4
 
 
-def test_nothing_pending_trims_up_to_what_was_read(redis_client: redis.Redis, keys: Keys) -> None:
+def test_nothing_pending_trims_up_to_what_was_read(
+    redis_client: redis.Redis, keys: Keys, commit: Callable[..., object]
+) -> None:
     stream = keys.stream(0)
     ensure_group(redis_client, stream)
     added = [redis_client.xadd(stream, {"n": n}) for n in range(2500)]
@@ -52,3 +78,37 @@ def test_nothing_pending_trims_up_to_what_was_read(redis_client: redis.Redis, ke
     assert redis_client.xlen(stream) == 1500
     commit(redis_client, stream, first)
     assert [entry_id for entry_id, _ in redis_client.xrange(stream)] == added[2000:]
+
+
+def test_the_held_commit_writes_nothing_without_the_lease_and_renews_it_with(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    stream, lease = keys.stream(0), f"{keys.stream(0)}:lease"
+    ensure_group(redis_client, stream)
+    for n in range(5):
+        redis_client.xadd(stream, {"n": n})
+    ids = read(redis_client, stream, "worker", 5)
+    assert commit_held(redis_client, stream, ids) == -1  # no lease at all
+    redis_client.set(lease, "another-drain", px=30_000)
+    assert commit_held(redis_client, stream, ids) == -1  # taken over
+    assert redis_client.xlen(stream) == 5
+    assert int(redis_client.xpending(stream, GROUP)["pending"]) == 5
+    assert redis_client.get(lease) == b"another-drain"
+    assert 0 < redis_client.pttl(lease) <= 30_000
+    redis_client.set(lease, LEASE, px=1_000)
+    assert commit_held(redis_client, stream, ids[:2]) == 0
+    assert redis_client.pttl(lease) > 1_000  # renewed to the TTL it was given
+    assert [entry_id for entry_id, _ in redis_client.xrange(stream)] == ids[2:]
+    assert int(redis_client.xpending(stream, GROUP)["pending"]) == 3
+
+
+def test_a_pipeline_script_redis_does_not_know_yet_runs_by_its_source(redis_client: redis.Redis) -> None:
+    """As after a restart or a failover (NOSCRIPT): the answer is the script's, and the script is loaded after it."""
+    script = PipelineScript(f"return {{ARGV[1], redis.call('EXISTS', KEYS[1])}} -- {uuid.uuid4().hex}")
+    for _ in range(2):
+        with redis_client.pipeline(transaction=False) as pipe:
+            pipe.ping()
+            script.queue(pipe, ["no-such-key"], ["x"])
+            answers = pipe.execute(raise_on_error=False)
+        assert script.answer(redis_client, answers[1], ["no-such-key"], ["x"]) == [b"x", 0]
+        assert redis_client.script_exists(script.sha) == [True]

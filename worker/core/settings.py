@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9108, ge=0, description="worker Prometheus metrics port (0: off)")
     worker_concurrency: int = Field(default=16, ge=1, description="drain threads per `ctrelay worker` process")
     read_batch: int = Field(default=1000, ge=1, le=1000, description="stream entries read per drain step")
+    read_pace_ms: float = Field(
+        default=200.0, ge=0, le=1000, description="after a read under half a batch, the next read waits this long"
+    )
     upload_timeout_s: float = Field(default=30.0, gt=0, description="timeout of one CleverTap upload request")
     concurrency_cap: int = Field(default=15, ge=1, description="max concurrent uploads per CleverTap account")
     lease_ttl_s: float = Field(

@@ -74,6 +74,7 @@ class Runtime:
             ),
             suppression_window_s=settings.suppression_window_s,
             commit_patience_s=settings.lease_ttl_s,
+            read_pace_s=settings.read_pace_ms / 1000,
         )
         self.drainer = Drainer(
             self.deliverer,

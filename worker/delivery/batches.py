@@ -17,9 +17,11 @@ is sent again anyway is counted in ``ctrelay_duplicates_suspected_total{cause}``
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import orjson
 import redis
@@ -66,8 +68,17 @@ class Deliverer:
         rng: random.Random | None = None,
         suppression_window_s: float = 30 * 86_400,
         commit_patience_s: float = 30.0,
+        read_pace_s: float = 0.0,
     ) -> None:
         self.client = client
+        self.read_pace_s = read_pace_s
+        """The shortest time between two reads of a partition whose last read was short (``CTRELAY_READ_PACE_MS``)."""
+        self.short_reads: dict[str, float] = {}
+        """Per stream, when its last read short of half a batch was (monotonic): the next one waits for the pace."""
+        self.recent_write_keys: tuple[str, ...] = ()
+        """The write keys of the last batch delivered (any thread's): those whose suppressions' versions the next
+        read asks with it (:meth:`prefetch`)."""
+        self._prefetched = threading.local()
         self.commit_patience_s = commit_patience_s
         self.keys = keys
         self.destinations = destinations
@@ -97,6 +108,9 @@ class Deliverer:
         :class:`~worker.core.errors.DrainStopped` (before an upload or a commit) when ``keepalive`` answers
         ``False`` or no upload slot comes by ``deadline`` (monotonic): the entries not committed stay pending."""
         schedule = schedule if schedule is not None else RetrySchedule(self.client, self.keys, partition)
+        prefetched = getattr(self._prefetched, "batch", None)
+        self._prefetched.batch = None
+        versions = prefetched[1] if prefetched is not None and prefetched[0] is entries else None
         tally = Tally()
         works, groups, mixed = self._prepare(partition, entries, tally)
         for item in retries:
@@ -105,7 +119,12 @@ class Deliverer:
             _add(groups, work)
             mixed.add(item.write_key)
         # deleted users: suppress, drop their work (a deletion is always among the mixed)
-        kept = self.screen.screen(partition, works, tally, schedule, write_keys=list(groups), deletions=bool(mixed))
+        write_keys = list(groups)
+        if write_keys:
+            self.recent_write_keys = tuple(write_keys)
+        kept = self.screen.screen(
+            partition, works, tally, schedule, write_keys=write_keys, deletions=bool(mixed), versions=versions
+        )
         if kept is not works:  # some were dropped: group what is left
             groups = {}
             for work in kept:
@@ -122,22 +141,34 @@ class Deliverer:
                 continue
             # the fast path: a plain group (no retries, tokens or deletions) that CleverTap took whole
             delivered = False
+            held = None
             try:
                 if write_key in mixed:
                     tally.uploads += self.uploader.send(destination, group, keepalive, deadline)
-                else:
-                    requests, delivered = self.uploader.send_plain(destination, group, keepalive, deadline)
+                else:  # its commit goes with the last request's slot release (one round trip), where it can
+                    held = self.outcomes.held_commit(partition, group, keepalive)
+                    requests, delivered = self.uploader.send_plain(destination, group, keepalive, deadline, held)
                     tally.uploads += requests
             except DrainStopped:  # what this group already delivered is sent again with its entries
                 _suspect(group, "stopped")
                 raise
-            if delivered:
+            if delivered and held is not None and held.held is not None:  # committed with the release, or not held
+                if not held.held:
+                    _suspect(group, "lease_lost", len(group))
+                    raise DrainStopped("partition lease lost")
+                self.outcomes.delivered(destination, group, tally)
+            elif delivered:
                 write = partial(self.outcomes.commit_delivered, partition, destination, group, tally)
                 self._commit(group, keepalive, destination.name, write, sent=len(group))
             else:
                 write = partial(self.outcomes.commit, partition, schedule, destination, group, tally)
                 self._commit(group, keepalive, destination.name, write)
         return tally
+
+    def prefetch(self, entries: Sequence[StreamEntry], versions: Mapping[str, tuple[Any, int]]) -> None:
+        """The suppressions' versions read in the round trip of ``entries``'s read (after it), for this thread's
+        :meth:`deliver` of those very entries (any other batch ignores them)."""
+        self._prefetched.batch = (entries, versions)
 
     def _commit(
         self,
@@ -192,12 +223,18 @@ class Deliverer:
         group: list[Work] | None = None
         group_key: str | None = None  # the write key of ``group`` (a batch mostly has one)
         for entry_id, fields in entries:
-            try:  # Envelope.read, inlined
-                write_key, message = fields[FIELD_WRITE_KEY].decode("utf-8"), orjson.loads(fields[FIELD_MESSAGE])
+            try:  # Envelope.read, inlined; ingest's entry is the flat [w, <write key>, m, <message>]
+                if fields.__class__ is list and len(fields) == 4 and fields[0] == FIELD_WRITE_KEY:
+                    data = fields[3] if fields[2] == FIELD_MESSAGE else _field(fields, FIELD_MESSAGE)
+                    write_key, message = fields[1].decode("utf-8"), orjson.loads(data)
+                else:
+                    data = _field(fields, FIELD_MESSAGE)
+                    write_key, message = _field(fields, FIELD_WRITE_KEY).decode("utf-8"), orjson.loads(data)
                 if message.__class__ is not dict:
                     raise TypeError("message is not an object")
             except (KeyError, ValueError, TypeError):
-                raw = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+                pairs = fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=False)
+                raw = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs}
                 error = "not a ctrelay envelope (expected fields w and m, m a JSON object)"
                 letters.append(Letter.of(raw.get("w", ""), {"entry": raw}, "invalid_message", now=now, error=error))
                 acks.append(entry_id)
@@ -217,7 +254,7 @@ class Deliverer:
                 acks.append(entry_id)
                 continue
             if result.__class__ is list and len(result) == 1:  # the common message: its bytes kept, not the dict
-                work = Work(write_key, fields[FIELD_MESSAGE], result, entry_id)
+                work = Work(write_key, data, result, entry_id)
             elif isinstance(result, Delete):
                 work = Work(write_key, message, [result.record()], entry_id=entry_id)
                 mixed.add(write_key)
@@ -293,6 +330,16 @@ class Deliverer:
                 work.verdicts[index] = DELIVERED
                 work.deduped = work.deduped | {index}
             seen.add((key, token))
+
+
+def _field(fields: dict[bytes, bytes] | list[bytes], name: bytes) -> bytes:
+    """A stream entry's field (its fields as a dict or as a flat list of names and values); KeyError when absent."""
+    if isinstance(fields, dict):
+        return fields[name]
+    for index in range(0, len(fields) - 1, 2):
+        if fields[index] == name:
+            return fields[index + 1]
+    raise KeyError(name)
 
 
 def _add(groups: dict[str, list[Work]], work: Work) -> None:

@@ -45,9 +45,10 @@ from worker.delivery import metrics
 from worker.delivery.batches import Deliverer
 from worker.delivery.gate import Gate
 from worker.delivery.work import StreamEntry, Tally
+from worker.store.connections import is_cluster
 from worker.store.lease import Lease, LeaseKeeper, Liveness, alive
 from worker.store.retries import RetryItem, RetrySchedule
-from worker.store.streams import BACKLOG_COMMANDS, ensure_group, queue_backlog, read_backlog
+from worker.store.streams import BACKLOG_COMMANDS, ensure_group, flat_pipeline, queue_backlog, read_backlog
 
 log = structlog.get_logger("ctrelay.drain")
 FRESH_S = 1.0
@@ -250,14 +251,35 @@ class Drainer:
         return entries
 
     def _read_new(self, stream: str, schedule: RetrySchedule) -> tuple[list[StreamEntry], list[RetryItem]]:
-        """New entries (``>``) and the due retries, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        """New entries (``>``) and the due retries, in one round trip (their fields as flat lists on a single Redis:
+        :func:`~worker.store.streams.flat_pipeline`), and after them, on a single Redis, the suppressions' versions of
+        the last batch's destinations, which the batch's deletion screen reads then (:meth:`Deliverer.prefetch`).
+
+        After a read of less than half a batch (a partition fed live, not behind), the next read of the partition
+        comes :attr:`Deliverer.read_pace_s` after it at the earliest (the drain waits outside the gate): a batch
+        costs a fixed ~1 ms of CPU (its round trips, its request, cold caches) whatever its size, and a drain that
+        read again as soon as it had delivered would go from one tiny batch to the next."""
+        pace = self.deliverer.read_pace_s
+        last = self.deliverer.short_reads.pop(stream, None) if pace > 0 else None
+        if last is not None and (wait := last + pace - time.monotonic()) > 0:
+            with self.deliverer.gate.outside(counted=False):  # at most 1 s: a lease renewed just now stays held
+                time.sleep(wait)
+        cluster = is_cluster(self.client)
+        pipe = self.client.pipeline(transaction=False) if cluster else flat_pipeline(self.client)
         pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.read_batch)
         schedule.queue_due(pipe, self.deliverer.clock(), self.read_batch)
-        answer, due = pipe.execute(raise_on_error=False)
+        guess = () if cluster else self.deliverer.recent_write_keys  # the batch's destinations, most likely
+        suppressions = self.deliverer.suppressions
+        suppressions.queue_versions(pipe, guess)
+        answer, due, *versions = pipe.execute(raise_on_error=False)
         if isinstance(due, Exception):
             raise due
-        return self._entries(stream, answer), schedule.items(due)
+        entries = self._entries(stream, answer, new=True)
+        if pace > 0 and len(entries) < self.read_batch // 2:
+            self.deliverer.short_reads[stream] = time.monotonic()
+        if entries and guess:
+            self.deliverer.prefetch(entries, suppressions.versions(guess, versions))
+        return entries, schedule.items(due)
 
     def _read(self, stream: str, start: str) -> list[StreamEntry]:
         """New entries (``>``), or this consumer's own pending ones (``0``)."""
@@ -267,9 +289,10 @@ class Drainer:
             answer = exc
         return self._entries(stream, answer)
 
-    def _entries(self, stream: str, answer: Any) -> list[StreamEntry]:
+    def _entries(self, stream: str, answer: Any, *, new: bool = False) -> list[StreamEntry]:
         """The entries of an ``XREADGROUP`` answer (a NOGROUP error, after a Redis restart lost the group: none,
-        the group made again); pending entries whose entry was deleted are acknowledged."""
+        the group made again); pending entries whose entry was deleted are acknowledged. ``new``: a read of new
+        entries (``>``), which never answers a deleted one: the answer's list is the batch, as it came."""
         if isinstance(answer, Exception):
             if not isinstance(answer, redis.ResponseError) or "NOGROUP" not in str(answer):
                 raise answer
@@ -277,6 +300,10 @@ class Drainer:
             return []
         if not answer:
             return []
+        if isinstance(answer, dict):  # RESP3, as Redis sends it: a map of streams
+            answer = list(answer.items())
+        if new:
+            return answer[0][1]  # type: ignore[no-any-return]  # (entry id, fields) pairs, as lists
         gone = [entry_id for entry_id, fields in answer[0][1] if not fields]
         if gone:  # pending, but deleted from the stream: nothing left to deliver
             self.client.xack(stream, GROUP, *gone)
@@ -302,6 +329,21 @@ class Keepalive:
             return True
         self.waits = waits
         return self.lease.renew()
+
+    def fold(self) -> tuple[str, str, int] | None:
+        """The lease as a commit checks and renews it in its own script (key, token, TTL ms), instead of a renewal
+        of its own before it (:class:`worker.delivery.outcomes.HeldCommit`); None when it is known lost."""
+        lease = self.lease
+        return (lease.key, lease.token, lease.ttl_ms) if lease.held else None
+
+    def folded(self, held: bool, asked: float) -> None:
+        """What such a commit found, sent at ``asked`` (monotonic): the lease held and renewed then (as
+        :meth:`__call__`'s renewal, which it stands for), or lost."""
+        if held:
+            self.lease.renewed_at = max(self.lease.renewed_at, asked)
+            self.waits = self.gate.waits()
+        else:
+            self.lease.held = False
 
 
 def _text(value: bytes | str) -> str:

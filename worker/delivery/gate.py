@@ -65,10 +65,12 @@ class Gate:
                 self._give()
 
     @contextmanager
-    def outside(self) -> Iterator[None]:
+    def outside(self, *, counted: bool = True) -> Iterator[None]:
         """Let go of the gate for the block (a wait), and take it back after; nothing when this thread does not
-        hold it (a caller outside any drain: tests, the CLI)."""
-        self._local.waits = self.waits() + 1
+        hold it (a caller outside any drain: tests, the CLI). ``counted=False``: a pause of the drain's own, bounded
+        well below a lease's TTL (the read's pacing, at most 1 s), not counted in :meth:`waits`."""
+        if counted:
+            self._local.waits = self.waits() + 1
         depth = self._depth()
         if depth == 0:
             yield

@@ -15,14 +15,18 @@ crash (or a Redis error) between the steps leaves the entries pending: they are 
 and their dead letters written again, replacing themselves (a letter's id is derived from write key and
 messageId); nothing is lost. When Redis is full, only what frees memory is written (:meth:`OutcomeWriter.commit`),
 so that delivery frees memory. A group that was delivered whole on the fast path is only acknowledged
-(:meth:`OutcomeWriter.commit_delivered`: the partition's keys alone, one MULTI in every mode).
+(:meth:`OutcomeWriter.commit_delivered`: the partition's keys alone, one MULTI in every mode). On a single Redis that
+acknowledgement goes with the upload's slot release, in its round trip (:class:`HeldCommit`): one script on the
+partition's keys that checks the drain's lease token, renews the lease and acknowledges and deletes the entries,
+atomically, so that a drain that lost its lease commits nothing, as when the lease is checked first.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -31,12 +35,12 @@ from worker.core.destinations import Destination
 from worker.core.keys import Keys
 from worker.delivery import metrics
 from worker.delivery.policy import DeadLetter, Delivered, RetryPolicy, Verdict, decide
-from worker.delivery.work import Tally, Work
+from worker.delivery.work import Folding, Tally, Work
 from worker.store.deadletters import DeadLetterStore
 from worker.store.letters import Letter
 from worker.store.ordered import Step, write_in_order
 from worker.store.retries import RetryItem, RetrySchedule
-from worker.store.streams import ack_and_delete, free_done
+from worker.store.streams import COMMIT_HELD, ack_and_delete, free_done, queue_commit_held
 
 log = structlog.get_logger("ctrelay.delivery")
 
@@ -180,6 +184,22 @@ class OutcomeWriter:
 
         return [(True, deadletters), (False, tokens)]
 
+    def held_commit(self, partition: int, group: list[Work], keepalive: object) -> HeldCommit | None:
+        """The fast path's commit of ``group`` to send with its upload's slot release (:class:`HeldCommit`), when
+        ``keepalive`` can fold the lease check into it (a drain's :class:`~worker.delivery.drain.Keepalive`);
+        else None (then :meth:`commit_delivered`, after the keepalive)."""
+        if not (hasattr(keepalive, "fold") and hasattr(keepalive, "folded")):
+            return None
+        ids = [work.entry_id for work in group if work.entry_id is not None]
+        return HeldCommit(self.client, self.keys.stream(partition), ids, cast(Folding, keepalive)) if ids else None
+
+    def delivered(self, destination: Destination, group: list[Work], tally: Tally) -> None:
+        """Count a plain ``group`` delivered whole and committed (:meth:`commit_delivered`, :class:`HeldCommit`)."""
+        tally.delivered += len(group)
+        kinds = [work.records[0].get("type") for work in group]
+        for kind in dict.fromkeys(kinds):  # a plain group holds one kind or two (event, profile): C-speed counts
+            metrics.records_delivered.labels(destination.name, str(kind)).inc(kinds.count(kind))
+
     def commit_delivered(self, partition: int, destination: Destination, group: list[Work], tally: Tally) -> None:
         """The fast path's commit: every message of the plain ``group`` (read from the stream, one event or profile
         record each, see :meth:`~worker.delivery.uploads.Uploader.send_plain`) was delivered, so its outcome is the
@@ -193,10 +213,7 @@ class OutcomeWriter:
                 pipe.execute()
         except redis.OutOfMemoryError:
             free_done(self.client, stream, acks, ("", ""), [])
-        tally.delivered += len(group)
-        kinds = [work.records[0].get("type") for work in group]
-        for kind in dict.fromkeys(kinds):  # a plain group holds one kind or two (event, profile): C-speed counts
-            metrics.records_delivered.labels(destination.name, str(kind)).inc(kinds.count(kind))
+        self.delivered(destination, group, tally)
 
     def dead_letter(
         self, schedule: RetrySchedule, group: list[Work], reason: str, error: str, tally: Tally, *, name: str
@@ -219,3 +236,39 @@ class OutcomeWriter:
         for _ in letters:
             metrics.deadletters_written.labels(name, reason, "").inc()
         tally.deadlettered += len(group)
+
+
+class HeldCommit:
+    """The fast path's commit sent with the upload's slot release (a :class:`~worker.delivery.work.Fold`): the
+    entries acknowledged and deleted by one script that first checks, and renews, the drain's lease
+    (:func:`~worker.store.streams.queue_commit_held`). :attr:`held`: None while not written (not sent, no answer, an
+    error: the caller commits as usual, which is safe to repeat), True once written, False when the lease was found
+    lost (nothing written)."""
+
+    def __init__(self, client: redis.Redis, stream: str, entry_ids: list[bytes], keepalive: Folding) -> None:
+        self.client = client
+        self.stream = stream
+        self.entry_ids = entry_ids
+        self.keepalive = keepalive
+        self.held: bool | None = None
+        self._sent: tuple[list[Any], list[Any], float] | None = None
+
+    def queue(self, pipe: Any) -> None:
+        lease = self.keepalive.fold()
+        if lease is None:  # known lost: nothing sent; the caller's keepalive says so
+            return
+        asked = time.monotonic()
+        keys, args = queue_commit_held(pipe, self.stream, lease, self.entry_ids)
+        self._sent = (keys, args, asked)
+
+    def read(self, answers: list[Any]) -> None:
+        if self._sent is None or not answers:
+            return
+        keys, args, asked = self._sent
+        try:
+            written = int(COMMIT_HELD.answer(self.client, answers[0], keys, args))
+        except redis.RedisError as exc:  # not written (or not known written): committed again as usual
+            log.warning("held_commit_failed", stream=self.stream, error=f"{type(exc).__name__}: {exc}")
+            return
+        self.held = written >= 0
+        self.keepalive.folded(self.held, asked)

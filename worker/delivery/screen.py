@@ -87,10 +87,13 @@ class Screen:
         *,
         write_keys: list[str] | None = None,
         deletions: bool = True,
+        versions: Mapping[str, tuple[Any, int]] | None = None,
     ) -> list[Work]:
         """Suppress the users of the batch's deletions; drop (acknowledge, unschedule, count) suppressed work.
         Returns ``works`` itself when nothing is dropped. ``write_keys``: those of ``works`` in order, when the
-        caller knows them; ``deletions=False``: the caller knows that no work is a deletion (none to look for)."""
+        caller knows them; ``deletions=False``: the caller knows that no work is a deletion (none to look for);
+        ``versions``: the suppressions' versions read with the batch
+        (:meth:`~worker.store.suppressions.Suppressions.view`)."""
         if not works:
             return works
         now = self.clock()
@@ -98,7 +101,7 @@ class Screen:
         for work in works if deletions else ():
             if work.retry is None and is_deletion(work):  # read from the stream (a retry was seen when first read)
                 new.setdefault(work.write_key, set()).update(fields_of(work.records[0]))
-        view = self.suppressions.view(_RecordsByDestination(works, write_keys))
+        view = self.suppressions.view(_RecordsByDestination(works, write_keys), versions)
         if not new and not any(view.values()):
             return works
         kept: list[Work] = []

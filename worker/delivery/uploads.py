@@ -6,8 +6,9 @@ adapts the account's cap (429 lowers it), sets every record's :class:`~worker.de
 request that CleverTap rejects as a whole, pauses the destination on a 401/403, and stops sending the
 destination's other requests after a request-wide failure (they would fail alike). One structlog line
 ``upload`` per request (destination, account, records, status, outcome, duration) and one
-``ctrelay_uploads_total`` count, written as soon as CleverTap answers, before anything that needs Redis (giving
-the slot back, adapting the cap, pausing): a Redis failure after the answer never loses its line or count.
+``ctrelay_uploads_total`` count, written once CleverTap answered, whatever Redis does next (giving the slot back,
+with the batch's commit on the fast path, adapting the cap, pausing): a Redis failure after the answer never loses
+its line or count.
 A request without an answer (timeout, network) counts its records in
 ``ctrelay_duplicates_suspected_total{cause="no_answer"}``: CleverTap may have processed it before the retry.
 
@@ -38,8 +39,8 @@ from worker.delivery import metrics
 from worker.delivery.clevertap import MAX_DELETE_IDS, MAX_RECORDS, MAX_TOKENS, CleverTap, Report
 from worker.delivery.gate import Gate
 from worker.delivery.policy import DELIVERED, SPLIT, RetryPolicy, Verdict, all_delivered, classify
-from worker.delivery.work import Work
-from worker.store.slots import AccountSlots
+from worker.delivery.work import Fold, Work
+from worker.store.slots import AccountSlots, Paused
 
 log = structlog.get_logger("ctrelay.delivery")
 Slice = list[tuple[Work, int]]
@@ -129,19 +130,29 @@ class Uploader:
         group: list[Work],
         keepalive: Callable[[], object] | None,
         deadline: float | None = None,
+        fold: Fold | None = None,
     ) -> tuple[int, bool]:
         """:meth:`send` for a *plain* group (read from the stream, one event or profile record per message: no
         retries, tokens or deletions), the fast path: requests are slices of the group, and while CleverTap answers
         every record delivered (:func:`~worker.delivery.policy.all_delivered`) no verdict is set. Returns (requests,
         all delivered); when not all were, every record's verdict is set as :meth:`send` sets them (the requests
-        before the first other answer delivered, that answer read as usual, the rest sent or not as usual)."""
-        if self._paused(destination, [(work, 0) for work in group]):
-            return 0, False
+        before the first other answer delivered, that answer read as usual, the rest sent or not as usual).
+
+        Whether the destination is paused is asked with the first request's slot (in its script on a single Redis:
+        :meth:`~worker.store.slots.AccountSlots.try_acquire`), not in a round trip of its own. ``fold``: the group's
+        commit, sent with the last request's slot release when CleverTap took that request whole (one round trip
+        instead of two; :class:`~worker.store.slots.HeldSlot`)."""
         requests = 0
         for start in range(0, len(group), MAX_RECORDS):
             part = group[start : start + MAX_RECORDS]
+            last = fold if start + MAX_RECORDS >= len(group) else None
+            paused = self.keys.paused(destination.write_key) if start == 0 else None  # asked with the first slot
             try:
-                report = self._request(destination, [work.records[0] for work in part], keepalive, None, deadline)
+                records = [work.records[0] for work in part]
+                report = self._request(destination, records, keepalive, None, deadline, fold=last, paused=paused)
+            except Paused as exc:  # nothing sent
+                _pause(exc.status, [(work, 0) for work in group])
+                return 0, False
             except DrainStopped:  # the requests before this one were delivered: say so (duplicates counted)
                 _delivered(group[:start])
                 raise
@@ -169,10 +180,7 @@ class Uploader:
         paused = self.client.get(self.keys.paused(destination.write_key))
         if paused is None:
             return False
-        status = int(paused)
-        verdict = Verdict("auth", "auth", status, None, f"destination paused after HTTP {status}")
-        for work, index in items:
-            work.verdicts[index] = verdict
+        _pause(int(paused), items)
         return True
 
     def _send(
@@ -201,15 +209,26 @@ class Uploader:
         keepalive: Callable[[], object] | None,
         call: Call | None,
         deadline: float | None,
+        *,
+        fold: Fold | None = None,
+        paused: str | None = None,
     ) -> Report:
-        """One request under an account slot, once the lease is known held."""
+        """One request under an account slot, once the lease is known held; ``fold`` goes with the slot's release
+        when CleverTap took the request whole. ``paused``: the destination's pause marker, asked with the slot
+        (raises :class:`~worker.store.slots.Paused`, nothing sent)."""
         call = call if call is not None else self.clevertap.upload
         # a batch may take several requests (splits): keep the partition's lease, and send nothing once it is lost
         if keepalive is not None and keepalive() is False:
             raise DrainStopped("partition lease lost")
         timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
-        with self.gate.outside(), self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s):
-            return call(destination, records)  # the wait for a slot and for the answer: other drains run meanwhile
+        slot = self.slots.slot(destination.account_id, keepalive=keepalive, timeout_s=timeout_s, paused_key=paused)
+        with self.gate.outside(), slot as held:
+            report = call(destination, records)  # the wait for a slot and for the answer: other drains run meanwhile
+            if fold is not None and all_delivered(report):
+                held.then = fold.queue
+        if fold is not None and held.answers is not None:
+            fold.read(held.answers)
+        return report
 
     def _upload(
         self,
@@ -305,6 +324,13 @@ def _outcome(verdicts: list[Verdict] | object) -> str:
     assert isinstance(verdicts, list)
     kinds = {v.kind for v in verdicts}
     return kinds.pop() if len(kinds) == 1 else "partial"
+
+
+def _pause(status: int, items: Slice) -> None:
+    """Set every item's verdict ``auth``: the destination is paused after a 401/403 (``status``)."""
+    verdict = Verdict("auth", "auth", status, None, f"destination paused after HTTP {status}")
+    for work, index in items:
+        work.verdicts[index] = verdict
 
 
 def _delivered(works: list[Work]) -> None:

@@ -6,7 +6,7 @@ Every room of delivery (uploads, outcomes, the deletion screen, the batch itself
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -14,8 +14,37 @@ from worker.delivery.policy import Verdict
 from worker.store.retries import RetryItem, item_id
 
 NONE_DEDUPED: frozenset[int] = frozenset()
-StreamEntry = tuple[bytes, dict[bytes, bytes]]
-"""One entry as ``XREADGROUP`` returns it: its id and its fields."""
+StreamEntry = tuple[bytes, dict[bytes, bytes] | list[bytes]]
+"""One entry as ``XREADGROUP`` returns it: its id and its fields, as a dict (redis-py's form) or as Redis sends them,
+a flat list of names and values (a new read's, :func:`worker.store.streams.flat_pipeline`)."""
+
+
+class Folding(Protocol):
+    """A drain's keepalive whose lease a commit can check and renew itself, in its own script
+    (:class:`worker.delivery.drain.Keepalive`)."""
+
+    def __call__(self) -> bool: ...
+
+    def fold(self) -> tuple[str, str, int] | None:
+        """The lease as the commit checks it: (key, token, TTL ms); None when it is known lost."""
+        ...
+
+    def folded(self, held: bool, asked: float) -> None:
+        """What such a commit found: the lease held (and renewed) or not; ``asked``: when it was sent (monotonic)."""
+        ...
+
+
+class Fold(Protocol):
+    """Commands an upload sends with its slot's release, when CleverTap took the whole request
+    (:meth:`worker.delivery.uploads.Uploader.send_plain`): the batch's commit."""
+
+    def queue(self, pipe: Any) -> None:
+        """Queue the commands on ``pipe`` (a plain pipeline)."""
+        ...
+
+    def read(self, answers: list[Any]) -> None:
+        """Read their answers (the pipeline's, after the release's)."""
+        ...
 
 
 class Work:

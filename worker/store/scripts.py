@@ -14,6 +14,7 @@ server enforces ``maxmemory`` the way Redis 7 does).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import weakref
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from worker.store.connections import is_cluster
 
@@ -68,6 +70,38 @@ def script(client: Any, source: str) -> OomScript:
 def eval_allow_oom(client: redis.Redis, source: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
     """Run ``source`` with ``allow-oom`` where the server supports script flags (``EVALSHA``, see :func:`script`)."""
     return script(client, source)(keys=keys, args=args)
+
+
+class PipelineScript:
+    """A script queued by ``EVALSHA`` on a plain pipeline among other commands (one round trip, none more: redis-py's
+    own pipeline scripts ask ``SCRIPT EXISTS`` first, a round trip of its own each time), with ``allow-oom`` where the
+    server supports script flags. Where Redis answers ``NOSCRIPT`` (a restart, a failover, the first call),
+    :meth:`answer` runs it again at once by ``EVAL`` of its source, which loads it for the next calls."""
+
+    def __init__(self, source: str) -> None:
+        self.plain = source
+        self.source = ALLOW_OOM + source
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
+
+    def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        """Queue the script on ``pipe`` (a plain pipeline, transactional or not)."""
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def answer(self, client: Any, answer: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """The script's answer, from what the pipeline answered for it (``execute(raise_on_error=False)``): run again
+        by ``EVAL`` on ``client`` after ``NOSCRIPT``; an error reply raises."""
+        if isinstance(answer, NoScriptError):
+            try:
+                return client.execute_command("EVAL", self.source, len(keys), *keys, *args)
+            except redis.ResponseError as exc:
+                if not _no_flags(exc):
+                    raise
+                self.source = self.plain
+                self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()  # noqa: S324
+                return client.execute_command("EVAL", self.source, len(keys), *keys, *args)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
 def on_pipeline(script: Script, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:

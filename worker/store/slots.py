@@ -11,8 +11,11 @@ The deadline is short (:data:`SLOT_TTL_S`, 5 s) and, while a request runs, the p
 holder's slots free within 5 s, however long requests take. The keeper renews a slot only for as long as
 one request can need (``max_hold_s``: the client's longest request plus a margin), so a stuck thread in a
 live process loses its slot too. Giving a slot back is best effort: when Redis does not answer, the slot
-expires by itself within the TTL (the upload's answer is still logged, counted and committed). The scripts
-run when Redis is full (:mod:`worker.store.scripts`: a few bytes each), since delivering is what frees memory then.
+expires by itself within the TTL (the upload's answer is still logged, counted and committed). On a single Redis the
+holder may send commands of its own with the release, in its round trip (the batch's commit after an upload that
+CleverTap took whole: :class:`HeldSlot`), and the acquire script may read a destination's pause marker first
+(:meth:`AccountSlots.try_acquire`: no slot taken for a paused destination). The scripts run when Redis is full
+(:mod:`worker.store.scripts`: a few bytes each), since delivering is what frees memory then.
 
 The cap starts at the configured maximum (15, CleverTap's documented limit). A 429 lowers it to
 ¾ of its value (at most once per second, so one burst of 429s counts once; never below 1); each
@@ -26,12 +29,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 import structlog
 
 from worker.core.errors import DrainStopped
 from worker.core.keys import Keys
+from worker.store.connections import is_cluster
 from worker.store.lease import LeaseKeeper
 from worker.store.scripts import OomScript
 
@@ -54,6 +59,16 @@ if redis.call('ZCARD', KEYS[1]) < math.floor(cap) then
 end
 return 0
 """
+
+# KEYS: slots, cap, the destination's pause marker. ARGV: as _ACQUIRE. {-1, status} when the destination is paused
+# (no slot taken), else as _ACQUIRE.
+_ACQUIRE_UNPAUSED = (
+    """
+local paused = redis.call('GET', KEYS[3])
+if paused then return {-1, paused} end
+"""
+    + _ACQUIRE
+)
 
 # KEYS: slots. ARGV: token, ttl ms. Returns 1 when the slot was still held (its deadline is pushed back).
 _RENEW = """
@@ -92,13 +107,27 @@ return tostring(cap)
 """
 
 
+class Paused(Exception):
+    """The destination is paused (a 401/403 earlier: its marker holds the status): no slot was taken."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"destination paused after HTTP {status}")
+        self.status = status
+
+
 class HeldSlot:
-    """One slot this process holds, as the keeper renews it."""
+    """One slot this process holds, as the keeper renews it.
+
+    ``then``: commands the holder queues to go with the slot's release, in its round trip (a single Redis; on a
+    Redis Cluster the release goes alone and ``then`` is not run); ``answers``: theirs, once sent (None: not sent,
+    or Redis did not answer)."""
 
     def __init__(self, slots: AccountSlots, account_id: str, token: str) -> None:
         self.slots = slots
         self.key = slots.keys.slots(account_id)
         self.token = token
+        self.then: Callable[[Any], object] | None = None
+        self.answers: list[Any] | None = None
 
     def renew(self) -> bool:
         return int(self.slots._renew(keys=[self.key], args=[self.token, self.slots.slot_ttl_ms])) == 1
@@ -124,17 +153,32 @@ class AccountSlots:
         self.max_hold_s = max_hold_s
         self.keeper = LeaseKeeper(slot_ttl_s / 3, name="ctrelay-slots")
         self._acquire = OomScript(client, _ACQUIRE)
+        self._acquire_unpaused = OomScript(client, _ACQUIRE_UNPAUSED)
+        self._cluster = is_cluster(client)
         self._renew = OomScript(client, _RENEW)
         self._adjust = OomScript(client, _ADJUST)
         self._at_max: dict[str, bool] = {}  # per account: the cap was at its maximum when this process last took a slot
 
-    def try_acquire(self, account_id: str) -> str | None:
-        """Take a slot now if one is free; returns its token, or None."""
+    def try_acquire(self, account_id: str, paused_key: str | None = None) -> str | None:
+        """Take a slot now if one is free; returns its token, or None. With ``paused_key`` (a destination's pause
+        marker), raises :class:`Paused` instead when the marker is set: on a single Redis in the same script (one
+        round trip), on a Redis Cluster (another hash tag) by a ``GET`` before it."""
         token = uuid.uuid4().hex
         keys = [self.keys.slots(account_id), self.keys.cap(account_id)]
-        taken = self._acquire(keys=keys, args=[token, self.slot_ttl_ms, self.max_cap])
+        args = [token, self.slot_ttl_ms, self.max_cap]
+        if paused_key is None:
+            taken = self._acquire(keys=keys, args=args)
+        elif self._cluster:
+            paused = self.client.get(paused_key)
+            if paused is not None:
+                raise Paused(int(paused))
+            taken = self._acquire(keys=keys, args=args)
+        else:
+            taken = self._acquire_unpaused(keys=[*keys, paused_key], args=args)
         if not isinstance(taken, list):
             return None
+        if int(taken[0]) == -1:
+            raise Paused(int(taken[1]))
         self._at_max[account_id] = int(taken[1]) == 1
         return token
 
@@ -145,16 +189,18 @@ class AccountSlots:
         timeout_s: float | None = None,
         keepalive: Callable[[], object] | None = None,
         keepalive_every_s: float = 1.0,
+        paused_key: str | None = None,
     ) -> str | None:
         """Wait for a slot (polling, 5-50 ms with jitter); None if ``timeout_s`` passes first.
 
         ``keepalive`` is called about every ``keepalive_every_s`` while waiting (the drain renews its lease);
-        when it answers ``False`` (the lease is lost) the wait ends at once: None.
+        when it answers ``False`` (the lease is lost) the wait ends at once: None. ``paused_key``: see
+        :meth:`try_acquire` (asked at every try).
         """
         started = last_keepalive = time.monotonic()
         wait = 0.005
         while True:
-            token = self.try_acquire(account_id)
+            token = self.try_acquire(account_id, paused_key)
             if token is not None:
                 return token
             now = time.monotonic()
@@ -176,25 +222,38 @@ class AccountSlots:
 
     @contextmanager
     def slot(
-        self, account_id: str, *, keepalive: Callable[[], object] | None = None, timeout_s: float | None = None
-    ) -> Iterator[str]:
+        self,
+        account_id: str,
+        *,
+        keepalive: Callable[[], object] | None = None,
+        timeout_s: float | None = None,
+        paused_key: str | None = None,
+    ) -> Iterator[HeldSlot]:
         """Hold a slot for the duration of the block (waits up to ``timeout_s``, default as long as it takes),
-        renewed by the keeper (up to ``max_hold_s``); given back after it, best effort (see the module).
+        renewed by the keeper (up to ``max_hold_s``); given back after it, best effort (see the module), with the
+        commands the block set as the slot's ``then`` (:class:`HeldSlot`) in the same round trip on a single Redis.
 
-        Raises :class:`~worker.core.errors.DrainStopped` when no slot came in time or ``keepalive`` answered ``False``.
+        Raises :class:`~worker.core.errors.DrainStopped` when no slot came in time or ``keepalive`` answered ``False``,
+        :class:`Paused` when ``paused_key`` is set (:meth:`try_acquire`).
         """
-        token = self.acquire(account_id, timeout_s=timeout_s, keepalive=keepalive)
+        token = self.acquire(account_id, timeout_s=timeout_s, keepalive=keepalive, paused_key=paused_key)
         if token is None:
             raise DrainStopped(f"no upload slot for account {account_id} (waited up to {timeout_s} s, or lease lost)")
         held = HeldSlot(self, account_id, token)
         until = None if self.max_hold_s is None else time.monotonic() + self.max_hold_s
         self.keeper.hold(held, until)
         try:
-            yield token
+            yield held
         finally:
             self.keeper.drop(held)
             try:
-                self.release(account_id, token)
+                if held.then is not None and not is_cluster(self.client):
+                    with self.client.pipeline(transaction=False) as pipe:
+                        pipe.zrem(held.key, token)
+                        held.then(pipe)
+                        held.answers = pipe.execute(raise_on_error=False)[1:]
+                else:
+                    self.release(account_id, token)
             except redis.RedisError as exc:  # it expires within the TTL; what the block did stands
                 log.warning("slot_release_failed", account=account_id, error=f"{type(exc).__name__}: {exc}")
 

@@ -16,7 +16,7 @@ it needs no transaction with the caller's other writes (other tags: streams, tok
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -159,21 +159,44 @@ class Suppressions:
             removed, _ = pipe.execute()
         return int(removed)
 
-    def view(self, records: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, dict[str, float]]:
+    def queue_versions(self, pipe: Any, write_keys: Iterable[str]) -> None:
+        """Queue on ``pipe`` (plain) what :meth:`view` reads first of each destination: its version and size."""
+        for write_key in write_keys:
+            pipe.hget(self.keys.suppressed(write_key), VERSION_FIELD)
+            pipe.hlen(self.keys.suppressed(write_key))
+
+    @staticmethod
+    def versions(write_keys: Sequence[str], answers: Sequence[Any]) -> dict[str, tuple[Any, int]]:
+        """The (version, size) of each destination from the answers :meth:`queue_versions` queued; a destination
+        whose answers are errors (``execute(raise_on_error=False)``) is left out (:meth:`view` asks again)."""
+        found: dict[str, tuple[Any, int]] = {}
+        for index, write_key in enumerate(write_keys):
+            version, size = answers[2 * index], answers[2 * index + 1]
+            if not isinstance(version, Exception) and isinstance(size, int):
+                found[write_key] = (version, size)
+        return found
+
+    def view(
+        self, records: Mapping[str, Iterable[Mapping[str, Any]]], versions: Mapping[str, tuple[Any, int]] | None = None
+    ) -> dict[str, dict[str, float]]:
         """Per write key of ``records`` (a batch's records by destination), its suppressed fields → until.
 
-        One round trip (``HGET`` of each version, ``HLEN``); a destination's copy is re-read (``HGETALL``) only
-        when its version moved; a destination with more than :attr:`large` ids is asked for the batch's ids."""
+        One round trip (``HGET`` of each version, ``HLEN``), none for the destinations whose ``versions`` the caller
+        read already (:meth:`queue_versions`, after the batch's read, in its round trip); a destination's copy is
+        re-read (``HGETALL``) only when its version moved; a destination with more than :attr:`large` ids is asked
+        for the batch's ids."""
         names = list(records)
-        with self.client.pipeline(transaction=False) as pipe:
-            for write_key in names:
-                pipe.hget(self.keys.suppressed(write_key), VERSION_FIELD)
-                pipe.hlen(self.keys.suppressed(write_key))
-            answers: list[Any] = pipe.execute()
+        known = versions if versions is not None else {}
+        asked = [name for name in names if name not in known]
+        if asked:
+            with self.client.pipeline(transaction=False) as pipe:
+                self.queue_versions(pipe, asked)
+                answers: list[Any] = pipe.execute()
+            known = {**known, **self.versions(asked, answers)}
         stale: list[str] = []
         large: dict[str, list[str]] = {}
-        for index, name in enumerate(names):
-            version, size = answers[2 * index], answers[2 * index + 1]
+        for name in names:
+            version, size = known[name]
             if size > self.large:
                 large[name] = sorted({field for record in records[name] for field in fields_of(record)})
             elif self._cached(name) != version:
