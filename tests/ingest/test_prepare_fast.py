@@ -80,8 +80,7 @@ def prepare_as_written(
         try:
             message = parse(raw, implied_type)
         except MessageError as exc:
-            outcome.rejected["invalid_message"] += 1
-            outcome.error = RequestError(400, "invalid_message", exc.reason)
+            outcome.refuse("invalid_message", RequestError(400, "invalid_message", exc.reason))
             continue
         if kind == "webhook":
             message.pop("writeKey", None)
@@ -94,16 +93,17 @@ def prepare_as_written(
         except orjson.JSONEncodeError as exc:
             deep = "ecursion" in str(exc)
             if not deep:
-                outcome.rejected["invalid_message"] += 1
-                outcome.error = RequestError(400, "invalid_message", f"message cannot be encoded: {exc}")
+                outcome.refuse(
+                    "invalid_message", RequestError(400, "invalid_message", f"message cannot be encoded: {exc}")
+                )
                 continue
         if deep:
-            outcome.rejected["too_deep"] += 1
-            outcome.error = body.deep_error(depth)
+            outcome.refuse("too_deep", body.deep_error(depth))
             continue
         if len(encoded) > limit:
-            outcome.rejected["message_too_large"] += 1
-            outcome.error = RequestError(400, "message_too_large", f"message larger than {limit} bytes")
+            outcome.refuse(
+                "message_too_large", RequestError(400, "message_too_large", f"message larger than {limit} bytes")
+            )
             continue
         outcome.entries.append(PRODUCER.entry(destination.write_key, message, encoded))
         call = message["type"]

@@ -104,6 +104,10 @@ _ATTEMPTS = 4
 """Script calls per partition and request at most: a stale size (a bucket that started) is reloaded and retried."""
 
 
+_MAKERS = 256
+"""Write keys whose :meth:`Producer.maker` is kept (ingest asks only for its destinations')."""
+
+
 _NAMED_SHARDS = 4096
 """Buckets of up to this many sets have their sets' names made once (a bigger one's are made per entry)."""
 
@@ -149,6 +153,8 @@ class Producer:
         self.replicas_timeout_ms = max(1, int(replicas_timeout_s * 1000))
         self._streams = self.streams()
         self._sizes = [keys.seen_sizes(p) for p in range(partitions)]
+        self._makers: dict[str, Callable[[str, str, bytes], Entry]] = {}
+        """:meth:`maker`'s, by write key (a relay's destinations: few)."""
         self._shard_names: dict[tuple[int, int, int], list[str]] = {}
         """The marker sets' names of a partition's bucket of S sets, by (partition, bucket, S), made once."""
 
@@ -173,7 +179,12 @@ class Producer:
 
         The same :class:`Entry` as :meth:`entry` (tested side by side), with what every message of the write key
         shares looked up once: :func:`~worker.core.keys.partition_of` and :func:`~worker.store.dedup.digest` are
-        inlined (ingest makes one per message)."""
+        inlined (ingest makes one per message). Made once per write key."""
+        made = self._makers.get(write_key)
+        if made is not None:
+            return made
+        if len(self._makers) >= _MAKERS:
+            self._makers.clear()
         key = write_key.encode("utf-8")
         start = keyed(key)
         streams, partitions, crc32, split = self._streams, self.partitions, zlib.crc32, SPLIT
@@ -185,6 +196,7 @@ class Producer:
             member, shard = split(hashed.digest())
             return Entry(streams[partition], partition, str(member or 1).encode("ascii"), shard, key, encoded)
 
+        self._makers[write_key] = make
         return make
 
     async def enqueue(
