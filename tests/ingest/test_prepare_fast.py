@@ -42,7 +42,7 @@ from worker.core.errors import MessageError, RequestError
 from worker.core.keys import Keys
 from worker.core.messages import CALL_TYPES, MAX_MESSAGE_ID, parse
 from worker.core.settings import Settings
-from worker.store.producer import Producer
+from worker.store.producer import Entry, Producer
 from worker.transform.deletions import MARK, asks_deletion
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -333,8 +333,10 @@ def test_the_plain_pass_is_taken_and_keeps_the_clients_dict() -> None:
 def test_the_maker_makes_the_entry(write_key: str, user: str, message_id: str) -> None:
     encoded = b'{"a":1}'
     message = {"userId": user, "anonymousId": "anon", "messageId": message_id}
-    key = user or "anon"
-    assert PRODUCER.maker(write_key)(key, message_id, encoded) == PRODUCER.entry(write_key, message, encoded)
+    made = PRODUCER.maker(write_key)(user or "anon", message_id, encoded)
+    assert made == PRODUCER.entry(write_key, message, encoded)
+    assert type(made) is Entry
+    assert made.message is encoded
 
 
 @settings(max_examples=300, deadline=None, database=None)

@@ -187,14 +187,15 @@ class Producer:
             self._makers.clear()
         key = write_key.encode("utf-8")
         start = keyed(key)
-        streams, partitions, crc32, split = self._streams, self.partitions, zlib.crc32, SPLIT
+        streams, partitions, crc32, split, new = self._streams, self.partitions, zlib.crc32, SPLIT, tuple.__new__
 
         def make(user: str, message_id: str, encoded: bytes) -> Entry:
             partition = crc32(user.encode("utf-8")) % partitions
             hashed = start.copy()
             hashed.update(message_id.encode("utf-8"))
             member, shard = split(hashed.digest())
-            return Entry(streams[partition], partition, str(member or 1).encode("ascii"), shard, key, encoded)
+            # (tuple.__new__: the Entry a NamedTuple's own __new__, a Python function, would make)
+            return new(Entry, (streams[partition], partition, b"%d" % (member or 1), shard, key, encoded))
 
         self._makers[write_key] = make
         return make
