@@ -26,9 +26,9 @@ arguments = (
     | st.text(min_size=6000, max_size=6100)
 )
 commands = st.lists(
-    st.tuples(st.sampled_from(["EVALSHA", "PING", "MULTI", "EXEC", "XADD"])).flatmap(
-        lambda name: st.lists(arguments, max_size=8).map(lambda rest: (*name, *rest))
-    ),
+    st.tuples(
+        st.sampled_from(["EVALSHA", "PING", "MULTI", "EXEC", "XADD", "CONFIG GET", b"EVALSHA", b"SCRIPT LOAD"])
+    ).flatmap(lambda name: st.lists(arguments, max_size=8).map(lambda rest: (*name, *rest))),
     min_size=1,
     max_size=4,
 )

@@ -13,8 +13,8 @@ Redis Cluster, Sentinel's primary and ``WAIT`` use redis-py's pipeline.
 
 The held connection's commands are packed by hiredis (:func:`_pack`): redis-py's asyncio connection packs in Python,
 argument by argument (an enqueue of 100 messages has ~300 arguments: ~5x the CPU of hiredis's C). The same bytes
-(tested side by side); what hiredis refuses (a type it does not take) and a connection whose encoding is not UTF-8
-strict go through redis-py's packer, which answers them as before.
+(tested side by side); what hiredis refuses (a type it does not take), a command name redis-py would split
+(``"CONFIG GET"``) and a connection whose encoding is not UTF-8 strict go through redis-py's packer, as before.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class _Held:
 def _pack(connection: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[bytes]:
     """``connection.pack_commands(commands)``'s bytes (one piece per command), packed by hiredis when it can."""
     encoder = connection.encoder
-    if encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
+    plain = all(command[0].__class__ is str and " " not in command[0] for command in commands)  # (no "CONFIG GET")
+    if plain and encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
         try:
             return [hiredis.pack_command(command) for command in commands]
         except TypeError:  # (a bool, None, a bytearray...: redis-py's packer says what it says of them)
