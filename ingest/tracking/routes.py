@@ -247,7 +247,7 @@ class Ingest:
             implied_type,
             destination,
             settings=settings,
-            entry=self.producer.entry,
+            entry=self.producer.maker(destination.write_key),
             digest=digest,
             flat=flat,
         )

@@ -52,7 +52,7 @@ MAX_SHARDS = 1 << 22
 SAMPLES = 8
 """Sets of the previous bucket whose sizes are read to size a new bucket (shards 0..7)."""
 SENTINEL = b"0"
-_SPLIT = struct.Struct("<qI").unpack
+SPLIT = struct.Struct("<qI").unpack
 """A digest's 12 bytes: the member (signed 64-bit) and the shard hash (unsigned 32-bit), little-endian."""
 
 # KEYS: the sizes hash, then shards 0..SAMPLES-1 of the previous bucket. ARGV: bucket, previous bucket, the one
@@ -86,15 +86,16 @@ return {tonumber(cur), prev}
 def digest(write_key: bytes, message_id: str) -> tuple[bytes, int]:
     """The marker of a message: its member (a 64-bit integer, as Redis reads it: decimal, never 0) and the hash
     that picks its shard."""
-    hashed = _keyed(write_key).copy()  # (a copy of the hash fed ``<write key>\n``: half the cost of a new one)
+    hashed = keyed(write_key).copy()  # (a copy of the hash fed ``<write key>\n``: half the cost of a new one)
     hashed.update(message_id.encode("utf-8"))
-    member, shard = _SPLIT(hashed.digest())
+    member, shard = SPLIT(hashed.digest())
     return str(member or 1).encode("ascii"), shard
 
 
 @functools.lru_cache(maxsize=64)
-def _keyed(write_key: bytes) -> Any:
-    """BLAKE2b (12 bytes) fed ``<write key>\n``: every message of a destination starts so."""
+def keyed(write_key: bytes) -> Any:
+    """BLAKE2b (12 bytes) fed ``<write key>\n``: every message of a destination starts so (:func:`digest` goes on
+    from a copy of it; so does :meth:`worker.store.producer.Producer.maker`, which inlines :func:`digest`)."""
     return hashlib.blake2b(write_key + b"\n", digest_size=12)
 
 

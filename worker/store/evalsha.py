@@ -10,6 +10,11 @@ check cost ingest more CPU than the rest of a single call's write. The answers a
 (an error reply is that command's answer), a connection or timeout error is retried once on a new connection
 (the connection's own retry policy, as the pipeline's), and the pool closes the connection with the client. A
 Redis Cluster, Sentinel's primary and ``WAIT`` use redis-py's pipeline.
+
+The held connection's commands are packed by hiredis (:func:`_pack`): redis-py's asyncio connection packs in Python,
+argument by argument (an enqueue of 100 messages has ~300 arguments: ~5x the CPU of hiredis's C). The same bytes
+(tested side by side); what hiredis refuses (a type it does not take), a command name redis-py would split
+(``"CONFIG GET"``) and a connection whose encoding is not UTF-8 strict go through redis-py's packer, as before.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import weakref
 from typing import Any
 
+import hiredis
 from redis.asyncio import ConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.connection import AbstractConnection
@@ -56,7 +62,7 @@ class _Held:
             if connection is None:
                 connection = self.connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]  # held
                 self.limit_s, connection.socket_timeout = connection.socket_timeout, None  # (the call's limit, below)
-            packed = connection.pack_commands(commands)
+            packed = _pack(connection, commands)
             limit = self.limit_s
 
             async def attempt() -> list[Any]:
@@ -83,6 +89,18 @@ class _Held:
                 await connection.disconnect(nowait=True)
                 raise
             return result
+
+
+def _pack(connection: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[bytes]:
+    """``connection.pack_commands(commands)``'s bytes (one piece per command), packed by hiredis when it can."""
+    encoder = connection.encoder
+    plain = all(command[0].__class__ is str and " " not in command[0] for command in commands)  # (no "CONFIG GET")
+    if plain and encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
+        try:
+            return [hiredis.pack_command(command) for command in commands]
+        except TypeError:  # (a bool, None, a bytearray...: redis-py's packer says what it says of them)
+            pass
+    return connection.pack_commands(commands)
 
 
 _HELD: weakref.WeakKeyDictionary[AsyncRedis, _Held] = weakref.WeakKeyDictionary()

@@ -14,7 +14,8 @@ it reset itself is read as a ConnectionError (ingest answers 503, the client ret
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -24,7 +25,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from worker.core.keys import FIELD_MESSAGE, FIELD_WRITE_KEY, Keys, partition_of
 from worker.store.connections import is_cluster, reset_is_connection_error
-from worker.store.dedup import Markers, digest
+from worker.store.dedup import SPLIT, Markers, digest, keyed
 from worker.store.evalsha import run_scripts
 from worker.store.streams import measure_backlog, queue_backlog, read_backlogs
 
@@ -103,6 +104,10 @@ _ATTEMPTS = 4
 """Script calls per partition and request at most: a stale size (a bucket that started) is reloaded and retried."""
 
 
+_MAKERS = 256
+"""Write keys whose :meth:`Producer.maker` is kept (ingest asks only for its destinations')."""
+
+
 _NAMED_SHARDS = 4096
 """Buckets of up to this many sets have their sets' names made once (a bigger one's are made per entry)."""
 
@@ -148,6 +153,8 @@ class Producer:
         self.replicas_timeout_ms = max(1, int(replicas_timeout_s * 1000))
         self._streams = self.streams()
         self._sizes = [keys.seen_sizes(p) for p in range(partitions)]
+        self._makers: dict[str, Callable[[str, str, bytes], Entry]] = {}
+        """:meth:`maker`'s, by write key (a relay's destinations: few)."""
         self._shard_names: dict[tuple[int, int, int], list[str]] = {}
         """The marker sets' names of a partition's bucket of S sets, by (partition, bucket, S), made once."""
 
@@ -165,6 +172,33 @@ class Producer:
             key,
             encoded if encoded is not None else orjson.dumps(message),
         )
+
+    def maker(self, write_key: str) -> Callable[[str, str, bytes], Entry]:
+        """:meth:`entry` for the messages of one write key (a request's), as ``make(user, message_id, encoded)``:
+        ``user`` is the message's ``userId or anonymousId`` and ``message_id`` its ``messageId``, both as strings.
+
+        The same :class:`Entry` as :meth:`entry` (tested side by side), with what every message of the write key
+        shares looked up once: :func:`~worker.core.keys.partition_of` and :func:`~worker.store.dedup.digest` are
+        inlined (ingest makes one per message). Made once per write key."""
+        made = self._makers.get(write_key)
+        if made is not None:
+            return made
+        if len(self._makers) >= _MAKERS:
+            self._makers.clear()
+        key = write_key.encode("utf-8")
+        start = keyed(key)
+        streams, partitions, crc32, split, new = self._streams, self.partitions, zlib.crc32, SPLIT, tuple.__new__
+
+        def make(user: str, message_id: str, encoded: bytes) -> Entry:
+            partition = crc32(user.encode("utf-8")) % partitions
+            hashed = start.copy()
+            hashed.update(message_id.encode("utf-8"))
+            member, shard = split(hashed.digest())
+            # (tuple.__new__: the Entry a NamedTuple's own __new__, a Python function, would make)
+            return new(Entry, (streams[partition], partition, b"%d" % (member or 1), shard, key, encoded))
+
+        self._makers[write_key] = make
+        return make
 
     async def enqueue(
         self,
