@@ -10,6 +10,9 @@
   ``timestamp = receivedAt - (sentAt - originalTimestamp)``, the client's own value kept as
   ``originalTimestamp``; not for webhooks (Segment already corrected those). A malformed or
   missing timestamp falls back to ``receivedAt``.
+
+What is the same for every message of a request (its ``receivedAt`` text, its ``sentAt`` parsed) is computed once,
+on its :class:`Request`.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class Request:
         self.integrations = integrations
         self.correct_skew = correct_skew
         self.received_text = format_time(received)
-        self.sent = parse_time(sent_at)
+        self.sent = None if sent_at is None else parse_time(sent_at)
         """``sent_at`` parsed (``None``: absent or not a time), once for the request's messages."""
 
 
