@@ -107,7 +107,8 @@ def enrich(message: dict[str, Any], request: Request, received_text: str) -> dic
         own = get("context")
         message["context"] = merge(request.context, own) if isinstance(own, dict) else request.context
     context = get("context")
-    if isinstance(context, dict) and MARK in context:  # a copy: the batch's context may be shared by its items
+    # (a copy: the batch's context may be shared by its items)
+    if context is not None and (context.__class__ is dict or isinstance(context, dict)) and MARK in context:
         message["context"] = {key: value for key, value in context.items() if key != MARK}
     if request.integrations is not None:
         own = get("integrations")

@@ -215,7 +215,7 @@ def parse(raw: object, implied_type: str | None = None, *, owned: bool = False) 
     without ``owned``, ``raw`` unchanged. The rules, the reasons and the dict returned (keys, values, key order)
     are the same either way.
     """
-    if not isinstance(raw, dict):
+    if raw.__class__ is not dict and not isinstance(raw, dict):
         raise MessageError("message: must be a JSON object")
     if None in raw.values():  # (a new dict: C-speed either way)
         message = {key: value for key, value in raw.items() if value is not None}
