@@ -78,8 +78,7 @@ class Request:
         sent_at: str | None = None,
         context: dict[str, Any] | None = None,
         integrations: dict[str, Any] | None = None,
-        *,
-        correct_skew: bool = True,
+        correct_skew: bool = True,  # (positional too: a keyword to a class call costs ~0.1 µs)
     ) -> None:
         self.received = received
         self.sent_at = sent_at

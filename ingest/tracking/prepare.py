@@ -79,7 +79,7 @@ def prepare(
         top.get("sentAt") if top is not None and isinstance(top.get("sentAt"), str) else None,
         top.get("context") if top is not None else None,
         top.get("integrations") if top is not None else None,
-        correct_skew=kind != "webhook",
+        kind != "webhook",  # correct_skew
     )
     received_text = enrichment.received_text
     limit = settings.max_message_bytes
