@@ -1,9 +1,11 @@
 """``parse`` (plain checks) against the pydantic models it replaced, side by side: the golden inputs, every message
-literal of the ingest and message tests, and generated messages. Same normalised dict, or the same reason."""
+literal of the ingest and message tests, and generated messages. Same normalised dict, or the same reason; with
+``owned`` too."""
 
 from __future__ import annotations
 
 import ast
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,14 @@ def outcome(check: Any, raw: object, implied_type: str | None) -> tuple[str, Any
         return "rejected", exc.reason
 
 
+def parse_owned(raw: object, implied_type: str | None) -> dict[str, Any]:
+    return parse(copy.deepcopy(raw), implied_type, owned=True)
+
+
 def assert_same(raw: object, implied_type: str | None = None) -> None:
-    assert outcome(parse, raw, implied_type) == outcome(model_parse, raw, implied_type), (raw, implied_type)
+    expected = outcome(model_parse, raw, implied_type)
+    assert outcome(parse, raw, implied_type) == expected, (raw, implied_type)
+    assert outcome(parse_owned, raw, implied_type) == expected, (raw, implied_type, "owned")
 
 
 def golden_messages() -> list[Any]:

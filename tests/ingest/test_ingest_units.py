@@ -6,12 +6,14 @@ import base64
 import gzip
 import zlib
 from datetime import UTC, datetime
+from unittest import mock
 
 import pytest
 from pydantic import SecretStr
 
 from ingest import body
 from ingest.tracking import auth
+from ingest.tracking import enrich as enrich_module
 from ingest.tracking.enrich import Request, enrich, format_time, merge, parse_time
 from worker.core.destinations import Destination, Destinations
 from worker.core.errors import RequestError
@@ -150,6 +152,35 @@ def test_no_skew_correction_for_webhooks() -> None:
     enrich(message, Request(received=RECEIVED, correct_skew=False), format_time(RECEIVED))
     assert message["timestamp"] == "2026-11-28T10:00:00.000Z"
     assert "originalTimestamp" not in message
+
+
+def test_the_requests_sent_at_is_parsed_once_for_its_messages() -> None:
+    request = Request(received=RECEIVED, sent_at="2026-11-28T12:00:05Z")
+    assert request.sent == datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
+    assert request.received_text == format_time(RECEIVED) == "2026-11-28T12:00:00.000Z"
+    assert Request(received=RECEIVED, sent_at="not a time").sent is None
+    assert Request(received=RECEIVED).sent is None
+    stamps = []
+    with mock.patch.object(enrich_module, "parse_time", wraps=parse_time) as parsed:
+        for own in (None, None, "2026-11-28T12:00:03Z"):
+            message = {"type": "track", "timestamp": "2026-11-28T12:00:01Z"}
+            if own is not None:
+                message["sentAt"] = own  # an item's own wins
+            stamps.append(enrich(message, request, request.received_text)["timestamp"])
+    assert stamps == ["2026-11-28T11:59:56.000Z", "2026-11-28T11:59:56.000Z", "2026-11-28T11:59:58.000Z"]
+    assert [call.args[0] for call in parsed.call_args_list] == [
+        "2026-11-28T12:00:01Z",  # the timestamps, and the item's own sentAt only
+        "2026-11-28T12:00:01Z",
+        "2026-11-28T12:00:01Z",
+        "2026-11-28T12:00:03Z",
+    ]
+
+
+def test_an_original_timestamp_given_as_null_is_kept_as_given() -> None:
+    """(``enrich`` of a message ``parse`` did not normalize: a present ``originalTimestamp`` wins, even null.)"""
+    message = {"type": "track", "originalTimestamp": None, "timestamp": "2026-11-28T11:00:00Z"}
+    enrich(message, Request(received=RECEIVED), format_time(RECEIVED))
+    assert message["timestamp"] == "2026-11-28T12:00:00.000Z"
 
 
 def test_parse_time_naive_means_utc() -> None:

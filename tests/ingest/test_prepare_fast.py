@@ -1,17 +1,18 @@
 """Ingest's one pass over a request's messages gives exactly what the rules give (hypothesis), bytes included.
 
-- :func:`~ingest.tracking.prepare.prepare` (a plain message validated, enriched and encoded in one pass written for
-  speed, the rest through ``parse`` and ``enrich``) against ``prepare_as_written`` below: every message through
-  :func:`~worker.core.messages.parse`, then :func:`~ingest.tracking.enrich.enrich`, ``orjson.dumps``, the nesting
-  and size bounds, and :meth:`~worker.store.producer.Producer.entry`; the same clock and the same generated
-  messageIds on both sides. Compared: the entries (stream, partition, marker, write key and the message's bytes:
-  key order counts), the call types, the refusals and their reasons, the deletions;
+- :func:`~ingest.tracking.prepare.prepare` (each message through ``parse(..., owned=True)``, whose first check
+  decides the common message and returns the client's dict itself, and ``enrich`` with the request's ``sentAt``
+  parsed once) against ``prepare_as_written`` below: every message through :func:`~worker.core.messages.parse`
+  (a copy), then :func:`~ingest.tracking.enrich.enrich`, ``orjson.dumps``, the nesting and size bounds, and
+  :meth:`~worker.store.producer.Producer.entry`; the same clock and the same generated messageIds on both sides.
+  Compared: the entries (stream, partition, marker, write key and the message's bytes: key order counts), the call
+  types, the refusals and their reasons, the deletions;
 - :meth:`~worker.store.producer.Producer.maker` (partition and marker inlined) against
   :meth:`~worker.store.producer.Producer.entry`.
 
-``prepare_as_written`` is a reference, kept here only: the loop as it stood before the plain pass was written. A
-change of a rule goes into the rule's module (``parse``, ``enrich``) and, when the plain pass states it too, into
-:mod:`ingest.tracking.prepare`; this comparison then says that the pass still means what the rules say.
+``prepare_as_written`` is a reference, kept here only: the loop as main wrote it (before issue 17's savings). A
+change of a rule goes into the rule's module (``parse``, ``enrich``) alone; this comparison then says that the
+savings (the client's dict kept, the bracket count, the entry maker) still mean what the loop meant.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def prepare_as_written(
     digest: str | None,
     flat: bool,
 ) -> Outcome:
-    """The loop before the plain pass: parse, (webhook,) enrich, encode, bound, entry; each message alike."""
+    """The loop as main wrote it: parse, (webhook,) enrich, encode, bound, entry; each message alike."""
     enrichment = Enrichment(
         received=prepare_module.datetime.now(UTC),  # (the clock the test fixes)
         sent_at=top.get("sentAt") if top is not None and isinstance(top.get("sentAt"), str) else None,
@@ -158,7 +159,7 @@ def assert_same(
     flat = body.shallow(data, depth)
     sides = []
     for run in ("reference", "product"):
-        given_items, given_top = copy.deepcopy(items), copy.deepcopy(top)  # the plain pass keeps the client's dict
+        given_items, given_top = copy.deepcopy(items), copy.deepcopy(top)  # prepare keeps the client's dict
         with fixed():
             if run == "reference":
                 outcome = prepare_as_written(
@@ -303,9 +304,10 @@ def test_the_golden_inputs() -> None:
                 assert_same([raw], None, "single", implied, destination=destination)
 
 
-def test_the_plain_pass_is_taken_and_keeps_the_clients_dict() -> None:
-    """The comparison above would hold with no plain pass at all: this says that the common message takes it
-    (the client's own dict, enriched in place) and that an odd one does not (``parse``'s copy)."""
+def test_the_first_check_is_taken_and_keeps_the_clients_dict() -> None:
+    """The comparison above would hold with ``owned`` ignored: this says that the common message is decided by
+    ``parse``'s first check and kept (the client's own dict, enriched in place) and that an odd one is not (it goes
+    through the rules field by field, on ``parse``'s copy)."""
     plain = {"type": "track", "userId": "u", "event": "E", "messageId": "m", "timestamp": "2026-12-01T10:00:00Z"}
     odd = {"type": "track", "userId": 42, "event": "E", "messageId": "m2"}
     config = Settings()
@@ -321,7 +323,7 @@ def test_the_plain_pass_is_taken_and_keeps_the_clients_dict() -> None:
             digest=None,
             flat=True,
         )
-    assert plain["receivedAt"] == "2026-12-01T10:00:01.234Z"  # enriched in place: the plain pass
+    assert plain["receivedAt"] == "2026-12-01T10:00:01.234Z"  # enriched in place: the first check decided
     assert "receivedAt" not in odd  # parse's copy was enriched
     assert [orjson.loads(entry.message)["userId"] for entry in outcome.entries] == ["u", "42"]
 

@@ -158,18 +158,77 @@ def _violation(rule: int, value: object) -> str | None:
     return "Value should have at least 1 item after validation, not 0"
 
 
-def parse(raw: object, implied_type: str | None = None) -> dict[str, Any]:
+_TEXTS = (str, type(None))
+_OBJECTS = (dict, type(None))
+
+
+def _plain(message: dict[str, Any], kind: object) -> bool:
+    """Whether the rules below accept ``message`` (no nulls) of type ``kind`` and would change nothing in it, decided
+    in one expression per call type (no call per field): every field of the type the rules ask, exactly ``str`` or
+    ``dict`` (so no id to coerce from a number), the required ones non-empty, the messageId not too long, and a
+    non-empty ``userId`` or ``anonymousId``. ``False`` decides nothing: the rules field by field do."""
+    get = message.get
+    user, anonymous, message_id = get("userId"), get("anonymousId"), get("messageId")
+    if not (
+        user.__class__ in _TEXTS
+        and anonymous.__class__ in _TEXTS
+        and get("previousId").__class__ in _TEXTS
+        and get("groupId").__class__ in _TEXTS
+        and (message_id is None or (message_id.__class__ is str and len(message_id) <= MAX_MESSAGE_ID))
+        and get("context").__class__ in _OBJECTS
+        and get("integrations").__class__ in _OBJECTS
+        and get("writeKey").__class__ in _TEXTS
+        and (user or anonymous)
+    ):
+        return False
+    if kind == "track":
+        event = get("event")
+        return event.__class__ is str and event != "" and get("properties").__class__ in _OBJECTS
+    if kind == "identify":
+        return get("traits").__class__ in _OBJECTS
+    if kind in ("page", "screen"):  # (a tuple: kind may be unhashable)
+        return (
+            get("name").__class__ in _TEXTS
+            and get("category").__class__ in _TEXTS
+            and get("properties").__class__ in _OBJECTS
+        )
+    if kind == "group":
+        return bool(get("groupId")) and get("traits").__class__ in _OBJECTS
+    if kind == "alias":
+        return bool(user) and bool(get("previousId"))
+    return False
+
+
+def parse(raw: object, implied_type: str | None = None, *, owned: bool = False) -> dict[str, Any]:
     """Check one message against the contract and return it normalized; raise MessageError.
 
     ``implied_type`` is the call type a single-call path implies (``/v1/track`` → ``track``); it wins
     over a ``type`` in the body, as Segment's API does. The reason names the first field (in the models'
     order) that breaks a rule. ``raw`` is decoded JSON: strings are ``str`` and objects ``dict`` (the
     models, in Python mode, would also take ``bytes`` for a string, which JSON cannot carry).
+
+    The common message is decided by a first check (:func:`_plain`: nothing to normalize but its ``type`` and
+    its nulls, one expression per call type); any other goes through the rules field by field. What is
+    returned is a new dict (``raw`` is not changed), unless ``owned``: the caller hands ``raw`` over and never
+    reads it again (ingest's decoded body, dropped once its messages are encoded), and a message the first check
+    decides, without a null, is returned itself, its ``type`` set in place: no copy. Any other is copied as
+    without ``owned``, ``raw`` unchanged. The rules, the reasons and the dict returned (keys, values, key order)
+    are the same either way.
     """
-    if not isinstance(raw, dict):
+    if raw.__class__ is not dict and not isinstance(raw, dict):
         raise MessageError("message: must be a JSON object")
-    # (a copy either way: C-speed when nothing is null, as almost always)
-    message = {key: value for key, value in raw.items() if value is not None} if None in raw.values() else dict(raw)
+    if None in raw.values():  # (a new dict: C-speed either way)
+        message = {key: value for key, value in raw.items() if value is not None}
+    elif owned and raw.__class__ is dict:
+        message = raw
+    else:
+        message = dict(raw)
+    if _plain(message, raw.get("type") if implied_type is None else implied_type):
+        if implied_type is not None:
+            message["type"] = implied_type
+        return message
+    if message is raw:  # (the rules below normalize: on a copy)
+        message = dict(raw)
     if implied_type is not None:
         message["type"] = implied_type
     get = message.get
