@@ -48,7 +48,15 @@ from worker.delivery.work import StreamEntry, Tally
 from worker.store.connections import is_cluster
 from worker.store.lease import Lease, LeaseKeeper, Liveness, alive
 from worker.store.retries import RetryItem, RetrySchedule
-from worker.store.streams import BACKLOG_COMMANDS, ensure_group, flat_pipeline, queue_backlog, read_backlog
+from worker.store.streams import (
+    BACKLOG_COMMANDS,
+    ensure_group,
+    flat_pipeline,
+    id_order,
+    queue_backlog,
+    read_backlog,
+    text,
+)
 
 log = structlog.get_logger("ctrelay.drain")
 FRESH_S = 1.0
@@ -211,7 +219,7 @@ class Drainer:
                 raise
             ensure_group(self.client, stream)
             return None, []
-        next_cursor = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
+        next_cursor = text(answer[0])
         entries = [(entry_id, fields) for entry_id, fields in answer[1] if fields is not None]
         if entries:  # their consumer may have uploaded them before it died: they may reach CleverTap twice
             log.info("reclaimed", stream=stream, entries=len(entries))
@@ -227,7 +235,7 @@ class Drainer:
                 raise
             ensure_group(self.client, stream)
             return []
-        names = [_text(item["name"]) for item in summary.get("consumers") or [] if int(item["pending"]) > 0]
+        names = [text(item["name"]) for item in summary.get("consumers") or [] if int(item["pending"]) > 0]
         return [name for name in names if name != self.consumer]
 
     def _claim_dead(self, stream: str, dead: Sequence[str]) -> list[StreamEntry]:
@@ -237,7 +245,7 @@ class Drainer:
         for name in dead:
             pipe.xpending_range(stream, GROUP, min="-", max="+", count=self.read_batch, consumername=name)
         found: list[Any] = pipe.execute()
-        ids = sorted({item["message_id"] for items in found for item in items}, key=_stream_id)[: self.read_batch]
+        ids = sorted({item["message_id"] for items in found for item in items}, key=id_order)[: self.read_batch]
         if not ids:
             return []
         answer: Any = self.client.xclaim(stream, GROUP, self.consumer, 0, ids)
@@ -344,16 +352,6 @@ class Keepalive:
             self.waits = self.gate.waits()
         else:
             self.lease.held = False
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _stream_id(entry_id: bytes | str) -> tuple[int, int]:
-    """A stream id's order (``<ms>-<seq>``, compared as numbers)."""
-    ms, _, seq = _text(entry_id).partition("-")
-    return int(ms), int(seq or 0)
 
 
 def partitions_with_work(

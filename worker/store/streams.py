@@ -195,8 +195,15 @@ def free_done(
         eval_allow_oom(client, _FREE_DONE, [stream, *retry_keys], args)
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A Redis answer's name or id as text (bytes decoded, anything else as ``str``)."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def id_order(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream id's order (``<ms>-<seq>``, compared as numbers)."""
+    ms, _, seq = text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +225,8 @@ def group_info(groups: Any) -> GroupInfo:
     if not isinstance(groups, list):
         return GroupInfo(exists=False)
     for group in groups:
-        info = {_text(key): value for key, value in group.items()}
-        if _text(info.get("name")) == GROUP:
+        info = {text(key): value for key, value in group.items()}
+        if text(info.get("name")) == GROUP:
             lag = info.get("lag")
             return GroupInfo(
                 exists=True,
