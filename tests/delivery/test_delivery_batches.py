@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -546,9 +547,11 @@ def paced(
     drainer.read_batch = 10
     sleeps: list[float] = []
     real_sleep = time.sleep
+    drain_thread = threading.get_ident()
 
     def sleep(seconds: float) -> None:
-        if 0 < seconds <= pace_s:  # the drain's (the keepers' threads sleep too, for seconds)
+        # the drain's own (other threads sleep too: keepers, and those left running by earlier tests)
+        if 0 < seconds <= pace_s and threading.get_ident() == drain_thread:
             sleeps.append(seconds)
             if len(sleeps) == 1:
                 enqueue(redis_client, keys, "wk", [track(f"v{i}", 100 + i) for i in range(arriving)])
