@@ -62,7 +62,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from ingest import body
 from ingest.cors import CRASHED
-from ingest.responses import Answer
+from ingest.responses import ACCEPTED, Answer
 from ingest.tracking.dispatch import Direct, Target
 from worker.core.settings import Settings
 
@@ -380,19 +380,56 @@ class _Direct:
         transport = protocol.transport
         if self.disconnected or transport.is_closing():
             return
-        parts = [STATUS_LINE[answer.status]]
-        for name, value in (*protocol.server_state.default_headers, *answer.headers, *self.allow):
-            parts += (name, b": ", value, b"\r\n")
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", answer.body)
-        transport.write(b"".join(parts))
+        default = protocol.server_state.default_headers
+        if answer is ACCEPTED:  # the common answer: its bytes made once per date (and CORS headers, keep-alive)
+            key = (*self.allow, self.keep_alive)
+            if _accepted.default is not default:
+                _accepted.default, _accepted.made = default, {}
+            made = _accepted.made.get(key)
+            if made is None:
+                if len(_accepted.made) >= _ACCEPTED_MOST:
+                    _accepted.made.clear()
+                made = _accepted.made[key] = _written(default, answer, self.allow, self.keep_alive)
+        else:
+            made = _written(default, answer, self.allow, self.keep_alive)
+        transport.write(made)
         self.response_complete = True
         if not self.keep_alive:
             transport.close()
         protocol.on_response_complete()
         if crashed and not transport.is_closing():
             transport.close()
+
+
+def _written(
+    default: list[tuple[bytes, bytes]], answer: Answer, allow: list[tuple[bytes, bytes]], keep_alive: bool
+) -> bytes:
+    """An answer's bytes as uvicorn writes them: status line, the server's default headers, the answer's, the CORS
+    headers, ``connection: close`` when the connection is not kept alive, the blank line and the body."""
+    parts = [STATUS_LINE[answer.status]]
+    for name, value in (*default, *answer.headers, *allow):
+        parts += (name, b": ", value, b"\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", answer.body)
+    return b"".join(parts)
+
+
+class _Accepted:
+    """The bytes of ``200 {"success":true}`` by CORS headers and keep-alive, for one list of the server's default
+    headers (uvicorn makes a new one each second, for its ``date``): the answer of nearly every request, made ~2 µs
+    per request before."""
+
+    __slots__ = ("default", "made")
+
+    def __init__(self) -> None:
+        self.default: list[tuple[bytes, bytes]] | None = None
+        self.made: dict[tuple[object, ...], bytes] = {}
+
+
+_accepted = _Accepted()
+_ACCEPTED_MOST = 64
+"""Answers kept at most (an echoed origin is part of the key: hostile origins must not grow it without bound)."""
 
 
 class _Joining:
