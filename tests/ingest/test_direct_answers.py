@@ -1,9 +1,11 @@
 """The bytes of the answers ingest's HTTP protocol writes itself (ingest.connections._Direct.answer): the common 200's
 are made once and kept, and must stay what uvicorn would write: the server's current ``date``, the request's CORS
-headers, ``connection: close`` when the connection is not kept alive."""
+headers, ``connection: close`` when the connection is not kept alive; and a handled request is freed once answered
+(no reference to itself)."""
 
 from __future__ import annotations
 
+import gc
 from types import SimpleNamespace
 from typing import Any
 
@@ -88,3 +90,23 @@ def test_echoed_origins_do_not_grow_the_kept_answers_without_bound() -> None:
             b"Tue, 01 Dec 2026 20:00:00 GMT", ACCEPTED, allow, True
         )
         assert len(connections._accepted.made) <= connections._ACCEPTED_MOST
+
+
+def test_a_handled_request_holds_no_reference_to_itself() -> None:
+    """Once handled, a request's ``message_event`` (what uvicorn's protocol calls ``set()`` on) is no longer the
+    request itself: freed once answered, with its scope, headers and body, without the cyclic collector; and the
+    protocol's later ``set()`` calls (a late body part, the end, the connection's loss) still do nothing."""
+    scheduled: list[Any] = []
+    protocol = _protocol(b"Tue, 01 Dec 2026 20:00:00 GMT")
+    protocol.loop = SimpleNamespace(call_soon=scheduled.append)
+    direct = connections._Direct(protocol, None, [], True)  # type: ignore[arg-type]
+    direct.start()  # its turn, the body not yet in: nothing to handle
+    assert not scheduled
+    assert direct in gc.get_referents(direct)
+    direct.more_body = False
+    direct.message_event.set()  # (what on_message_complete calls)
+    assert scheduled == [direct._handle]
+    assert direct not in gc.get_referents(direct)
+    direct.disconnected = True
+    direct.message_event.set()  # (what connection_lost calls)
+    assert scheduled == [direct._handle]
