@@ -37,10 +37,12 @@ no ``Expect: 100-continue``, no upgrade, no ``%`` in the path, no ``root_path``,
 progress and without an access log. Its body is gathered as uvicorn gathers it; once it is all in, the handler
 (:meth:`~ingest.tracking.routes.Ingest.submit`) takes it and calls back with the answer, which is written as
 uvicorn writes it (status line, the server's default headers, the answer's, the CORS headers, ``connection:
-close`` when the connection is not kept alive) in one write. Pipelined requests wait their turn in uvicorn's
-queue; a client gone before its body is in gets nothing, as through ASGI; an unexpected error is logged as both
-layers log it and answered the 500 of the CORS middleware, and the connection is closed, as uvicorn does after a
-started answer. Any other request goes through ASGI as before.
+close`` when the connection is not kept alive) in one write (the 200's bytes made once per second:
+:class:`_Accepted`). Once handled, a request no longer refers to itself: it is freed when answered, not by the
+cyclic collector. Pipelined requests wait their turn in uvicorn's queue; a client gone before its body is in gets
+nothing, as through ASGI; an unexpected error is logged as both layers log it and answered the 500 of the CORS
+middleware, and the connection is closed, as uvicorn does after a started answer. Any other request goes through
+ASGI as before.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
   missing timestamp falls back to ``receivedAt``.
 
 What is the same for every message of a request (its ``receivedAt`` text, its ``sentAt`` parsed) is computed once,
-on its :class:`Request`.
+on its :class:`Request`; the ``receivedAt`` text once per millisecond, for the requests received in it.
 """
 
 from __future__ import annotations
