@@ -12,14 +12,14 @@
   missing timestamp falls back to ``receivedAt``.
 
 What is the same for every message of a request (its ``receivedAt`` text, its ``sentAt`` parsed) is computed once,
-on its :class:`Request`.
+on its :class:`Request`; the ``receivedAt`` text once per millisecond, for the requests received in it.
 """
 
 from __future__ import annotations
 
 import functools
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -66,6 +66,36 @@ def merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_MILLISECOND = timedelta(milliseconds=1)
+_LAST = datetime.max.replace(microsecond=999000, tzinfo=UTC)
+
+
+class _Received:
+    """The text of the last millisecond a request was received in: the requests of one millisecond (several under
+    load) share it, each after two comparisons instead of :func:`format_time` (~0.9 µs)."""
+
+    __slots__ = ("end", "start", "written")
+
+    def __init__(self) -> None:
+        self.start = self.end = datetime.min.replace(tzinfo=UTC)
+        self.written = format_time(self.start)
+
+    def text(self, received: datetime) -> str:
+        """``format_time(received)``."""
+        if received.tzinfo is not UTC:
+            return format_time(received)
+        if self.start <= received < self.end:
+            return self.written
+        written = format_time(received)
+        start = received.replace(microsecond=received.microsecond // 1000 * 1000)
+        if start < _LAST:  # (the last millisecond of datetime's range has no end: not kept)
+            self.start, self.end, self.written = start, start + _MILLISECOND, written
+        return written
+
+
+_received = _Received()
+
+
 class Request:
     """What one HTTP request gives every message it carries; what is the same for all of them is computed once,
     here (a plain slots class: a frozen dataclass's ``__init__`` costs a single call ~1 µs)."""
@@ -86,7 +116,7 @@ class Request:
         self.context = context
         self.integrations = integrations
         self.correct_skew = correct_skew
-        self.received_text = format_time(received)
+        self.received_text = _received.text(received)
         self.sent = None if sent_at is None else parse_time(sent_at)
         """``sent_at`` parsed (``None``: absent or not a time), once for the request's messages."""
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from unittest import mock
 
 import pytest
+from hypothesis import given as generated
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from ingest import body
@@ -198,3 +201,34 @@ def test_shallow_counts_the_brackets_of_a_small_and_a_big_body_alike(size: int, 
     assert body.shallow(data, brackets) is True
     if brackets:
         assert body.shallow(data, brackets - 1) is False
+
+
+@generated(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    st.lists(st.integers(min_value=-2500, max_value=2500), min_size=1, max_size=12),
+    st.booleans(),
+)
+def test_a_requests_received_text_is_format_times_within_a_millisecond_and_across(
+    moment: datetime, steps: list[int], aware: bool
+) -> None:
+    """Requests received in one millisecond share its text (the one kept): each one's is still format_time's of its
+    own moment, on either side of a millisecond's edge, back in time too, and for a naive or non-UTC moment."""
+    moment = moment.replace(tzinfo=UTC) if aware else moment
+    for step in steps:
+        with contextlib.suppress(OverflowError):
+            moment += timedelta(microseconds=step)
+        received = moment if aware or step % 2 else moment.replace(tzinfo=timezone(timedelta(hours=-3)))
+        assert Request(received=received).received_text == format_time(received)
+
+
+def test_the_received_text_is_kept_for_its_millisecond_only() -> None:
+    first = datetime(2026, 11, 28, 12, 0, 0, 123_999, tzinfo=UTC)
+    with mock.patch.object(enrich_module, "format_time", wraps=format_time) as formatted:
+        texts = [Request(received=first - timedelta(microseconds=step)).received_text for step in (0, 1, 999, 0)]
+        assert texts == ["2026-11-28T12:00:00.123Z"] * 4
+        assert formatted.call_count == 1
+        assert Request(received=first + timedelta(microseconds=1)).received_text == "2026-11-28T12:00:00.124Z"
+        assert Request(received=first - timedelta(microseconds=1000)).received_text == "2026-11-28T12:00:00.122Z"
+        assert formatted.call_count == 3
+    last = datetime.max.replace(tzinfo=UTC)
+    assert Request(received=last).received_text == "9999-12-31T23:59:59.999Z"
