@@ -80,6 +80,26 @@ def test_nothing_pending_trims_up_to_what_was_read(
     assert [entry_id for entry_id, _ in redis_client.xrange(stream)] == added[2000:]
 
 
+def test_ids_of_other_lengths_are_ordered_as_numbers(
+    redis_client: redis.Redis, keys: Keys, commit: Callable[..., object]
+) -> None:
+    """The held commit compares an id with the lowest pending one as a string only when both are shaped alike; ids
+    whose ms or seq have other digit counts (``9-10`` sorts after ``10-1`` as a string) are compared as numbers."""
+    stream = keys.stream(0)
+    ensure_group(redis_client, stream)
+    for entry_id in ("9-1", "9-2", "9-10", "10-1", "10-9", "10-10", "100-1", "100-2"):
+        redis_client.xadd(stream, {"n": entry_id}, id=entry_id)
+    mine = read(redis_client, stream, "worker", 3)
+    assert read(redis_client, stream, "dead-worker", 1) == [b"10-1"]  # pending: the bound
+    mine += read(redis_client, stream, "worker", 4)
+    commit(redis_client, stream, mine)
+    assert [entry_id for entry_id, _ in redis_client.xrange(stream)] == [b"10-1"]
+    if commit is commit_held:  # what its XDEL took: the four above the bound, none of the three trimmed below it
+        redis_client.xadd(stream, {"n": "again"}, id="100-3")
+        again = read(redis_client, stream, "worker", 1)
+        assert commit_held(redis_client, stream, [b"9-10", *again]) == 1
+
+
 def test_the_held_commit_writes_nothing_without_the_lease_and_renews_it_with(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
