@@ -116,11 +116,11 @@ end)
 # KEYS: stream, the partition's lease. ARGV: group, lease token, lease TTL ms, then the ids done. -1 (nothing written)
 # when the lease is not held with that token; else the lease's TTL renewed, the ids acknowledged and every entry done
 # deleted (_TRIM_DONE); returns how many the XDEL took. It only frees memory (and renews a TTL): allow-oom.
-# The ids are compared with the bound as strings when they have its length and its '-' at the same place (then their
-# ms and seq have its digit counts, and the ids Redis writes have no leading zeros: the string order, strcoll's in any
-# locale, is the numbers'),
-# as every id of one ms length does; others are parsed. A commit's ids are the bulk of its Lua: string.match and two
-# tonumber per id cost Redis about as much CPU as the XACK, the length and byte test a fraction of it.
+# The ids are compared with the bound as strings when they have its length and its '-' at the same place, as every id
+# of a 13-digit ms does: their ms and seq then have its digit counts and, as Redis writes ids without leading zeros,
+# the string order is the numbers' (Lua compares by strcoll: with the '-' aligned, digits decide in the C and the
+# UTF-8 locales alike). Others are parsed. A commit's ids are the bulk of its Lua: string.match and two tonumber per
+# id cost Redis about as much CPU as the XACK of them, the length and byte test a fraction of it.
 _COMMIT_HELD = (
     _TRIM_DONE
     + """
