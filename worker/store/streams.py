@@ -116,11 +116,11 @@ end)
 # KEYS: stream, the partition's lease. ARGV: group, lease token, lease TTL ms, then the ids done. -1 (nothing written)
 # when the lease is not held with that token; else the lease's TTL renewed, the ids acknowledged and every entry done
 # deleted (_TRIM_DONE); returns how many the XDEL took. It only frees memory (and renews a TTL): allow-oom.
-# The ids are compared with the bound as strings when they have its length and its '-' at the same place, as every id
-# of a 13-digit ms does: their ms and seq then have its digit counts and, as Redis writes ids without leading zeros,
-# the string order is the numbers' (Lua compares by strcoll: with the '-' aligned, digits decide in the C and the
-# UTF-8 locales alike). Others are parsed. A commit's ids are the bulk of its Lua: string.match and two tonumber per
-# id cost Redis about as much CPU as the XACK of them, the length and byte test a fraction of it.
+# An id with the bound's length and its '-' where the bound's is (its ms and seq then have the bound's digit counts:
+# most of a commit's, as every ms has 13 digits and a seq one or two) is compared as a string: Redis writes ids
+# without leading zeros, so the string order is the numbers' (Lua compares by strcoll: with the '-' aligned, digits
+# decide in the C and the UTF-8 locales alike). Other ids are parsed. A commit's ids are the bulk of its Lua:
+# string.match and two tonumber per id cost Redis about as much CPU as the XACK of them, the tests a fraction of it.
 _COMMIT_HELD = (
     _TRIM_DONE
     + """
