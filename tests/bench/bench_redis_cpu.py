@@ -14,7 +14,9 @@ requests of 100 tracks:
 
 Per scenario: redis-server CPU (``INFO cpu``: user + system) per message, and ``INFO commandstats`` per message:
 calls, µs per call, µs per message (a script's own commands are counted again apiece under their names: the
-``evalsha`` row includes them). Several rounds, the lowest CPU per side.
+``evalsha`` row includes them; the µs are wall-clock time in the command, so a loaded machine inflates them: read
+their shares), the system time, and ``INFO stats``' reads, writes, connections and bytes per message. The drain's
+commands: the end-to-end ones less the enqueue's. Several rounds, the lowest CPU per side.
 """
 
 from __future__ import annotations
@@ -93,20 +95,59 @@ def scenario(one: Side, client: redis.Redis, messages: int, *, workers: bool, la
         one.workers = []
     one.latency(latency_ms)
     client.config_resetstat()
-    before = redis_cpu(client)
+    before, user = redis_cpu(client), float(client.info("cpu")["used_cpu_user"])
     one.send("batch", messages, 2, 8, poll=workers)
     used = redis_cpu(client) - before
-    return {"cpu": used / messages * 1e6, "commands": stats(client), "messages": messages}
+    user = float(client.info("cpu")["used_cpu_user"]) - user
+    traffic = {key: int(value) for key, value in client.info("stats").items() if key in TRAFFIC}
+    return {
+        "cpu": used / messages * 1e6,
+        "sys": (used - user) / messages * 1e6,
+        "traffic": traffic,
+        "commands": stats(client),
+        "messages": messages,
+    }
+
+
+TRAFFIC = (
+    "total_reads_processed",
+    "total_writes_processed",
+    "total_connections_received",
+    "total_net_input_bytes",
+    "total_net_output_bytes",
+)
+"""``INFO stats`` counters (reset with the command stats): a read or a write is a system call on a connection, so the
+reads are about the round trips, and the connections the churn."""
 
 
 def show(label: str, figures: dict[str, Any]) -> None:
     n = figures["messages"]
-    print(f"    {label}: redis-server {figures['cpu']:.2f} us/msg; commandstats (calls/msg, us/call, us/msg):")
+    traffic = ", ".join(f"{key.removeprefix('total_')} {value / n:.3f}" for key, value in figures["traffic"].items())
+    print(f"    {label}: redis-server {figures['cpu']:.2f} us/msg ({figures['sys']:.2f} of it system time); per msg: "
+          f"{traffic}; commandstats (calls/msg, us/call, us/msg):")  # fmt: skip
     rows = sorted(figures["commands"].items(), key=lambda kv: -kv[1][1])
     for name, (calls, usec) in rows:
         if name.startswith(("info", "config")) or usec / n < 0.005:
             continue
         print(f"      {name:22} {calls / n:8.3f} {usec / max(calls, 1):8.2f} {usec / n:8.3f}")
+
+
+def show_drain(enqueue: dict[str, Any], e2e: dict[str, Any]) -> None:
+    """The drain's commands: the end-to-end run's per message less the enqueue's (the enqueue's commands scaled by
+    its ``xadd`` against the end-to-end one's, as a busier Redis takes longer per command: commandstats' µs are the
+    commands' wall-clock time); ``evalsha`` less the commands the scripts run is the scripts' own Lua."""
+    n, m = e2e["messages"], enqueue["messages"]
+    mine, theirs = e2e["commands"], enqueue["commands"]
+    scale = (mine.get("xadd", (0, 0))[1] / n) / max(theirs.get("xadd", (0, 1))[1] / m, 1e-9)
+    print(f"    drain (end to end less the enqueue, its commands x{scale:.2f}): calls/msg, us/msg:")
+    rows = []
+    for name, (calls, usec) in mine.items():
+        calls0, usec0 = theirs.get(name, (0, 0))
+        rows.append((name, calls / n - calls0 / m, usec / n - scale * usec0 / m))
+    for name, calls, usec in sorted(rows, key=lambda row: -row[2]):
+        if name.startswith(("info", "config")) or abs(usec) < 0.005:
+            continue
+        print(f"      {name:22} {calls:8.3f} {usec:8.3f}")
 
 
 def main() -> None:
@@ -143,6 +184,7 @@ def main() -> None:
               f"together {e2e['cpu']:.2f} us/msg")  # fmt: skip
         show("enqueue (workers stopped)", enqueue)
         show("end to end", e2e)
+        show_drain(enqueue, e2e)
 
 
 if __name__ == "__main__":

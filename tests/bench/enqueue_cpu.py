@@ -143,6 +143,11 @@ STATES = ("fresh", "steady")
 end-to-end benchmark see it; steady: the previous bucket's sets at the sizing's target, the current ones half way."""
 
 
+PARTS = ("enqueue", "drain", "held")
+"""enqueue: Producer.enqueue; drain: XREADGROUP of 1000 and one MULTI commit (ack_and_delete) of them all; held:
+XREADGROUP of 1000 and commits of 100 by the held commit's script, as a worker's drain commits (:func:`held_drain`)."""
+
+
 def side_rounds(url: str, messages: int, state: str, batch: int = 100) -> dict[str, Any]:
     """One measurement, run in a process whose ``worker`` package is the side's (base or head): Redis CPU per
     message of the enqueue (the real :class:`Producer`, requests of 100) and of the store's part of a drain
@@ -196,15 +201,71 @@ def side_rounds(url: str, messages: int, state: str, batch: int = 100) -> dict[s
             pipe.execute()
     drained = (cpu(client) - before) / messages * 1e6
     drain_commands = commandstats()
+    held, held_commands = held_drain(client, keys, producer, batches)
     for name in client.scan_iter(match=f"{keys.prefix}:*", count=1000):
         client.delete(name)
     client.close()
     return {
         "enqueue": enqueued,
         "drain": drained,
+        "held": held,
         "enqueue_commands": enqueue_commands,
         "drain_commands": drain_commands,
+        "held_commands": held_commands,
     }
+
+
+def held_drain(
+    client: redis.Redis, keys: Keys, producer: Producer, batches: list[list[Any]], commit: int = 100
+) -> tuple[float, dict[str, tuple[float, float]]]:
+    """The store's part of a drain as a worker's is (Redis CPU per message, commands): ``XREADGROUP`` of 1000, then
+    commits of ``commit`` entries each by the held commit's script under the partition's lease (the later ones of
+    the read still pending above all but the last commit). The entries are enqueued again first (not counted)."""
+    from worker.core.keys import GROUP
+    from worker.store import streams
+    from worker.store.scripts import PipelineScript
+
+    held: PipelineScript | None = getattr(streams, "COMMIT_HELD", None)
+    if held is None:  # (a base from before the held commit)
+        return 0.0, {}
+
+    kwargs = client.connection_pool.connection_kwargs
+    url = f"redis://{kwargs['host']}:{kwargs['port']}"
+
+    async def again() -> None:
+        async_client = redis.asyncio.Redis.from_url(url)
+        for request in batches:
+            fresh = [entry._replace(member=str(random.getrandbits(63) + 1).encode()) for entry in request]
+            await producer.enqueue(async_client, fresh)
+        await async_client.aclose()
+
+    asyncio.run(again())
+    messages = sum(len(request) for request in batches)
+    client.script_load(held.source)
+    lease = ("bench-lease", "token", 30_000)
+    client.set(lease[0], lease[1], px=lease[2])
+    client.config_resetstat()
+    before = cpu(client)
+    for partition in range(PARTITIONS):
+        stream = keys.stream(partition)
+        while True:
+            answer = client.xreadgroup(GROUP, "bench", {stream: ">"}, count=1000)
+            ids = [entry_id for _, entries in answer for entry_id, _ in entries] if answer else []
+            if not ids:
+                break
+            for at in range(0, len(ids), commit):
+                pipe = client.pipeline(transaction=False)
+                streams.queue_commit_held(pipe, stream, lease, ids[at : at + commit])
+                pipe.execute()
+    used = (cpu(client) - before) / messages * 1e6
+    stats = client.info("commandstats")
+    commands = {
+        k.removeprefix("cmdstat_"): (v["calls"] / messages, v["usec"] / messages)
+        for k, v in stats.items()
+        if v["usec"] / messages >= 0.005 and "info" not in k and "config" not in k
+    }
+    client.delete(lease[0])
+    return used, commands
 
 
 def compare() -> None:
@@ -249,7 +310,7 @@ def compare() -> None:
                         cwd=side_root, env=env, capture_output=True, text=True, check=True,
                     )  # fmt: skip
                     got = json.loads(out.stdout.strip().splitlines()[-1])
-                    for part in ("enqueue", "drain"):
+                    for part in PARTS:
                         known = best.get((name, f"{state} {part}"))
                         if known is None or got[part] < known[part]:
                             best[(name, f"{state} {part}")] = {part: got[part], "commands": got[f"{part}_commands"]}
@@ -257,8 +318,10 @@ def compare() -> None:
           f"requests of {args.batch} over {PARTITIONS} partitions, lowest of {args.rounds} rounds; "
           f"load {loads} → {load_average()}")  # fmt: skip
     for state in STATES:
-        for part in ("enqueue", "drain"):
+        for part in PARTS:
             b, h = best[("base", f"{state} {part}")], best[("head", f"{state} {part}")]
+            if not b[part] or not h[part]:
+                continue
             print(f"  {state:6} {part:7} base {b[part]:5.2f}  head {h[part]:5.2f} us/msg  ({h[part] / b[part]:.2f}x)")
             for name in ("base", "head"):
                 commands = sorted(best[(name, f"{state} {part}")]["commands"].items(), key=lambda kv: -kv[1][1])

@@ -80,6 +80,29 @@ def test_nothing_pending_trims_up_to_what_was_read(
     assert [entry_id for entry_id, _ in redis_client.xrange(stream)] == added[2000:]
 
 
+def test_ids_of_other_lengths_are_ordered_as_numbers(
+    redis_client: redis.Redis, keys: Keys, commit: Callable[..., object]
+) -> None:
+    """The held commit compares ids with the lowest pending one (``12-5``) as strings where they have its shape
+    (``12-7``, ``13-1``) and as numbers otherwise: ``12-12`` and ``13-10`` are above it, ``9-10`` and ``11-10`` below,
+    whatever their order as strings."""
+    stream = keys.stream(0)
+    ensure_group(redis_client, stream)
+    below = ["9-1", "9-10", "10-3", "11-10"]
+    above = ["12-7", "12-12", "13-1", "13-10", "100-1"]
+    for entry_id in [*below, "12-5", *above]:
+        redis_client.xadd(stream, {"n": entry_id}, id=entry_id)
+    mine = read(redis_client, stream, "worker", len(below))
+    assert read(redis_client, stream, "dead-worker", 1) == [b"12-5"]  # pending: the bound
+    mine += read(redis_client, stream, "worker", len(above))
+    commit(redis_client, stream, mine)
+    assert [entry_id for entry_id, _ in redis_client.xrange(stream)] == [b"12-5"]
+    if commit is commit_held:  # what its XDEL took: the ones above the bound, none of those trimmed below it
+        redis_client.xadd(stream, {"n": "again"}, id="100-2")
+        again = read(redis_client, stream, "worker", 1)
+        assert commit_held(redis_client, stream, [entry_id.encode() for entry_id in below] + again) == 1
+
+
 def test_the_held_commit_writes_nothing_without_the_lease_and_renews_it_with(
     redis_client: redis.Redis, keys: Keys
 ) -> None:

@@ -70,7 +70,8 @@ def ensure_groups(client: redis.Redis, keys: Keys, partitions: int) -> None:
 # Deletes every entry of KEYS[1] that is done (the group ARGV[1]): those below the lowest entry not done (the lowest
 # pending one, else the one after the group's last-delivered-id) in one XTRIM MINID, which frees whole blocks of the
 # stream; the acknowledged ones above it (an entry still pending below them: another destination's, a dead consumer's)
-# by XDEL. ``above(ms, seq)``: the acknowledged ids at or above that bound. Returns how many the XDEL took.
+# by XDEL. ``above(ms, seq, bound)``: the acknowledged ids at or above that bound (also given as its id). Returns how
+# many the XDEL took.
 _TRIM_DONE = """
 local function trim_done(above)
   local first = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1)
@@ -91,7 +92,7 @@ local function trim_done(above)
   local bound = first[1][1]
   redis.call('XTRIM', KEYS[1], 'MINID', bound)
   local bms, bseq = string.match(bound, '^(%d+)-(%d+)$')
-  local ids = above(tonumber(bms), tonumber(bseq))
+  local ids = above(tonumber(bms), tonumber(bseq), bound)
   if #ids > 0 then redis.call('XDEL', KEYS[1], unpack(ids)) end
   return #ids
 end
@@ -115,6 +116,11 @@ end)
 # KEYS: stream, the partition's lease. ARGV: group, lease token, lease TTL ms, then the ids done. -1 (nothing written)
 # when the lease is not held with that token; else the lease's TTL renewed, the ids acknowledged and every entry done
 # deleted (_TRIM_DONE); returns how many the XDEL took. It only frees memory (and renews a TTL): allow-oom.
+# An id with the bound's length and its '-' where the bound's is (its ms and seq then have the bound's digit counts:
+# most of a commit's, as every ms has 13 digits and a seq one or two) is compared as a string: Redis writes ids
+# without leading zeros, so the string order is the numbers' (Lua compares by strcoll: with the '-' aligned, digits
+# decide in the C and the UTF-8 locales alike). Other ids are parsed. A commit's ids are the bulk of its Lua:
+# string.match and two tonumber per id cost Redis about as much CPU as the XACK of them, the tests a fraction of it.
 _COMMIT_HELD = (
     _TRIM_DONE
     + """
@@ -122,12 +128,18 @@ if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if #ARGV < 4 then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 4))
-return trim_done(function(bms, bseq)
+return trim_done(function(bms, bseq, bound)
   local above = {}
+  local size, dash = #bound, string.find(bound, '-', 1, true)
   for i = 4, #ARGV do
-    local ms, seq = string.match(ARGV[i], '^(%d+)-(%d+)$')
-    local m, q = tonumber(ms), tonumber(seq)
-    if m > bms or (m == bms and q >= bseq) then above[#above + 1] = ARGV[i] end
+    local id = ARGV[i]
+    if #id == size and string.byte(id, dash) == 45 then
+      if id >= bound then above[#above + 1] = id end
+    else
+      local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+      local m, q = tonumber(ms), tonumber(seq)
+      if m > bms or (m == bms and q >= bseq) then above[#above + 1] = id end
+    end
   end
   return above
 end)
