@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fakeredis
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterPipeline, RedisCluster
 
 from worker.cli.embedded import free_port
 from worker.core.errors import ConfigError
@@ -70,3 +74,27 @@ def test_the_worker_refuses_to_start_without_a_broker(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr[-1000:]
     assert "error: CTRELAY_REDIS_CLUSTER=true needs CTRELAY_BROKER_URL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_is_cluster_answers_per_client_class() -> None:
+    """The answer is kept per class (redis-py's cluster classes' isinstance is slow): each class still gets its own."""
+    plain = redis.Redis()
+    for client in (plain, plain.pipeline(), AsyncRedis(), fakeredis.FakeRedis(), fakeredis.FakeRedis()):
+        assert not is_cluster(client)
+        assert not is_cluster(client)  # (the kept answer too)
+
+    class Cluster(RedisCluster):  # a subclass, never connected
+        def __init__(self) -> None:
+            pass
+
+    class AsyncCluster(AsyncRedisCluster):
+        def __init__(self) -> None:
+            pass
+
+    class Pipeline(ClusterPipeline):
+        def __init__(self) -> None:
+            pass
+
+    for client in (Cluster(), AsyncCluster(), Pipeline(), Cluster()):
+        assert is_cluster(client)
+        assert is_cluster(client)

@@ -229,8 +229,20 @@ def broker(settings: Settings) -> Broker:
 
 
 def is_cluster(client: Any) -> bool:
-    """Whether ``client`` (or a pipeline of it) talks to a Redis Cluster."""
-    return isinstance(client, RedisCluster | AsyncRedisCluster) or type(client).__name__ == "ClusterPipeline"
+    """Whether ``client`` (or a pipeline of it) talks to a Redis Cluster.
+
+    Answered once per client class: redis-py's cluster classes have typing's Protocol metaclass, whose
+    ``isinstance`` costs ~2-4 µs, and ingest asks this several times per write."""
+    kind = type(client)
+    known = _CLUSTER_KINDS.get(kind)
+    if known is None:
+        known = issubclass(kind, RedisCluster | AsyncRedisCluster) or kind.__name__ == "ClusterPipeline"
+        _CLUSTER_KINDS[kind] = known
+    return known
+
+
+_CLUSTER_KINDS: dict[type, bool] = {}
+""":func:`is_cluster`'s answer per class (a handful of redis-py's classes, and the tests' fakes)."""
 
 
 async def reset_is_connection_error(call: Awaitable[Any]) -> Any:
