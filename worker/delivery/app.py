@@ -74,7 +74,6 @@ class Runtime:
             ),
             suppression_window_s=settings.suppression_window_s,
             commit_patience_s=settings.lease_ttl_s,
-            read_pace_s=settings.read_pace_ms / 1000,
         )
         self.drainer = Drainer(
             self.deliverer,
@@ -82,6 +81,7 @@ class Runtime:
             budget_s=settings.drain_budget_s,
             read_batch=settings.read_batch,
             reclaim_idle_s=self.reclaim_idle_s,
+            read_pace_s=settings.read_pace_ms / 1000,
         )
 
     def close(self) -> None:
