@@ -2,17 +2,18 @@
 
 Run: ``.venv/bin/python tests/bench/bench_drain.py [--base REV] [--messages 100000] [--threads 1] [--profile]``
 
-In process, no HTTP server: a ``redis-server`` of its own (so that its ``INFO`` CPU is the drain's alone), a backlog
-of Segment-shaped tracks written in one go (the envelope ingest writes, pipelined ``XADD``), then
+In process, no HTTP server: a ``redis-server`` of its own (so that its ``INFO`` CPU is the drain's alone), a backlog of
+Segment-shaped tracks written in one go (the envelope ingest writes, pipelined ``XADD``), then
 :meth:`worker.delivery.drain.Drainer.drain` of every partition until the streams are empty, with an
-``httpx.MockTransport`` that answers every upload 200 ``{"status": "success"}`` (the request body is built and
-sent as in production; the answer costs nothing). Figures: the drain's CPU in the process (``time.process_time``,
-every thread) and in Redis (``INFO`` ``used_cpu_user`` + ``used_cpu_sys``), per message. ``--threads N`` drains
-N partitions at a time from N threads (the GIL shared, as in a worker). The collector is set as ``ctrelay worker``
-sets it (``gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)``, ``gc.freeze()`` once ready; ``--default-gc``: CPython's
-default thresholds, which cost the drain about 4 µs/msg more). Each side runs in a subprocess of its own
-(the base from a temporary ``git worktree`` of ``--base``, default the merge-base with ``main``), alternating
-base / head ``--rounds`` times; the lowest figure of each side is printed (CPU time varies upward with load).
+``httpx.MockTransport`` that answers every upload 200 ``{"status": "success"}`` (the request body is built and sent as
+in production, through the transport itself where the tree's seam has ``CleverTap.direct``, as its workers send, else
+through an ``httpx.Client``; the answer costs nothing). Figures: the drain's CPU in the process (``time.process_time``,
+every thread) and in Redis (``INFO`` ``used_cpu_user`` + ``used_cpu_sys``), per message. ``--threads N`` drains N
+partitions at a time from N threads (the GIL shared, as in a worker). The collector is set as ``ctrelay worker`` sets it
+(``gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)``, ``gc.freeze()`` once ready; ``--default-gc``: CPython's default
+thresholds, which cost the drain about 4 µs/msg more). Each side runs in a subprocess of its own (the base from a
+temporary ``git worktree`` of ``--base``, default the merge-base with ``main``), alternating base / head ``--rounds``
+times; the lowest figure of each side is printed (CPU time varies upward with load).
 ``--read-batch`` sets the entries read at a time (smaller batches show the per-batch costs); ``--latency-ms``
 delays every answer (a sleep in the mock: the drain waits as for CleverTap, other drains run meanwhile).
 ``--profile`` prints the head side's cProfile instead.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import inspect
 import json
 import os
 import pstats
@@ -99,12 +101,16 @@ def run_side(
         keys = Keys("bench-drain")
         ensure_groups(client, keys, PARTITIONS)
         destination = Destination(write_key="wk", account_id="BENCH", passcode="bench", endpoint="http://ct.test")
-        http = httpx.Client(transport=httpx.MockTransport(handler))
+        mock = httpx.MockTransport(handler)
+        if "transport" in inspect.signature(CleverTap).parameters:  # the worker's way (CleverTap.direct) where it is
+            clevertap = CleverTap(httpx.Client(), 5.0, transport=mock)
+        else:  # a tree before it: through the client, as its workers sent
+            clevertap = CleverTap(httpx.Client(transport=mock), 5.0)
         deliverer = Deliverer(
             client,
             keys,
             {"wk": destination},
-            clevertap=CleverTap(http, 5.0),
+            clevertap=clevertap,
             slots=AccountSlots(client, keys, 15),
             deadletters=DeadLetterStore(client, keys),
             policy=RetryPolicy(),
@@ -155,7 +161,7 @@ def run_side(
         left = sum(int(client.xlen(keys.stream(p))) for p in range(PARTITIONS))
         if delivered[0] != messages or left:
             raise SystemExit(f"delivered {delivered[0]} of {messages}, {left} left in the streams")
-        http.close()
+        clevertap.close()
         client.close()
     if profiler is not None:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(35)

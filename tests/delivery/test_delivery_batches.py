@@ -543,7 +543,7 @@ def paced(
     first such wait."""
     fake = FakeCleverTap()
     drainer = build(redis_client, keys, DESTS, fake)
-    drainer.deliverer.read_pace_s = pace_s
+    drainer.read_pace_s = pace_s
     drainer.read_batch = 10
     sleeps: list[float] = []
     real_sleep = time.sleep
@@ -587,3 +587,39 @@ def test_no_pace_when_it_is_off(redis_client: redis.Redis, keys: Keys, monkeypat
     fake, sleeps = paced(redis_client, keys, monkeypatch, arriving=8, pace_s=0.0)
     assert fake.requests == [("ACC", 3)]  # the next read came at once, found nothing: the drain ended
     assert sleeps == []
+
+
+def test_the_pace_setting_goes_to_the_drainer(redis_url: str, keys: Keys) -> None:
+    from worker.core.destinations import Destinations
+    from worker.core.settings import Config, Settings
+    from worker.delivery.app import Runtime
+
+    settings = Settings(redis_url=redis_url, redis_prefix=keys.prefix, partitions=2, read_pace_ms=150)
+    runtime = Runtime(Config(settings=settings, destinations=Destinations([DEST])), lambda partition: None)
+    try:
+        assert runtime.drainer.read_pace_s == 0.15
+        assert not hasattr(runtime.deliverer, "read_pace_s")  # the drainer's alone: it paces its reads
+    finally:
+        runtime.close()
+
+
+def test_only_a_drains_keepalive_gets_a_held_commit(redis_client: redis.Redis, keys: Keys) -> None:
+    from worker.delivery.drain import Keepalive
+    from worker.delivery.gate import Gate
+    from worker.delivery.outcomes import HeldCommit
+    from worker.store.lease import Lease
+
+    drainer = build(redis_client, keys, DESTS, FakeCleverTap())
+    outcomes = drainer.deliverer.outcomes
+    group = [Work("wk", b"{}", [{"type": "event"}], entry_id=b"1-0")]
+    lease = Lease.acquire(redis_client, keys.lease(0), 5.0)
+    assert lease is not None
+    try:
+        held = outcomes.held_commit(0, group, Keepalive(lease, Gate()))
+        assert isinstance(held, HeldCommit)
+        assert held.entry_ids == [b"1-0"]
+        assert outcomes.held_commit(0, group, lambda: True) is None  # a plain callable: committed after it
+        assert outcomes.held_commit(0, group, None) is None
+        assert outcomes.held_commit(0, [Work("wk", b"{}", [{"type": "event"}])], Keepalive(lease, Gate())) is None
+    finally:
+        lease.release()

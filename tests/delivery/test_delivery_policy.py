@@ -36,14 +36,28 @@ def event(n: int, name: str = "E") -> dict[str, Any]:
     return {"type": "event", "identity": f"u{n}", "ts": 1_700_000_000 + n, "evtName": name, "evtData": {"n": n}}
 
 
-def client(handler: Callable[[httpx.Request], httpx.Response]) -> CleverTap:
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client(handler: Handler) -> CleverTap:
     return CleverTap(httpx.Client(transport=httpx.MockTransport(handler)), timeout_s=1.0)
+
+
+def direct(handler: Handler, timeout_s: float = 1.0) -> CleverTap:
+    """The worker's way (:meth:`CleverTap.direct`): uploads through the transport itself, not the client."""
+    return CleverTap(httpx.Client(), timeout_s=timeout_s, transport=httpx.MockTransport(handler))
+
+
+@pytest.fixture(params=["client", "transport"])
+def seam(request: pytest.FixtureRequest) -> Callable[[Handler], CleverTap]:
+    """A seam over ``httpx.MockTransport``: through a client (tests, ``ctrelay check``) or the transport (workers)."""
+    return client if request.param == "client" else direct
 
 
 # -- the HTTP seam -----------------------------------------------------------------------------------------
 
 
-def test_upload_sends_headers_and_body_and_reports_unprocessed_by_index() -> None:
+def test_upload_sends_headers_and_body_and_reports_unprocessed_by_index(seam: Callable[[Handler], CleverTap]) -> None:
     records = [event(0), event(1), event(2)]
     seen: list[httpx.Request] = []
 
@@ -53,7 +67,7 @@ def test_upload_sends_headers_and_body_and_reports_unprocessed_by_index() -> Non
         failed = {"status": "fail", "code": 555, "error": "misc", "record": body["d"][1]}
         return httpx.Response(200, json={"status": "partial", "processed": 2, "unprocessed": [failed]})
 
-    report = client(handler).upload(DEST, records)
+    report = seam(handler).upload(DEST, records)
     request = seen[0]
     assert request.url == "http://ct.test/1/upload"
     assert request.headers["X-CleverTap-Account-Id"] == "ACC"
@@ -70,19 +84,19 @@ def test_upload_sends_headers_and_body_and_reports_unprocessed_by_index() -> Non
     ("exc", "label"),
     [(httpx.ReadTimeout("slow"), "timeout"), (httpx.ConnectError("refused"), "network")],
 )
-def test_upload_reports_transport_errors_as_values(exc: Exception, label: str) -> None:
+def test_upload_reports_transport_errors_as_values(
+    exc: Exception, label: str, seam: Callable[[Handler], CleverTap]
+) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise exc
 
-    report = client(handler).upload(DEST, [event(0)])
+    report = seam(handler).upload(DEST, [event(0)])
     assert report.status is None
     assert report.label == label
 
 
-def test_upload_reads_retry_after_and_non_json_bodies() -> None:
-    report = client(lambda r: httpx.Response(429, text="Too many", headers={"Retry-After": "7"})).upload(
-        DEST, [event(0)]
-    )
+def test_upload_reads_retry_after_and_non_json_bodies(seam: Callable[[Handler], CleverTap]) -> None:
+    report = seam(lambda r: httpx.Response(429, text="Too many", headers={"Retry-After": "7"})).upload(DEST, [event(0)])
     assert (report.status, report.retry_after, report.error) == (429, 7.0, "Too many")
 
 
@@ -233,9 +247,9 @@ def test_a_request_level_failure_in_a_200_body() -> None:
     assert {(v.kind, v.reason) for v in other} == {("transient", "bad_response")}
 
 
-def test_the_seam_reads_a_body_code() -> None:
+def test_the_seam_reads_a_body_code(seam: Callable[[Handler], CleverTap]) -> None:
     body = {"status": "fail", "error": "Invalid Credentials", "code": 401}
-    result = client(lambda r: httpx.Response(200, json=body)).upload(DEST, [event(0)])
+    result = seam(lambda r: httpx.Response(200, json=body)).upload(DEST, [event(0)])
     assert (result.status, result.body_status, result.body_code, result.error) == (
         200,
         "fail",
@@ -255,6 +269,101 @@ def test_the_seam_bounds_each_phase_of_a_request() -> None:
     seam.upload(DEST, [event(0)])
     assert seen[0].extensions["timeout"] == {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 5.0}
     assert seam.longest_request_s == 70.0
+
+
+def test_the_transport_seam_bounds_each_phase_and_sends_what_the_client_sends() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "success", "processed": 1, "unprocessed": []})
+
+    via_client, via_transport = (
+        CleverTap(httpx.Client(transport=httpx.MockTransport(handler)), 30.0),
+        direct(handler, 30.0),
+    )
+    other = Destination(write_key="wk2", account_id="ACC2", passcode="other", endpoint="http://ct2.test")
+    for seam in (via_client, via_transport):
+        for destination in (DEST, other, DEST):  # (its headers and URL made once per destination: none mixed up)
+            assert seam.upload(destination, [event(0)]).status == 200
+        assert seam.delete(DEST, [{"type": "delete", "identity": ["u1"]}]).status == 200
+    assert via_transport.client.headers  # the client's defaults (user agent, accept, encodings) go with each request
+    assert seen[4].extensions["timeout"] == {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 5.0}
+    for sent, through in zip(seen[:4], seen[4:], strict=True):
+        assert (through.method, through.url, through.content) == (sent.method, sent.url, sent.content)
+        assert sorted(through.headers.multi_items()) == sorted(sent.headers.multi_items())
+        assert through.extensions == sent.extensions
+    assert [str(request.url) for request in seen[4:]] == [
+        "http://ct.test/1/upload",
+        "http://ct2.test/1/upload",
+        "http://ct.test/1/upload",
+        "http://ct.test/1/delete/profiles.json",
+    ]
+    assert [request.headers["X-CleverTap-Passcode"] for request in seen[4:7]] == ["secret", "other", "secret"]
+
+
+def test_the_worker_seam_goes_through_its_transport_unless_a_proxy_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=4)
+    seam = CleverTap.direct(limits, 30.0)
+    assert isinstance(seam.transport, httpx.HTTPTransport)
+    seam.close()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")  # the client honours it; a bare transport would not
+    seam = CleverTap.direct(limits, 30.0)
+    assert seam.transport is None
+    seam.close()
+
+
+def test_the_transport_seam_over_a_socket_reuses_its_connection_and_reports_a_refused_one() -> None:
+    """A real HTTP server on a socket: answers read whole and the connection given back (one connection for
+    several requests); a refused connection reported as a network error, not raised."""
+    import http.server
+    import threading
+
+    peers: list[tuple[str, int]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            peers.append(self.client_address)
+            body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = orjson.dumps({"status": "success", "processed": len(body["d"]), "unprocessed": []})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    destination = Destination(
+        write_key="wk", account_id="A", passcode="p", endpoint=f"http://127.0.0.1:{server.server_port}"
+    )
+    seam = CleverTap.direct(httpx.Limits(max_connections=4, max_keepalive_connections=4), 5.0)
+    try:
+        for n in range(3):
+            report = seam.upload(destination, [event(n), event(n + 1)])
+            assert (report.status, report.body_status, report.failures) == (200, "success", {})
+        assert len(peers) == 3
+        assert len(set(peers)) == 1  # one kept-alive connection
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    seam.close()
+    refused = CleverTap.direct(httpx.Limits(max_connections=4, max_keepalive_connections=4), 5.0)
+    try:
+        gone = refused.upload(destination, [event(0)])  # nothing listens on the port any more
+        assert gone.status is None
+        assert gone.error.startswith("network: ConnectError")
+    finally:
+        refused.close()
 
 
 REPORTS = [

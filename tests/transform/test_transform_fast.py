@@ -312,3 +312,74 @@ def test_clean_as_written(data: dict[str, Any], keep_arrays: bool) -> None:
 def test_every_call_type_has_its_record_type() -> None:
     assert sorted(records._RECORD_TYPES) == sorted(CALL_TYPES)
     assert {kind for kind, record_type in records._RECORD_TYPES.items() if not record_type} == {"alias", "group"}
+
+
+shape_keys = st.sampled_from(
+    ["name", "Name", "firstName", "first_name", "products", "Products", "x", "", "$", "utm.source", "a" * 130]
+) | st.text(max_size=6)
+shape_values = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=3)
+    | st.text(min_size=120, max_size=200)
+    | st.sampled_from(["é" * 200, "é" * 300, "x" * 128, "x" * 129, "x" * 600])
+    | st.lists(st.integers() | st.text(max_size=3) | st.none(), max_size=3)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+
+
+def typed(value: Any) -> Any:
+    """``value`` with the class of every scalar in it (``1``, ``True`` and ``1.0`` compare equal)."""
+    if isinstance(value, dict):
+        return [(key, typed(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    return (value.__class__, value)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(shape_keys, max_size=8, unique=True), st.lists(shape_values, min_size=8, max_size=8), st.data())
+def test_a_known_shape_gives_what_the_general_pass_gives(keys: list[str], items: list[Any], data: Any) -> None:
+    """The shape table's pass (:func:`worker.transform.values._clean`) against the general pass: the same dict,
+    key order, value classes, found value and counts, for a new shape and for one already in the table (other
+    values, same keys), with and without arrays kept, with and without ``products`` asked for."""
+    from worker.transform import values
+
+    keep_arrays = data.draw(st.booleans())
+    find = data.draw(st.sampled_from([None, "products"]))
+    for round_values in (items, data.draw(st.permutations(items))):
+        message = dict(zip(keys, round_values, strict=False))
+        one, two = TransformStats(), TransformStats()
+        got, found = values._clean(message, one, keep_arrays, find)
+        want, wanted = values._clean_general(message, two, keep_arrays, find)
+        assert typed(got) == typed(want)
+        assert found is wanted
+        assert one == two
+
+
+def test_the_shape_table_holds_only_shapes_it_can_take_and_stays_bounded(monkeypatch: Any) -> None:
+    from worker.transform import values
+
+    monkeypatch.setattr(values, "_SHAPES", {})
+    values.clean({"firstName": "a", "Order ID": 1})
+    assert values._SHAPES[("firstName", "Order ID")] == (("first_name", "order_id"), -1)
+    values.clean_finding({"Products": [], "x": 1}, "products")
+    assert values._SHAPES[("Products", "x")] == (("products", "x"), 0)
+    products = [{"sku": "s"}]
+    for _ in range(2):  # a new shape, then a known one
+        assert values.clean_finding({"x": 1, "Products": products}, "products") == ({"x": 1}, products)
+        assert values.clean_finding({"x": 1, "Products": products}, "products")[1] is products
+        assert values.clean_finding({"x": 1, "y": products}, "products") == ({"x": 1}, None)
+    for slow in ({"firstName": 1, "first_name": 2}, {"$": 1}, {"a" * 130: 1}, {"k" * 201: 1}):
+        assert values.clean(slow) == values._clean_general(slow, None, False, None)[0]
+        assert values._SHAPES[tuple(slow)] is values._SLOW  # (collision, empty name, too long, not cached)
+    many = {f"k{n}": n for n in range(values.MAX_SHAPE_KEYS + 1)}
+    assert values.clean(many) == many
+    assert tuple(many) not in values._SHAPES  # too many keys: the general pass, nothing kept
+    monkeypatch.setattr(values, "MAX_SHAPES", 3)
+    values._SHAPES.clear()
+    for n in range(4):
+        values.clean({f"key{n}": n})
+    assert list(values._SHAPES) == [("key3",)]  # emptied when full

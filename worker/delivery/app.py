@@ -53,8 +53,7 @@ class Runtime:
         self.keys = Keys(settings.redis_prefix)
         self.client = connect(settings, timeout_s=10, connect_timeout_s=5, health_check_interval_s=30)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        self.http = httpx.Client(limits=limits)
-        clevertap = CleverTap(self.http, settings.upload_timeout_s)
+        clevertap = self.clevertap = CleverTap.direct(limits, settings.upload_timeout_s)
         # a slot lives seconds past its holder's last renewal, renewed no longer than the longest request needs
         self.slots = AccountSlots(
             self.client, self.keys, settings.concurrency_cap, max_hold_s=clevertap.longest_request_s + 5
@@ -74,7 +73,6 @@ class Runtime:
             ),
             suppression_window_s=settings.suppression_window_s,
             commit_patience_s=settings.lease_ttl_s,
-            read_pace_s=settings.read_pace_ms / 1000,
         )
         self.drainer = Drainer(
             self.deliverer,
@@ -82,12 +80,13 @@ class Runtime:
             budget_s=settings.drain_budget_s,
             read_batch=settings.read_batch,
             reclaim_idle_s=self.reclaim_idle_s,
+            read_pace_s=settings.read_pace_ms / 1000,
         )
 
     def close(self) -> None:
         """Close this process's connections (the CleverTap client, then Redis), its liveness key deleted first."""
         self.drainer.close()
-        self.http.close()
+        self.clevertap.close()
         close(self.client)
 
     @property

@@ -68,13 +68,8 @@ class Deliverer:
         rng: random.Random | None = None,
         suppression_window_s: float = 30 * 86_400,
         commit_patience_s: float = 30.0,
-        read_pace_s: float = 0.0,
     ) -> None:
         self.client = client
-        self.read_pace_s = read_pace_s
-        """The shortest time between two reads of a partition whose last read was short (``CTRELAY_READ_PACE_MS``)."""
-        self.short_reads: dict[str, float] = {}
-        """Per stream, when its last read short of half a batch was (monotonic): the next one waits for the pace."""
         self.recent_write_keys: tuple[str, ...] = ()
         """The write keys of the last batch delivered (any thread's): those whose suppressions' versions the next
         read asks with it (:meth:`prefetch`)."""

@@ -44,7 +44,7 @@ from worker.core.keys import GROUP, Keys
 from worker.delivery import metrics
 from worker.delivery.batches import Deliverer
 from worker.delivery.gate import Gate
-from worker.delivery.work import StreamEntry, Tally
+from worker.delivery.work import Folding, StreamEntry, Tally
 from worker.store.connections import is_cluster
 from worker.store.lease import Lease, LeaseKeeper, Liveness, alive
 from worker.store.retries import RetryItem, RetrySchedule
@@ -93,6 +93,7 @@ class Drainer:
         read_batch: int = 1000,
         reclaim_idle_s: float = 60.0,
         consumer: str | None = None,
+        read_pace_s: float = 0.0,
     ) -> None:
         self.deliverer = deliverer
         self.client = deliverer.client
@@ -102,6 +103,10 @@ class Drainer:
         self.read_batch = read_batch
         self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
         self.consumer = consumer or consumer_name()
+        self.read_pace_s = read_pace_s
+        """The shortest time between two reads of a partition whose last read was short (``CTRELAY_READ_PACE_MS``)."""
+        self.short_reads: dict[str, float] = {}
+        """Per stream, when its last read short of half a batch was (monotonic): the next one waits for the pace."""
         self.keeper = LeaseKeeper(lease_ttl_s / 3)
         self.active: set[int] = set()
         """The partitions this process is draining now (the ticker need not look at them)."""
@@ -264,11 +269,11 @@ class Drainer:
         the last batch's destinations, which the batch's deletion screen reads then (:meth:`Deliverer.prefetch`).
 
         After a read of less than half a batch (a partition fed live, not behind), the next read of the partition
-        comes :attr:`Deliverer.read_pace_s` after it at the earliest (the drain waits outside the gate): a batch
+        comes :attr:`read_pace_s` after it at the earliest (the drain waits outside the gate): a batch
         costs a fixed ~1 ms of CPU (its round trips, its request, cold caches) whatever its size, and a drain that
         read again as soon as it had delivered would go from one tiny batch to the next."""
-        pace = self.deliverer.read_pace_s
-        last = self.deliverer.short_reads.pop(stream, None) if pace > 0 else None
+        pace = self.read_pace_s
+        last = self.short_reads.pop(stream, None) if pace > 0 else None
         if last is not None and (wait := last + pace - time.monotonic()) > 0:
             with self.deliverer.gate.outside(counted=False):  # at most 1 s: a lease renewed just now stays held
                 time.sleep(wait)
@@ -284,7 +289,7 @@ class Drainer:
             raise due
         entries = self._entries(stream, answer, new=True)
         if pace > 0 and len(entries) < self.read_batch // 2:
-            self.deliverer.short_reads[stream] = time.monotonic()
+            self.short_reads[stream] = time.monotonic()
         if entries and guess:
             self.deliverer.prefetch(entries, suppressions.versions(guess, versions))
         return entries, schedule.items(due)
@@ -318,7 +323,7 @@ class Drainer:
         return [(entry_id, fields) for entry_id, fields in answer[0][1] if fields]
 
 
-class Keepalive:
+class Keepalive(Folding):
     """A drain's keepalive (asked before every upload and commit): whether the partition's lease is still held.
 
     It renews the lease (one round trip), except when the lease was taken or renewed less than :data:`FRESH_S` ago

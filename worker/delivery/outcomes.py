@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import redis
 import structlog
@@ -186,12 +186,12 @@ class OutcomeWriter:
 
     def held_commit(self, partition: int, group: list[Work], keepalive: object) -> HeldCommit | None:
         """The fast path's commit of ``group`` to send with its upload's slot release (:class:`HeldCommit`), when
-        ``keepalive`` can fold the lease check into it (a drain's :class:`~worker.delivery.drain.Keepalive`);
-        else None (then :meth:`commit_delivered`, after the keepalive)."""
-        if not (hasattr(keepalive, "fold") and hasattr(keepalive, "folded")):
+        ``keepalive`` can fold the lease check into it (a :class:`~worker.delivery.work.Folding`: a drain's
+        :class:`~worker.delivery.drain.Keepalive`); else None (then :meth:`commit_delivered`, after the keepalive)."""
+        if not isinstance(keepalive, Folding):
             return None
         ids = [work.entry_id for work in group if work.entry_id is not None]
-        return HeldCommit(self.client, self.keys.stream(partition), ids, cast(Folding, keepalive)) if ids else None
+        return HeldCommit(self.client, self.keys.stream(partition), ids, keepalive) if ids else None
 
     def delivered(self, destination: Destination, group: list[Work], tally: Tally) -> None:
         """Count a plain ``group`` delivered whole and committed (:meth:`commit_delivered`, :class:`HeldCommit`)."""

@@ -5,6 +5,7 @@ Every room of delivery (uploads, outcomes, the deletion screen, the batch itself
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,19 +20,24 @@ StreamEntry = tuple[bytes, dict[bytes, bytes] | list[bytes]]
 a flat list of names and values (a new read's, :func:`worker.store.streams.flat_pipeline`)."""
 
 
-class Folding(Protocol):
+class Folding(ABC):
     """A drain's keepalive whose lease a commit can check and renew itself, in its own script
-    (:class:`worker.delivery.drain.Keepalive`)."""
+    (:class:`worker.delivery.drain.Keepalive` derives from it). A base class, not a protocol: a batch is also
+    delivered with a plain callable as its keepalive (or none), and
+    :meth:`worker.delivery.outcomes.OutcomeWriter.held_commit` tells them apart by ``isinstance`` (~0.5 µs; a
+    runtime-checkable protocol's check cost ~25 µs on Python 3.11, once per group)."""
 
-    def __call__(self) -> bool: ...
+    @abstractmethod
+    def __call__(self) -> bool:
+        """Whether the lease is still held (renewed when it is not known fresh)."""
 
+    @abstractmethod
     def fold(self) -> tuple[str, str, int] | None:
         """The lease as the commit checks it: (key, token, TTL ms); None when it is known lost."""
-        ...
 
+    @abstractmethod
     def folded(self, held: bool, asked: float) -> None:
         """What such a commit found: the lease held (and renewed) or not; ``asked``: when it was sent (monotonic)."""
-        ...
 
 
 class Fold(Protocol):

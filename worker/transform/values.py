@@ -12,6 +12,14 @@
 Counts go to an optional :class:`TransformStats` the caller owns (the worker turns them into metrics and
 debug logs); nothing here logs or reads a clock. This is the transform's hot path: the common value types
 are tested by exact class first, subclasses and the rest take the slow path.
+
+The same key sets come again and again (a track's properties, an identify's traits), so a dict's *shape*, its
+keys in order, is looked up in a bounded table (:data:`_SHAPES`) that holds their converted names when every one
+is kept and no two collide; a dict of a known shape then pairs its values with those names and tests only the
+values, as the general pass tests them (no key converted, checked or compared per key: ~0.7 of the general pass's
+instructions for 10-15 keys, ~0.96 for 4). Anything else takes the general pass (:func:`_clean_general`), which
+says what the result is: the table only saves converting each key again. (Building the dict with
+``dict(zip(names, values))`` first and putting the odd values right after cost more than the general pass.)
 """
 
 from __future__ import annotations
@@ -20,13 +28,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.transform.keycase import MAX_CACHED_KEY, convert, snake_case
+from worker.transform.keycase import MAX_CACHED_KEY, convert, convert_key, snake_case
 
 MAX_KEY_LENGTH = 120
 MAX_VALUE_BYTES = 512
 _ALWAYS_SHORT = MAX_VALUE_BYTES // 4  # at most 4 bytes per character: a string this long always fits
 DROP = object()
 """What :func:`kept` returns for a value that is dropped."""
+MAX_SHAPES = 1024
+"""Shapes (key tuples) remembered by :func:`_clean`; the table is emptied when full (a client sending a new key
+set every time costs a conversion of its keys, once, beside the general pass)."""
+MAX_SHAPE_KEYS = 32
+"""Dicts with more keys take the general pass (with keys of at most ``MAX_CACHED_KEY`` characters, the table holds
+some 8 MB at worst)."""
+Shape = tuple[tuple[str, ...], int]
+_SLOW: Shape = ((), -2)
+_SHAPES: dict[tuple[Any, ...], Shape] = {}
+"""A shape's converted names and the position of ``"products"`` among them (-1: none); ``_SLOW`` when the shape
+cannot take the fast path (a key not a short string, dropped, or two keys with one name)."""
+_FIND = "products"
+"""The one name :func:`clean_finding` is asked for (Order Completed's); another goes the general way."""
 
 
 @dataclass(slots=True)
@@ -113,10 +134,51 @@ def clean_finding(
     return _clean(data, stats, False, find)
 
 
+def _shape(keys: tuple[Any, ...]) -> Shape:
+    """The names of a new shape (see the module docstring), remembered."""
+    entry = _SLOW
+    if all(key.__class__ is str and len(key) <= MAX_CACHED_KEY for key in keys):
+        names = tuple(map(convert_key, keys))
+        if all(0 < len(name) <= MAX_KEY_LENGTH for name in names) and len(set(names)) == len(names):
+            entry = (names, names.index(_FIND) if _FIND in names else -1)
+    if len(_SHAPES) >= MAX_SHAPES:
+        _SHAPES.clear()
+    _SHAPES[keys] = entry
+    return entry
+
+
 def _clean(
     data: Mapping[Any, Any], stats: TransformStats | None, keep_arrays: bool, find: str | None
 ) -> tuple[dict[str, Any], Any]:
-    """The one pass of :func:`clean` and :func:`clean_finding`."""
+    """The one pass of :func:`clean` and :func:`clean_finding`: by the shape's names where it can (the module
+    docstring), else :func:`_clean_general`. The same dict, values, order and counts either way."""
+    if data.__class__ is not dict or len(data) > MAX_SHAPE_KEYS or (find is not None and find != _FIND):
+        return _clean_general(data, stats, keep_arrays, find)
+    keys = tuple(data)
+    entry = _SHAPES.get(keys)
+    if entry is None:
+        entry = _shape(keys)
+    if entry is _SLOW:
+        return _clean_general(data, stats, keep_arrays, find)
+    names, at = entry
+    out: dict[str, Any] = {}
+    for name, item in zip(names, data.values(), strict=True):  # the general pass's tests, without the keys'
+        cls = item.__class__
+        if cls is str:
+            out[name] = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
+        elif cls is int or cls is bool or (cls is float and item - item == 0):
+            out[name] = item
+        elif item is not None:  # (null: dropped)
+            value = kept(item, stats, keep_arrays=keep_arrays)
+            if value is not DROP:
+                out[name] = value
+    return out, (None if find is None or at < 0 else data[keys[at]])
+
+
+def _clean_general(
+    data: Mapping[Any, Any], stats: TransformStats | None, keep_arrays: bool, find: str | None
+) -> tuple[dict[str, Any], Any]:
+    """The general pass of :func:`_clean`: every key converted, every value tested (what the result is)."""
     out: dict[str, Any] = {}
     found: Any = None
     for key, item in data.items():
