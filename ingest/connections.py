@@ -35,14 +35,14 @@ dispatch serves (:class:`~ingest.tracking.dispatch.Direct`), from an origin CORS
 ``Content-Length`` of at most 64 KiB (uvicorn's read buffer; and within the body cap) and no ``Transfer-Encoding``,
 no ``Expect: 100-continue``, no upgrade, no ``%`` in the path, no ``root_path``, below the cap of requests in
 progress and without an access log. Its body is gathered as uvicorn gathers it; once it is all in, the handler
-(:meth:`~ingest.tracking.routes.Ingest.submit`) takes it and calls back with the answer, which is written as
-uvicorn writes it (status line, the server's default headers, the answer's, the CORS headers, ``connection:
-close`` when the connection is not kept alive) in one write (the 200's bytes made once per second:
-:class:`_Accepted`). Once handled, a request no longer refers to itself: it is freed when answered, not by the
-cyclic collector. Pipelined requests wait their turn in uvicorn's queue; a client gone before its body is in gets
-nothing, as through ASGI; an unexpected error is logged as both layers log it and answered the 500 of the CORS
-middleware, and the connection is closed, as uvicorn does after a started answer. Any other request goes through
-ASGI as before.
+(:meth:`~ingest.tracking.routes.Ingest.submit`) takes it and calls back with the answer, which is written as uvicorn
+writes it (status line, the server's default headers, the answer's, the CORS headers, ``connection: close`` when the
+connection is not kept alive) in one write (the 200's bytes made once per second: :class:`_Accepted`). Once handled,
+a request no longer refers to itself: it is freed when the connection's next request replaces it (the last one of a
+connection goes with the connection), not by the cyclic collector. Pipelined requests wait their turn in uvicorn's
+queue; a client gone before its body is in gets nothing, as through ASGI; an unexpected error is logged as both
+layers log it and answered the 500 of the CORS middleware, and the connection is closed, as uvicorn does after a
+started answer. Any other request goes through ASGI as before.
 """
 
 from __future__ import annotations
@@ -361,7 +361,8 @@ class _Direct:
         if self.started and not self.handled and (self.disconnected or not self.more_body):
             self.handled = True  # handled in the next turn, as an ASGI task's step would run (and see what it sees)
             # from now on set() does nothing: the reference to itself goes, so that the request (its scope, headers
-            # and body) is freed once answered, not kept for the cyclic collector (9 objects per request)
+            # and body) is freed by reference counting once the connection's next request replaces it, not kept for
+            # the cyclic collector (9 objects per request)
             self.message_event = _HANDLED
             self.protocol.loop.call_soon(self._handle)
 

@@ -315,6 +315,27 @@ def test_the_worker_seam_goes_through_its_transport_unless_a_proxy_is_set(monkey
     seam.close()
 
 
+def test_an_endpoint_with_a_user_and_password_sends_them_as_basic_auth_either_way() -> None:
+    """``https://user:password@gateway/`` as an endpoint: the client sends it as Basic auth, so the transport seam
+    sends such uploads through the client (a bare request would drop it)."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "success", "processed": 1, "unprocessed": []})
+
+    gated = Destination(write_key="wk", account_id="ACC", passcode="secret", endpoint="http://user:pw@ct.test")
+    mock = httpx.MockTransport(handler)
+    for seam in (
+        CleverTap(httpx.Client(transport=mock), 1.0),
+        CleverTap(httpx.Client(transport=mock), 1.0, transport=mock),
+    ):
+        assert seam.upload(gated, [event(0)]).status == 200
+        assert seam.upload(DEST, [event(1)]).status == 200
+    assert [request.headers.get("Authorization") for request in seen] == ["Basic dXNlcjpwdw==", None] * 2
+    assert {request.url.host for request in seen} == {"ct.test"}
+
+
 def test_the_transport_seam_over_a_socket_reuses_its_connection_and_reports_a_refused_one() -> None:
     """A real HTTP server on a socket: answers read whole and the connection given back (one connection for
     several requests); a refused connection reported as a network error, not raised."""

@@ -372,14 +372,43 @@ def test_the_shape_table_holds_only_shapes_it_can_take_and_stays_bounded(monkeyp
         assert values.clean_finding({"x": 1, "Products": products}, "products") == ({"x": 1}, products)
         assert values.clean_finding({"x": 1, "Products": products}, "products")[1] is products
         assert values.clean_finding({"x": 1, "y": products}, "products") == ({"x": 1}, None)
-    for slow in ({"firstName": 1, "first_name": 2}, {"$": 1}, {"a" * 130: 1}, {"k" * 201: 1}):
+    for slow in ({"firstName": 1, "first_name": 2}, {"$": 1}):
         assert values.clean(slow) == values._clean_general(slow, None, False, None)[0]
-        assert values._SHAPES[tuple(slow)] is values._SLOW  # (collision, empty name, too long, not cached)
+        assert values._SHAPES[tuple(slow)] is values._SLOW  # (collision, empty name)
+    for long in ({"a" * 65: 1}, {"x": 1, "k" * 201: 1}):
+        assert values.clean(long) == values._clean_general(long, None, False, None)[0]
+        assert tuple(long) not in values._SHAPES  # a key too long: not kept (the table's memory stays bounded)
     many = {f"k{n}": n for n in range(values.MAX_SHAPE_KEYS + 1)}
     assert values.clean(many) == many
     assert tuple(many) not in values._SHAPES  # too many keys: the general pass, nothing kept
+
+
+def test_a_full_shape_table_turns_new_shapes_away_then_relearns(monkeypatch: Any) -> None:
+    """A full table takes no new shape (their dicts take the general pass: no conversion of their keys on nearly
+    every dict when more shapes than it holds come in rotation) and is emptied after ``_RELEARN`` such misses; the
+    key characters it holds are bounded too."""
+    from worker.transform import values
+
+    monkeypatch.setattr(values, "_SHAPES", {})
+    monkeypatch.setattr(values._Room, "chars", 0)
+    monkeypatch.setattr(values._Room, "misses", 0)
     monkeypatch.setattr(values, "MAX_SHAPES", 3)
-    values._SHAPES.clear()
-    for n in range(4):
+    monkeypatch.setattr(values, "_RELEARN", 5)
+    for n in range(3):
         values.clean({f"key{n}": n})
-    assert list(values._SHAPES) == [("key3",)]  # emptied when full
+    assert list(values._SHAPES) == [("key0",), ("key1",), ("key2",)]
+    for n in range(3, 7):  # four misses: turned away, cleaned as the general pass cleans them
+        assert values.clean({f"Key {n}": n}) == {f"key_{n}": n}
+    assert list(values._SHAPES) == [("key0",), ("key1",), ("key2",)]
+    assert values.clean({"key0": "again"}) == {"key0": "again"}  # (a known shape is no miss)
+    values.clean({"key7": 7})  # the fifth miss: emptied
+    assert values._SHAPES == {}
+    values.clean({"key8": 8})
+    assert list(values._SHAPES) == [("key8",)]
+    monkeypatch.setattr(values, "MAX_SHAPES", 1024)
+    monkeypatch.setattr(values, "MAX_SHAPE_CHARS", 10)
+    values._SHAPES.clear()
+    values._Room.chars = 0
+    values.clean({"abcdef": 1})
+    assert values.clean({"ghijk": 1}) == {"ghijk": 1}  # 6 + 5 characters > 10: not kept
+    assert list(values._SHAPES) == [("abcdef",)]

@@ -203,29 +203,31 @@ class CleverTap:
     def _post(self, destination: Destination, path: str, body: bytes, records: Sequence[Mapping[str, Any]]) -> Report:
         if self.transport is None:
             return self._request(destination, "POST", path, body, records)
-        return self._send(self.transport, destination, path, body, records)
+        target = destination.base_url + path
+        url = self._urls.get(target)
+        if url is None:
+            url = self._urls[target] = httpx.URL(target)
+        if url.userinfo:  # (user:password@ in the endpoint: the client turns it into Basic auth, a bare request not)
+            return self._request(destination, "POST", path, body, records)
+        return self._send(self.transport, url, destination, body, records)
 
     def _send(
         self,
         transport: httpx.BaseTransport,
+        url: httpx.URL,
         destination: Destination,
-        path: str,
         body: bytes,
         records: Sequence[Mapping[str, Any]],
     ) -> Report:
         """A POST through ``transport`` itself: the request the client would build (its default headers, the
-        destination's, the timeouts), the headers and URL made once per destination, the answer read whole, the
-        connection given back to the pool, errors reported as :meth:`_request` reports them."""
+        destination's, the timeouts), the headers made once per destination (the URL by :meth:`_post`), the answer
+        read whole, the connection given back to the pool, errors reported as :meth:`_request` reports them."""
         passcode = destination.passcode.get_secret_value() if destination.passcode is not None else ""
         headers = self._headers.get((destination.account_id, passcode))
         if headers is None:
             headers = self.client.headers.copy()
             headers.update(_headers(destination.account_id, passcode))
             self._headers[(destination.account_id, passcode)] = headers
-        target = destination.base_url + path
-        url = self._urls.get(target)
-        if url is None:
-            url = self._urls[target] = httpx.URL(target)
         request = httpx.Request("POST", url, content=body, headers=headers, extensions=self._extensions)
         started = time.monotonic()
         count = len(records)

@@ -231,7 +231,8 @@ def broker(settings: Settings) -> Broker:
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` (or a pipeline of it) talks to a Redis Cluster.
 
-    Answered once per client class: redis-py's cluster classes have typing's Protocol metaclass, whose
+    Answered once per client class (``type(client)``, not ``isinstance``: an object posing as another class, a mock
+    with a ``spec``, is taken for what it is): redis-py's cluster classes have typing's Protocol metaclass, whose
     ``isinstance`` costs ~2-4 µs, and ingest asks this several times per write."""
     kind = type(client)
     known = _CLUSTER_KINDS.get(kind)

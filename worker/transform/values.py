@@ -36,16 +36,33 @@ _ALWAYS_SHORT = MAX_VALUE_BYTES // 4  # at most 4 bytes per character: a string 
 DROP = object()
 """What :func:`kept` returns for a value that is dropped."""
 MAX_SHAPES = 1024
-"""Shapes (key tuples) remembered by :func:`_clean`; the table is emptied when full (a client sending a new key
-set every time costs a conversion of its keys, once, beside the general pass)."""
+"""Shapes (key tuples) remembered by :func:`_clean`. A full table does not take new shapes: their dicts take the
+general pass, as without the table (emptying it at once would make a client with more shapes than this in rotation
+pay a shape's conversion on nearly every dict); after :data:`_RELEARN` such misses it is emptied, so that a worker
+whose traffic changed learns its new shapes."""
 MAX_SHAPE_KEYS = 32
-"""Dicts with more keys take the general pass (with keys of at most ``MAX_CACHED_KEY`` characters, the table holds
-some 8 MB at worst)."""
+"""Dicts with more keys take the general pass."""
+MAX_SHAPE_KEY = 64
+"""A shape with a longer key (or one not a string) is not remembered: its dicts take the general pass."""
+MAX_SHAPE_CHARS = 1 << 19
+"""The characters of the keys the table holds, at most (about as many again in their names): with the bounds above,
+a few MB at worst, whatever the keys' characters."""
+_RELEARN = 16 * MAX_SHAPES
 Shape = tuple[tuple[str, ...], int]
 _SLOW: Shape = ((), -2)
 _SHAPES: dict[tuple[Any, ...], Shape] = {}
 """A shape's converted names and the position of ``"products"`` among them (-1: none); ``_SLOW`` when the shape
-cannot take the fast path (a key not a short string, dropped, or two keys with one name)."""
+cannot take the fast path (a key dropped, or two keys with one name)."""
+
+
+class _Room:
+    """What the table holds (key characters) and the misses it turned away since it filled. Updated without a lock:
+    a lost update between threads only moves when the table is emptied."""
+
+    chars = 0
+    misses = 0
+
+
 _FIND = "products"
 """The one name :func:`clean_finding` is asked for (Order Completed's); another goes the general way."""
 
@@ -134,16 +151,24 @@ def clean_finding(
     return _clean(data, stats, False, find)
 
 
-def _shape(keys: tuple[Any, ...]) -> Shape:
-    """The names of a new shape (see the module docstring), remembered."""
+def _shape(keys: tuple[Any, ...]) -> Shape | None:
+    """The names of a new shape (see the module docstring), remembered while the table has room; None when it is
+    not to be remembered (a key not a short string; a full table: see :data:`MAX_SHAPES`)."""
+    if not all(key.__class__ is str and len(key) <= MAX_SHAPE_KEY for key in keys):
+        return None
+    chars = sum(map(len, keys))
+    if len(_SHAPES) >= MAX_SHAPES or _Room.chars + chars > MAX_SHAPE_CHARS:
+        _Room.misses += 1
+        if _Room.misses >= _RELEARN:
+            _SHAPES.clear()
+            _Room.chars = _Room.misses = 0
+        return None
+    names = tuple(map(convert_key, keys))
     entry = _SLOW
-    if all(key.__class__ is str and len(key) <= MAX_CACHED_KEY for key in keys):
-        names = tuple(map(convert_key, keys))
-        if all(0 < len(name) <= MAX_KEY_LENGTH for name in names) and len(set(names)) == len(names):
-            entry = (names, names.index(_FIND) if _FIND in names else -1)
-    if len(_SHAPES) >= MAX_SHAPES:
-        _SHAPES.clear()
+    if all(0 < len(name) <= MAX_KEY_LENGTH for name in names) and len(set(names)) == len(names):
+        entry = (names, names.index(_FIND) if _FIND in names else -1)
     _SHAPES[keys] = entry
+    _Room.chars += chars
     return entry
 
 
@@ -158,7 +183,7 @@ def _clean(
     entry = _SHAPES.get(keys)
     if entry is None:
         entry = _shape(keys)
-    if entry is _SLOW:
+    if entry is None or entry is _SLOW:
         return _clean_general(data, stats, keep_arrays, find)
     names, at = entry
     out: dict[str, Any] = {}
