@@ -9,14 +9,18 @@ requests of 100 tracks:
 
 - **enqueue**: the workers stopped, ``--messages`` sent: Redis's CPU is ingest's (the enqueue script, the backlog
   reads) and nothing else but an idle broker;
-- **end to end**: the workers started, the sandbox at ``--latency-ms`` (200), ``--messages`` sent and delivered:
-  the **drain** is this scenario less the enqueue's figure.
+- **end to end**: the workers started, the enqueue scenario's messages delivered first (outside the counters: else
+  the window drains those left after the workers' start as well as its own, up to ~2x the bodies Redis sends,
+  which is what ``--keep-backlog`` measures), the sandbox at ``--latency-ms`` (200), ``--messages`` sent and
+  delivered: the **drain** is this scenario less the enqueue's figure.
 
 Per scenario: redis-server CPU (``INFO cpu``: user + system) per message, and ``INFO commandstats`` per message:
 calls, µs per call, µs per message (a script's own commands are counted again apiece under their names: the
 ``evalsha`` row includes them; the µs are wall-clock time in the command, so a loaded machine inflates them: read
 their shares), the system time, and ``INFO stats``' reads, writes, connections and bytes per message. The drain's
-commands: the end-to-end ones less the enqueue's. Several rounds, the lowest CPU per side.
+commands: the end-to-end ones less the enqueue's. Several rounds, the lowest CPU per side; a
+line per round and side says what each run's window held (the messages undelivered at its start, those delivered
+in it: as many as were sent, else the drain's figure is not per message).
 """
 
 from __future__ import annotations
@@ -84,21 +88,28 @@ def stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
     return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in client.info("commandstats").items()}
 
 
-def scenario(one: Side, client: redis.Redis, messages: int, *, workers: bool, latency_ms: float) -> dict[str, Any]:
+def scenario(
+    one: Side, client: redis.Redis, messages: int, *, workers: bool, latency_ms: float, backlog_first: bool = True
+) -> dict[str, Any]:
     if workers:
         while len(one.workers) < 2:
             one.workers.append(one.relay.start_worker())
         time.sleep(4)  # connected, groups read
+        if backlog_first:
+            drained(one)
     else:
         for worker in one.workers:
             worker.stop()
         one.workers = []
     one.latency(latency_ms)
+    backlog = one.sequence - one.records()
     client.config_resetstat()
     before, user = redis_cpu(client), float(client.info("cpu")["used_cpu_user"])
+    records = one.records()
     one.send("batch", messages, 2, 8, poll=workers)
     used = redis_cpu(client) - before
     user = float(client.info("cpu")["used_cpu_user"]) - user
+    delivered = one.records() - records
     traffic = {key: int(value) for key, value in client.info("stats").items() if key in TRAFFIC}
     return {
         "cpu": used / messages * 1e6,
@@ -106,7 +117,20 @@ def scenario(one: Side, client: redis.Redis, messages: int, *, workers: bool, la
         "traffic": traffic,
         "commands": stats(client),
         "messages": messages,
+        "backlog": backlog,
+        "delivered": delivered,
     }
+
+
+def drained(one: Side, timeout_s: float = 300) -> None:
+    """Wait until the sandbox holds every message sent so far: what the enqueue scenario left in the streams (its
+    workers stopped) must be delivered before the end-to-end scenario's counters start, or its window would count
+    the drain of up to twice its own messages (the backlog's and its own: ~1.9x the bytes, half the runs)."""
+    deadline = time.monotonic() + timeout_s
+    while one.records() < one.sequence:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{one.name}: {one.sequence - one.records()} messages still undelivered")
+        time.sleep(0.1)
 
 
 TRAFFIC = (
@@ -124,7 +148,8 @@ def show(label: str, figures: dict[str, Any]) -> None:
     n = figures["messages"]
     traffic = ", ".join(f"{key.removeprefix('total_')} {value / n:.3f}" for key, value in figures["traffic"].items())
     print(f"    {label}: redis-server {figures['cpu']:.2f} us/msg ({figures['sys']:.2f} of it system time); per msg: "
-          f"{traffic}; commandstats (calls/msg, us/call, us/msg):")  # fmt: skip
+          f"{traffic}; undelivered at the start {figures['backlog']:,}, delivered in the window "
+          f"{figures['delivered']:,}; commandstats (calls/msg, us/call, us/msg):")  # fmt: skip
     rows = sorted(figures["commands"].items(), key=lambda kv: -kv[1][1])
     for name, (calls, usec) in rows:
         if name.startswith(("info", "config")) or usec / n < 0.005:
@@ -157,6 +182,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--latency-ms", type=float, default=200)
     parser.add_argument("--only", choices=("base", "head"), help="run one side")
+    parser.add_argument(
+        "--keep-backlog",
+        action="store_true",
+        help="measure as before round 4: the end-to-end window also drains what the enqueue scenario left",
+    )
     args = parser.parse_args()
     best: dict[tuple[str, str], dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
@@ -170,7 +200,18 @@ def main() -> None:
         for round_ in range(args.rounds):
             for kind, workers in (("enqueue", False), ("e2e", True)):
                 for one, client in sides[:: 1 if round_ % 2 == 0 else -1]:  # each side first in turn
-                    got = scenario(one, client, args.messages, workers=workers, latency_ms=args.latency_ms)
+                    got = scenario(
+                        one,
+                        client,
+                        args.messages,
+                        workers=workers,
+                        latency_ms=args.latency_ms,
+                        backlog_first=not args.keep_backlog,
+                    )
+                    out = got["traffic"]["total_net_output_bytes"] / args.messages
+                    print(f"  round {round_ + 1} {one.name} {kind}: redis-server {got['cpu']:.2f} us/msg, out "
+                          f"{out:.0f} B/msg, undelivered at the start {got['backlog']:,}, delivered in the window "
+                          f"{got['delivered']:,}", flush=True)  # fmt: skip
                     if (one.name, kind) not in best or got["cpu"] < best[(one.name, kind)]["cpu"]:
                         best[(one.name, kind)] = got
     print(f"Redis CPU per message: base {args.base} vs head {code_version()}; {args.messages:,} messages per "

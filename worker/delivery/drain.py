@@ -24,6 +24,10 @@ TTL (5 s) and its users' order is kept. A *live* consumer's entries are claimed 
 process's next drain of the partition takes them back at once; a live drain still sending holds the lease, so no one
 else can claim them. (The worker caps ``reclaim_idle_s`` at the lease TTL: a live worker whose lease expired during a
 Redis outage must not hold its entries back for long.)
+
+Every entry read a second time (a drain's first read, ``XREADGROUP ... 0``, of what its consumer left pending; the
+claims) is counted in ``ctrelay_entries_read_again_total{how}`` (:mod:`worker.delivery.metrics`): Redis sends its
+body again and the worker decodes it again, so operators can tell such re-reads from new work.
 """
 
 from __future__ import annotations
@@ -170,6 +174,8 @@ class Drainer:
                     entries = self._read(stream, "0")
                     own = bool(entries)
                     result.reclaimed += len(entries)
+                    if entries:
+                        metrics.entries_read_again.labels("own").inc(len(entries))
                 if not entries and cursor is not None:
                     cursor, entries = self._reclaim(stream, cursor)
                     result.reclaimed += len(entries)
@@ -229,6 +235,7 @@ class Drainer:
         if entries:  # their consumer may have uploaded them before it died: they may reach CleverTap twice
             log.info("reclaimed", stream=stream, entries=len(entries))
             metrics.duplicates_suspected.labels("reclaimed").inc(len(entries))
+            metrics.entries_read_again.labels("idle").inc(len(entries))
         return (None if next_cursor == "0-0" else next_cursor), entries
 
     def _others(self, stream: str) -> list[str]:
@@ -261,6 +268,7 @@ class Drainer:
         if entries:  # the dead consumer may have uploaded them before it died: they may reach CleverTap twice
             log.info("reclaimed", stream=stream, entries=len(entries), consumers=len(dead), consumer="dead")
             metrics.duplicates_suspected.labels("reclaimed").inc(len(entries))
+            metrics.entries_read_again.labels("dead").inc(len(entries))
         return entries
 
     def _read_new(self, stream: str, schedule: RetrySchedule) -> tuple[list[StreamEntry], list[RetryItem]]:

@@ -6,6 +6,13 @@ child writes to shared files and the server (in the main process) sums them. Gau
 the cluster (the backlog, stream lengths, retry-schedule size, uploads in flight, concurrency caps, paused
 destinations, dead letters) are read from Redis at scrape time by :class:`ClusterCollector`, so any
 one worker reports the same, true values.
+
+``ctrelay_entries_read_again_total{how}`` counts the entries a drain reads a second time (``own``: its consumer's
+pending entries, left by a drain that stopped or raised; ``idle``: claimed from a live consumer; ``dead``: claimed
+from a dead one): each costs Redis a second copy of its body on the wire and the worker a second decode and
+transform, so a rate of it beside ``ctrelay_records_delivered_total`` that is more than a small fraction says drains
+stop before they deliver what they read (no upload slot in time, lost leases) or workers die. One ``inc`` per read
+that answered entries: nothing on the usual path.
 """
 
 from __future__ import annotations
@@ -45,6 +52,12 @@ duplicates_suspected = Counter(
     "ctrelay_duplicates_suspected",
     "Records (messages for cause reclaimed) that may reach CleverTap twice, by cause",
     ["cause"],
+)
+entries_read_again = Counter(
+    "ctrelay_entries_read_again",
+    "Stream entries a drain read again, Redis sending their bodies once more: its consumer's own pending ones (own), "
+    "a live consumer's idle ones (idle), a dead consumer's (dead)",
+    ["how"],
 )
 upload_duration = Histogram(
     "ctrelay_upload_duration_seconds",
