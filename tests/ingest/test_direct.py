@@ -94,6 +94,10 @@ def servers(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[tuple[int, 
         for server in made:
             server.should_exit = True
         thread.join(timeout=10)
+        if thread.is_alive():  # a loaded machine: still waiting for its connections; close them and stop
+            for server in made:
+                server.force_exit = True
+            thread.join(timeout=60)
         loop.close()
 
 
