@@ -347,6 +347,14 @@ def test_a_known_shape_gives_what_the_general_pass_gives(keys: list[str], items:
     values, same keys), with and without arrays kept, with and without ``products`` asked for."""
     from worker.transform import values
 
+    least, values.MIN_SHAPE_KEYS = values.MIN_SHAPE_KEYS, 0  # (every size through the table, small dicts too)
+    try:
+        _compare(values, keys, items, data)
+    finally:
+        values.MIN_SHAPE_KEYS = least
+
+
+def _compare(values: Any, keys: list[str], items: list[Any], data: Any) -> None:
     keep_arrays = data.draw(st.booleans())
     find = data.draw(st.sampled_from([None, "products"]))
     for round_values in (items, data.draw(st.permutations(items))):
@@ -362,6 +370,7 @@ def test_a_known_shape_gives_what_the_general_pass_gives(keys: list[str], items:
 def test_the_shape_table_holds_only_shapes_it_can_take_and_stays_bounded(monkeypatch: Any) -> None:
     from worker.transform import values
 
+    monkeypatch.setattr(values, "MIN_SHAPE_KEYS", 1)
     monkeypatch.setattr(values, "_SHAPES", {})
     values.clean({"firstName": "a", "Order ID": 1})
     assert values._SHAPES[("firstName", "Order ID")] == (("first_name", "order_id"), -1)
@@ -389,6 +398,7 @@ def test_a_full_shape_table_turns_new_shapes_away_then_relearns(monkeypatch: Any
     key characters it holds are bounded too."""
     from worker.transform import values
 
+    monkeypatch.setattr(values, "MIN_SHAPE_KEYS", 1)
     monkeypatch.setattr(values, "_SHAPES", {})
     monkeypatch.setattr(values._Room, "chars", 0)
     monkeypatch.setattr(values._Room, "misses", 0)
@@ -412,3 +422,15 @@ def test_a_full_shape_table_turns_new_shapes_away_then_relearns(monkeypatch: Any
     values.clean({"abcdef": 1})
     assert values.clean({"ghijk": 1}) == {"ghijk": 1}  # 6 + 5 characters > 10: not kept
     assert list(values._SHAPES) == [("abcdef",)]
+
+
+def test_dicts_of_few_keys_take_the_general_pass(monkeypatch: Any) -> None:
+    """Below ``MIN_SHAPE_KEYS`` keys the shape's lookup costs more than it saves: such dicts never enter the table."""
+    from worker.transform import values
+
+    monkeypatch.setattr(values, "_SHAPES", {})
+    few = {f"Key {n}": n for n in range(values.MIN_SHAPE_KEYS - 1)}
+    enough = {f"Key {n}": n for n in range(values.MIN_SHAPE_KEYS)}
+    assert values.clean(few) == values._clean_general(few, None, False, None)[0]
+    assert values.clean(enough) == values._clean_general(enough, None, False, None)[0]
+    assert list(values._SHAPES) == [tuple(enough)]

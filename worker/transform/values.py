@@ -13,13 +13,14 @@ Counts go to an optional :class:`TransformStats` the caller owns (the worker tur
 debug logs); nothing here logs or reads a clock. This is the transform's hot path: the common value types
 are tested by exact class first, subclasses and the rest take the slow path.
 
-The same key sets come again and again (a track's properties, an identify's traits), so a dict's *shape*, its
-keys in order, is looked up in a bounded table (:data:`_SHAPES`) that holds their converted names when every one
-is kept and no two collide; a dict of a known shape then pairs its values with those names and tests only the
-values, as the general pass tests them (no key converted, checked or compared per key: ~0.7 of the general pass's
-instructions for 10-15 keys, ~0.96 for 4). Anything else takes the general pass (:func:`_clean_general`), which
-says what the result is: the table only saves converting each key again. (Building the dict with
-``dict(zip(names, values))`` first and putting the odd values right after cost more than the general pass.)
+The same key sets come again and again (a track's properties, an identify's traits), so a dict's *shape*, its keys
+in order, is looked up in a bounded table (:data:`_SHAPES`) that holds their converted names when every one is kept
+and no two collide; a dict of a known shape then pairs its values with those names and tests only the values, as the
+general pass tests them (no key converted, checked or compared per key: ~0.7 of the general pass's instructions for
+10-15 keys; below :data:`MIN_SHAPE_KEYS` keys the lookup costs more than it saves, in time). Anything else takes the
+general pass (:func:`_clean_general`), which says what the result is: the table only saves converting each key
+again. (Building the dict with ``dict(zip(names, values))`` first and putting the odd values right after cost more
+than the general pass.)
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ pay a shape's conversion on nearly every dict); after :data:`_RELEARN` such miss
 whose traffic changed learns its new shapes."""
 MAX_SHAPE_KEYS = 32
 """Dicts with more keys take the general pass."""
+MIN_SHAPE_KEYS = 8
+"""Dicts with fewer keys take the general pass: the shape's lookup (a tuple of the keys, hashed) costs more than the
+conversions it saves below ~8 keys (measured per dict, shaped / general: 15 keys 0.44-0.87, 10 keys 0.77-0.83, 7 keys
+1.01-1.21, 4 keys 1.22, 2 keys 1.71)."""
 MAX_SHAPE_KEY = 64
 """A shape with a longer key (or one not a string) is not remembered: its dicts take the general pass."""
 MAX_SHAPE_CHARS = 1 << 19
@@ -177,7 +182,11 @@ def _clean(
 ) -> tuple[dict[str, Any], Any]:
     """The one pass of :func:`clean` and :func:`clean_finding`: by the shape's names where it can (the module
     docstring), else :func:`_clean_general`. The same dict, values, order and counts either way."""
-    if data.__class__ is not dict or len(data) > MAX_SHAPE_KEYS or (find is not None and find != _FIND):
+    if (
+        data.__class__ is not dict
+        or not MIN_SHAPE_KEYS <= len(data) <= MAX_SHAPE_KEYS
+        or (find is not None and find != _FIND)
+    ):
         return _clean_general(data, stats, keep_arrays, find)
     keys = tuple(data)
     entry = _SHAPES.get(keys)
