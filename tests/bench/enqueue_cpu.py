@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -152,7 +153,6 @@ def side_rounds(url: str, messages: int, state: str, batch: int = 100) -> dict[s
     """One measurement, run in a process whose ``worker`` package is the side's (base or head): Redis CPU per
     message of the enqueue (the real :class:`Producer`, requests of 100) and of the store's part of a drain
     (``XREADGROUP`` of 1000, then the commit's :func:`~worker.store.streams.ack_and_delete` in a MULTI)."""
-    from worker.core.keys import GROUP
     from worker.store.streams import ack_and_delete, ensure_groups
 
     client = redis.Redis.from_url(url)
@@ -189,16 +189,10 @@ def side_rounds(url: str, messages: int, state: str, batch: int = 100) -> dict[s
     enqueue_commands = commandstats()
     client.config_resetstat()
     before = cpu(client)
-    for partition in range(PARTITIONS):
-        stream = keys.stream(partition)
-        while True:
-            answer = client.xreadgroup(GROUP, "bench", {stream: ">"}, count=1000)
-            ids = [entry_id for _, entries in answer for entry_id, _ in entries] if answer else []
-            if not ids:
-                break
-            pipe = client.pipeline(transaction=True)
-            ack_and_delete(pipe, stream, ids)
-            pipe.execute()
+    for stream, ids in reads(client, keys):
+        pipe = client.pipeline(transaction=True)
+        ack_and_delete(pipe, stream, ids)
+        pipe.execute()
     drained = (cpu(client) - before) / messages * 1e6
     drain_commands = commandstats()
     held, held_commands = held_drain(client, keys, producer, batches)
@@ -215,17 +209,29 @@ def side_rounds(url: str, messages: int, state: str, batch: int = 100) -> dict[s
     }
 
 
+def reads(client: redis.Redis, keys: Keys) -> Iterator[tuple[str, list[Any]]]:
+    """Every partition's new entries, read 1000 at a time (``XREADGROUP``): each read's stream and entry ids."""
+    from worker.core.keys import GROUP
+
+    for partition in range(PARTITIONS):
+        stream = keys.stream(partition)
+        while True:
+            answer = client.xreadgroup(GROUP, "bench", {stream: ">"}, count=1000)
+            ids = [entry_id for _, entries in answer for entry_id, _ in entries] if answer else []
+            if not ids:
+                break
+            yield stream, ids
+
+
 def held_drain(
     client: redis.Redis, keys: Keys, producer: Producer, batches: list[list[Any]], commit: int = 100
 ) -> tuple[float, dict[str, tuple[float, float]]]:
     """The store's part of a drain as a worker's is (Redis CPU per message, commands): ``XREADGROUP`` of 1000, then
     commits of ``commit`` entries each by the held commit's script under the partition's lease (the later ones of
     the read still pending above all but the last commit). The entries are enqueued again first (not counted)."""
-    from worker.core.keys import GROUP
     from worker.store import streams
-    from worker.store.scripts import PipelineScript
 
-    held: PipelineScript | None = getattr(streams, "COMMIT_HELD", None)
+    held: Any = getattr(streams, "COMMIT_HELD", None)  # (a PipelineScript; a base's scripts module may not name it)
     if held is None:  # (a base from before the held commit)
         return 0.0, {}
 
@@ -246,17 +252,11 @@ def held_drain(
     client.set(lease[0], lease[1], px=lease[2])
     client.config_resetstat()
     before = cpu(client)
-    for partition in range(PARTITIONS):
-        stream = keys.stream(partition)
-        while True:
-            answer = client.xreadgroup(GROUP, "bench", {stream: ">"}, count=1000)
-            ids = [entry_id for _, entries in answer for entry_id, _ in entries] if answer else []
-            if not ids:
-                break
-            for at in range(0, len(ids), commit):
-                pipe = client.pipeline(transaction=False)
-                streams.queue_commit_held(pipe, stream, lease, ids[at : at + commit])
-                pipe.execute()
+    for stream, ids in reads(client, keys):
+        for at in range(0, len(ids), commit):
+            pipe = client.pipeline(transaction=False)
+            streams.queue_commit_held(pipe, stream, lease, ids[at : at + commit])
+            pipe.execute()
     used = (cpu(client) - before) / messages * 1e6
     stats = client.info("commandstats")
     commands = {
