@@ -19,7 +19,7 @@ import email.utils
 import time
 import urllib.request
 from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,20 +229,16 @@ class CleverTap:
             headers.update(_headers(destination.account_id, passcode))
             self._headers[(destination.account_id, passcode)] = headers
         request = httpx.Request("POST", url, content=body, headers=headers, extensions=self._extensions)
-        started = time.monotonic()
-        count = len(records)
-        try:
+
+        def send() -> httpx.Response:
             response = transport.handle_request(request)
             try:
                 response.read()
             finally:
                 response.close()
-        except httpx.TimeoutException:
-            return Report(count=count, status=None, error="timeout", duration_s=time.monotonic() - started)
-        except httpx.HTTPError as exc:
-            error = f"network: {type(exc).__name__}: {exc}"[:500]
-            return Report(count=count, status=None, error=error, duration_s=time.monotonic() - started)
-        return self.read(records, response, time.monotonic() - started)
+            return response
+
+        return self._report(records, send)
 
     def _request(
         self,
@@ -257,20 +253,26 @@ class CleverTap:
     ) -> Report:
         passcode = destination.passcode.get_secret_value() if destination.passcode is not None else ""
         headers = _headers(destination.account_id, passcode)
-        started = time.monotonic()
-        count = len(records)
         url = (base_url or destination.base_url) + path
-        try:
-            response = self.client.request(
+        return self._report(
+            records,
+            lambda: self.client.request(
                 method, url, content=body, params=params, headers=headers, timeout=self.timeout
-            )
+            ),
+        )
+
+    def _report(self, records: Sequence[Mapping[str, Any]], send: Callable[[], httpx.Response]) -> Report:
+        """``send()``'s answer, timed, as a :class:`Report`; a timeout or a network error is a report too (never
+        raised): the one way both paths (the client, the transport) tell what happened."""
+        started = time.monotonic()
+        try:
+            response = send()
         except httpx.TimeoutException:
-            return Report(count=count, status=None, error="timeout", duration_s=time.monotonic() - started)
+            return Report(count=len(records), status=None, error="timeout", duration_s=time.monotonic() - started)
         except httpx.HTTPError as exc:
             error = f"network: {type(exc).__name__}: {exc}"[:500]
-            return Report(count=count, status=None, error=error, duration_s=time.monotonic() - started)
-        duration = time.monotonic() - started
-        return self.read(records, response, duration)
+            return Report(count=len(records), status=None, error=error, duration_s=time.monotonic() - started)
+        return self.read(records, response, time.monotonic() - started)
 
     @staticmethod
     def read(records: Sequence[Mapping[str, Any]], response: httpx.Response, duration_s: float) -> Report:
