@@ -424,6 +424,26 @@ def test_a_full_shape_table_turns_new_shapes_away_then_relearns(monkeypatch: Any
     assert list(values._SHAPES) == [("abcdef",)]
 
 
+def test_the_general_pass_remembers_kept_names_only_and_stays_bounded(monkeypatch: Any) -> None:
+    """The general pass's table of names holds a key only when its name is kept (not empty, not too long) and the
+    key is a short string; a full table is emptied and learns again; the answers are the conversion's either way."""
+    from worker.transform import values
+
+    monkeypatch.setattr(values, "_NAMES", {})
+    monkeypatch.setattr(values, "MAX_NAMES", 3)
+    data = {"firstName": 1, "$": 2, "x" * 121: 3, "k" * 65: 4, "Order ID": 5}
+    for _ in range(2):  # learnt, then known
+        assert values._clean_general(data, None, False, None)[0] == {"first_name": 1, "k" * 65: 4, "order_id": 5}
+        assert values._NAMES == {"firstName": "first_name", "Order ID": "order_id"}
+    stats = TransformStats()
+    values._clean_general(data, stats, False, None)
+    assert stats.keys_dropped == 1  # (the key too long; "$" converts to nothing: not counted)
+    values._clean_general({"a": 1, "b": 2}, None, False, None)  # the fourth: full, emptied, learns again
+    assert values._NAMES == {"b": "b"}
+    assert values.clean_finding({"Products": [1], "x": 1}, "products") == ({"x": 1}, [1])
+    assert values.clean_finding({"Products": [2], "x": 1}, "products") == ({"x": 1}, [2])  # (a known name found)
+
+
 def test_dicts_of_few_keys_take_the_general_pass(monkeypatch: Any) -> None:
     """Below ``MIN_SHAPE_KEYS`` keys the shape's lookup costs more than it saves: such dicts never enter the table."""
     from worker.transform import values

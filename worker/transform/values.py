@@ -56,6 +56,13 @@ _RELEARN = 16 * MAX_SHAPES
 Shape = tuple[tuple[str, ...], int]
 _SLOW: Shape = ((), -2)
 _SHAPES: dict[tuple[Any, ...], Shape] = {}
+MAX_NAMES = 16_384
+"""Keys remembered by the general pass (:data:`_NAMES`); a full table is emptied and learns again (a key not in it is
+converted through the cache of :mod:`worker.transform.keycase`, as without the table)."""
+_NAMES: dict[str, str] = {}
+"""Keys (strings of at most :data:`MAX_SHAPE_KEY` characters) whose converted name is kept (not empty, at most
+:data:`MAX_KEY_LENGTH` characters), and that name: the general pass's one dict lookup per key, instead of a call of the
+conversion's LRU cache and the length checks (at most ~2 MB of keys and names)."""
 """A shape's converted names and the position of ``"products"`` among them (-1: none); ``_SLOW`` when the shape
 cannot take the fast path (a key dropped, or two keys with one name)."""
 
@@ -209,20 +216,34 @@ def _clean(
     return out, (None if find is None or at < 0 else data[keys[at]])
 
 
+def _name(key: Any) -> str:
+    """The converted name of a key not in :data:`_NAMES` (remembered there when it is kept and the table has room)."""
+    name = snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)
+    if 0 < len(name) <= MAX_KEY_LENGTH and key.__class__ is str and len(key) <= MAX_SHAPE_KEY:
+        if len(_NAMES) >= MAX_NAMES:  # full: learn again (a key's entry costs about one conversion)
+            _NAMES.clear()
+        _NAMES[key] = name
+    return name
+
+
 def _clean_general(
     data: Mapping[Any, Any], stats: TransformStats | None, keep_arrays: bool, find: str | None
 ) -> tuple[dict[str, Any], Any]:
-    """The general pass of :func:`_clean`: every key converted, every value tested (what the result is)."""
+    """The general pass of :func:`_clean`: every key converted (a kept one known by :data:`_NAMES` in one lookup),
+    every value tested (what the result is)."""
     out: dict[str, Any] = {}
     found: Any = None
+    names = _NAMES
     for key, item in data.items():
-        name = snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)
+        name = names.get(key) if key.__class__ is str else None
+        if name is None:  # not known kept: converted, and dropped when its name is empty or too long
+            name = _name(key)
+            if not 0 < len(name) <= MAX_KEY_LENGTH:
+                if name and stats is not None:
+                    stats.keys_dropped += 1
+                continue
         if find is not None and name == find:
             found = item
-        if not 0 < len(name) <= MAX_KEY_LENGTH:
-            if name and stats is not None:
-                stats.keys_dropped += 1
-            continue
         cls = item.__class__
         if cls is str:
             out[name] = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
