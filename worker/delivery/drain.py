@@ -53,12 +53,12 @@ from worker.store.connections import is_cluster
 from worker.store.lease import Lease, LeaseKeeper, Liveness, alive
 from worker.store.retries import RetryItem, RetrySchedule
 from worker.store.streams import (
-    BACKLOG_COMMANDS,
+    UNREAD_COMMANDS,
     ensure_group,
     flat_pipeline,
     id_order,
-    queue_backlog,
-    read_backlog,
+    queue_unread,
+    read_unread,
     text,
 )
 
@@ -379,7 +379,8 @@ def partitions_with_work(
     """Partitions that have unread entries, reclaimable pending entries or due retries, and no drain yet.
 
     Unread entries are counted as :class:`~worker.store.streams.PartitionBacklog` counts them (the stream's length
-    less its pending entries), never from the group's lag, which is wrong after a Redis restart. ``skip``: partitions
+    less its pending entries, :func:`~worker.store.streams.queue_unread`), never from the group's lag, which is wrong
+    after a Redis restart. ``skip``: partitions
     known to be drained now (this process's own drains), not looked at.
 
     Two round trips: which partitions have no lease and no queued drain (``EXISTS``), then the work of those alone,
@@ -395,16 +396,16 @@ def partitions_with_work(
         return []
     pipe = client.pipeline(transaction=False)
     for partition in free:
-        queue_backlog(pipe, keys, partition)
+        queue_unread(pipe, keys, partition)
         pipe.xpending_range(keys.stream(partition), GROUP, min="-", max="+", count=1, idle=int(reclaim_idle_s * 1000))
         pipe.zrangebyscore(keys.retry_due(partition), "-inf", now, start=0, num=1)
     results: list[Any] = pipe.execute(raise_on_error=False)
     busy: list[int] = []
-    step = 2 + BACKLOG_COMMANDS
+    step = 2 + UNREAD_COMMANDS
     for number, partition in enumerate(free):
         answers = results[step * number : step * number + step]
-        backlog, pending, due = read_backlog(answers[:-2]), answers[-2], answers[-1]
-        if backlog.unread > 0 or (isinstance(pending, list) and pending) or (isinstance(due, list) and due):
+        unread, pending, due = read_unread(answers[:-2]), answers[-2], answers[-1]
+        if unread > 0 or (isinstance(pending, list) and pending) or (isinstance(due, list) and due):
             busy.append(partition)
     return busy
 
