@@ -98,12 +98,17 @@ def print_threads(name: str, pid: int, before: dict[str, int]) -> None:
           + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])))  # fmt: skip
 
 
+SPY_MODE = ["--native", "-r", "1000"]
+"""How py-spy samples (``--spy-nonblocking``: ``--nonblocking -r 400``, which does not pause the worker at each sample,
+but sees no native frames)."""
+
+
 def profiler(side: Side, seconds: float) -> subprocess.Popen[bytes]:
     """``py-spy record`` of the first worker (samples taken while a thread holds the GIL, native frames), its
     collapsed stacks written to /tmp (``bench-worker-<side>-<pid>.txt``)."""
     out = Path(tempfile.gettempdir()) / f"bench-worker-{side.name}-{os.getpid()}.txt"
     spy = str(Path(sys.executable).parent / "py-spy")
-    command = [spy, "record", "--gil", "--native", "-f", "raw", "-r", "1000", "-d", str(int(seconds)), "-o", str(out)]
+    command = [spy, "record", "--gil", *SPY_MODE, "-f", "raw", "-d", str(int(seconds)), "-o", str(out)]
     return subprocess.Popen([*command, "-p", str(side.workers[0].process.pid)], stdout=subprocess.DEVNULL)
 
 
@@ -226,12 +231,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy the first worker this many seconds")
+    parser.add_argument("--spy-nonblocking", action="store_true", help="py-spy without pausing the worker")
     parser.add_argument("--head-only", action="store_true")
     parser.add_argument("--partitions", type=int, default=16, help="CTRELAY_PARTITIONS (16: the default)")
     parser.add_argument("--concurrent", action="store_true", help="load and drain at once (as bench_e2e)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the workers (both sides)")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
+    if args.spy_nonblocking:
+        SPY_MODE[:] = ["--nonblocking", "-r", "400"]
     scratch = Path(tempfile.mkdtemp(prefix="bench-worker-proc-"))
     best: dict[str, dict[str, float]] = {}
     print(f"workers draining a backlog of {args.messages:,} messages, sandbox {args.latency_ms:.0f} ms, "
