@@ -426,6 +426,30 @@ def test_interleaved_destinations_are_grouped_in_order_and_a_screened_user_is_dr
     assert pending(redis_client, keys) == 0
 
 
+def test_a_write_key_decoded_once_per_run_meets_broken_and_unknown_keys_between(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    """A batch decodes a write key once per run of entries that carry it: a key that is not UTF-8, an unknown one
+    and another destination's between two runs of one key each get their own outcome."""
+    other = Destination(write_key="wk2", account_id="ACC2", passcode="secret", endpoint="http://ct.test")
+    fake = FakeCleverTap()
+    drainer = build(redis_client, keys, {"wk": DEST, "wk2": other}, fake)
+    enqueue(redis_client, keys, "wk", [track("u", 0), track("u", 1)])
+    redis_client.xadd(keys.stream(0), {"w": b"\xffwk", "m": orjson.dumps(track("u", 2))})
+    enqueue(redis_client, keys, "wk", [track("u", 3)])
+    enqueue(redis_client, keys, "nope", [track("u", 4)])
+    enqueue(redis_client, keys, "wk2", [track("u", 5)])
+    enqueue(redis_client, keys, "wk", [track("u", 6)])
+    result = drainer.drain(0)
+    assert (result.tally.delivered, result.tally.deadlettered) == (5, 2)
+    by_account = {account: [r["evtData"]["n"] for a, r in fake.received if a == account] for account in ("ACC", "ACC2")}
+    assert by_account == {"ACC": [0, 1, 3, 6], "ACC2": [5]}
+    errors = sorted(letter.error for letter in letters(redis_client, keys))
+    assert errors[0].startswith("not a ctrelay envelope")
+    assert "unknown write key 'nope'" in errors[1]
+    assert pending(redis_client, keys) == 0
+
+
 def test_a_plain_message_kept_as_bytes_comes_back_whole_in_its_retry(redis_client: redis.Redis, keys: Keys) -> None:
     """A plain batch keeps each message as the stream's bytes while it uploads (:class:`Work`): a retry and a dead
     letter still carry the message as it was enqueued."""

@@ -204,7 +204,8 @@ class Deliverer:
         or a deletion record among them: not for the fast path).
 
         One pass over the entries; a plain message (one event or profile record) costs a decode, its transform and
-        one :class:`Work`, put in its group at once."""
+        one :class:`Work`, put in its group at once (its write key is decoded and its destination looked up once per
+        run of entries of one write key: a batch mostly has one)."""
         now = self.clock()
         works: list[Work] = []
         groups: dict[str, list[Work]] = {}
@@ -217,14 +218,21 @@ class Deliverer:
         destinations = self.destinations
         group: list[Work] | None = None
         group_key: str | None = None  # the write key of ``group`` (a batch mostly has one)
+        key_bytes: bytes | None = None  # the last entry's write key as read, decoded to ``write_key``
+        write_key = ""
+        destination: Destination | None = None
         for entry_id, fields in entries:
             try:  # Envelope.read, inlined; ingest's entry is the flat [w, <write key>, m, <message>]
                 if fields.__class__ is list and len(fields) == 4 and fields[0] == FIELD_WRITE_KEY:
                     data = fields[3] if fields[2] == FIELD_MESSAGE else _field(fields, FIELD_MESSAGE)
-                    write_key, message = fields[1].decode("utf-8"), orjson.loads(data)
+                    raw_key = fields[1]
                 else:
                     data = _field(fields, FIELD_MESSAGE)
-                    write_key, message = _field(fields, FIELD_WRITE_KEY).decode("utf-8"), orjson.loads(data)
+                    raw_key = _field(fields, FIELD_WRITE_KEY)
+                if raw_key != key_bytes:  # decoded and looked up once per run of entries of one write key
+                    write_key = raw_key.decode("utf-8")
+                    destination, key_bytes = destinations.get(write_key), raw_key
+                message = orjson.loads(data)
                 if message.__class__ is not dict:
                     raise TypeError("message is not an object")
             except (KeyError, ValueError, TypeError):
@@ -234,7 +242,6 @@ class Deliverer:
                 letters.append(Letter.of(raw.get("w", ""), {"entry": raw}, "invalid_message", now=now, error=error))
                 acks.append(entry_id)
                 continue
-            destination = destinations.get(write_key)
             if destination is None:
                 error = f"unknown write key {write_key!r}"
                 letters.append(Letter.of(write_key, message, "invalid_message", now=now, error=error))
