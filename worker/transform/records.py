@@ -115,7 +115,10 @@ def _charged(properties: Mapping[str, Any], stats: TransformStats | None) -> dic
         data["Charged ID"] = order_id
     for field in ("total", "revenue"):
         value = data.get(field)
-        amount = None if value is None else _amount(value)
+        if value is None:
+            continue
+        cls = value.__class__  # (a kept number is finite: clean dropped the others; _amount for the rest)
+        amount = value if cls is int or cls is float else _amount(value)
         if amount is not None:
             data["Amount"] = amount
             break
