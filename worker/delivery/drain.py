@@ -380,8 +380,7 @@ def partitions_with_work(
 
     Unread entries are counted as :class:`~worker.store.streams.PartitionBacklog` counts them (the stream's length
     less its pending entries, :func:`~worker.store.streams.queue_unread`), never from the group's lag, which is wrong
-    after a Redis restart. ``skip``: partitions
-    known to be drained now (this process's own drains), not looked at.
+    after a Redis restart. ``skip``: partitions known to be drained now (this process's own drains), not looked at.
 
     Two round trips: which partitions have no lease and no queued drain (``EXISTS``), then the work of those alone,
     so that a busy relay, whose partitions are mostly held, reads little more than the first."""

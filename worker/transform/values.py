@@ -20,7 +20,8 @@ general pass tests them (no key converted, checked or compared per key: ~0.7 of 
 10-15 keys; below :data:`MIN_SHAPE_KEYS` keys the lookup costs more than it saves, in time). Anything else takes the
 general pass (:func:`_clean_general`), which says what the result is: the table only saves converting each key
 again. (Building the dict with ``dict(zip(names, values))`` first and putting the odd values right after cost more
-than the general pass.)
+than the general pass.) The general pass keeps a table of its own, by key (:data:`_NAMES`): a key whose name it kept
+before costs it one dict lookup, no conversion call and no length check (4 keys: ~0.8 of the pass's time).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ _RELEARN = 16 * MAX_SHAPES
 Shape = tuple[tuple[str, ...], int]
 _SLOW: Shape = ((), -2)
 _SHAPES: dict[tuple[Any, ...], Shape] = {}
+"""A shape's converted names and the position of ``"products"`` among them (-1: none); ``_SLOW`` when the shape
+cannot take the fast path (a key dropped, or two keys with one name)."""
 MAX_NAMES = 16_384
 """Keys remembered by the general pass (:data:`_NAMES`); a full table is emptied and learns again (a key not in it is
 converted through the cache of :mod:`worker.transform.keycase`, as without the table)."""
@@ -63,8 +66,6 @@ _NAMES: dict[str, str] = {}
 """Keys (strings of at most :data:`MAX_SHAPE_KEY` characters) whose converted name is kept (not empty, at most
 :data:`MAX_KEY_LENGTH` characters), and that name: the general pass's one dict lookup per key, instead of a call of the
 conversion's LRU cache and the length checks (at most ~2 MB of keys and names)."""
-"""A shape's converted names and the position of ``"products"`` among them (-1: none); ``_SLOW`` when the shape
-cannot take the fast path (a key dropped, or two keys with one name)."""
 
 
 class _Room:
