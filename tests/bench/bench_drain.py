@@ -7,7 +7,8 @@ Segment-shaped tracks written in one go (the envelope ingest writes, pipelined `
 :meth:`worker.delivery.drain.Drainer.drain` of every partition until the streams are empty, with an
 ``httpx.MockTransport`` that answers every upload 200 ``{"status": "success"}`` (the request body is built and sent as
 in production, through the transport itself where the tree's seam has ``CleverTap.direct``, as its workers send, else
-through an ``httpx.Client``; the answer costs nothing). Figures: the drain's CPU in the process (``time.process_time``,
+through an ``httpx.Client``; the answer costs nothing), the destination held as a worker holds it (``Destinations``, a
+``Mapping`` whose ``get`` is Python's, not a dict). Figures: the drain's CPU in the process (``time.process_time``,
 every thread) and in Redis (``INFO`` ``used_cpu_user`` + ``used_cpu_sys``), per message. ``--threads N`` drains N
 partitions at a time from N threads (the GIL shared, as in a worker). The collector is set as ``ctrelay worker`` sets it
 (``gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)``, ``gc.freeze()`` once ready; ``--default-gc``: CPython's default
@@ -74,7 +75,7 @@ def run_side(
 
     import worker
     from worker.cli.embedded import redis_server
-    from worker.core.destinations import Destination
+    from worker.core.destinations import Destination, Destinations
     from worker.core.keys import Envelope, Keys, partition_of
     from worker.delivery.batches import Deliverer
     from worker.delivery.clevertap import CleverTap
@@ -109,7 +110,7 @@ def run_side(
         deliverer = Deliverer(
             client,
             keys,
-            {"wk": destination},
+            Destinations([destination]),  # as a worker holds them (a Mapping, not a dict)
             clevertap=clevertap,
             slots=AccountSlots(client, keys, 15),
             deadletters=DeadLetterStore(client, keys),
