@@ -13,11 +13,17 @@
 
 What is the same for every message of a request (its ``receivedAt`` text, its ``sentAt`` parsed) is computed once,
 on its :class:`Request`; the ``receivedAt`` text once per millisecond, for the requests received in it.
+
+The correction is integer arithmetic on microseconds since 0001-01-01T00:00:00Z (:func:`instant`: a time's text
+read once, cached in a plain dict, cheaper than ``functools.lru_cache`` on a hit), written back by
+:func:`text_of`: each second's text is made once (by :func:`format_time`, so the two cannot differ) and the
+milliseconds appended from a table, instead of a ``datetime`` subtraction and :func:`format_time` (orjson) per
+message. A result outside ``datetime``'s range (years 1 to 9999) is out of range as before: ``receivedAt``; a
+received time not in UTC (never ingest's own clock) is corrected on datetimes, as before.
 """
 
 from __future__ import annotations
 
-import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,17 +50,54 @@ def parse_time(value: object) -> datetime | None:
     """An ISO 8601 string as an aware datetime (naive means UTC), or None when it is not one."""
     if not isinstance(value, str) or not value or len(value) > 64:  # ISO 8601 needs ~35 characters at most
         return None
-    return _parse_text(value)
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_text(value: str) -> datetime | None:
-    """Cached: every item of a batch shares the batch's ``sentAt``."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+_ZERO = datetime.min.replace(tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_LAST_INSTANT = (datetime.max.replace(tzinfo=UTC) - _ZERO) // _MICROSECOND
+"""The last microsecond :func:`text_of` writes (9999-12-31T23:59:59.999999Z); the first is 0."""
+_KEPT = 1024
+"""Entries of each cache below (then it starts again empty): a batch's times, kept across its messages."""
+_UNKNOWN = object()
+_instants: dict[str, int | None] = {}
+
+
+def instant(value: object) -> int | None:
+    """:func:`parse_time` of ``value`` as microseconds since 0001-01-01T00:00:00Z (``None``: not a time); an offset
+    may put it before 0 or after the last microsecond of year 9999. Cached by text: a batch's items share its
+    ``sentAt``, often their ``timestamp`` too."""
+    if value.__class__ is not str and not isinstance(value, str):
+        return None
+    found = _instants.get(value, _UNKNOWN)
+    if found is _UNKNOWN:
+        moment = parse_time(value)
+        found = None if moment is None else (moment - _ZERO) // _MICROSECOND
+        if len(_instants) >= _KEPT:
+            _instants.clear()
+        _instants[value] = found
+    return found  # type: ignore[return-value]  # (an int or None once found)
+
+
+_seconds: dict[int, str] = {}
+_MILLISECONDS = tuple(f".{n:03d}Z" for n in range(1000))
+
+
+def text_of(moment: int) -> str:
+    """:func:`format_time` of an :func:`instant` within ``datetime``'s range (0 to ``_LAST_INSTANT``): the text of
+    its second, made once (by :func:`format_time` itself) and cached, and its milliseconds from a table."""
+    second, micros = divmod(moment, 1_000_000)
+    prefix = _seconds.get(second)
+    if prefix is None:
+        prefix = format_time(_ZERO + timedelta(seconds=second))[:-5]  # (without ".000Z")
+        if len(_seconds) >= _KEPT:
+            _seconds.clear()
+        _seconds[second] = prefix
+    return prefix + _MILLISECONDS[micros // 1000]
 
 
 def merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +145,17 @@ class Request:
     """What one HTTP request gives every message it carries; what is the same for all of them is computed once,
     here (a plain slots class: a frozen dataclass's ``__init__`` costs a single call ~1 µs)."""
 
-    __slots__ = ("context", "correct_skew", "integrations", "received", "received_text", "sent", "sent_at")
+    __slots__ = (
+        "context",
+        "correct_skew",
+        "integrations",
+        "received",
+        "received_instant",
+        "received_text",
+        "sent",
+        "sent_at",
+        "sent_instant",
+    )
 
     def __init__(
         self,
@@ -121,11 +174,16 @@ class Request:
         self.received_text = _received.text(received)
         self.sent = None if sent_at is None else parse_time(sent_at)
         """``sent_at`` parsed (``None``: absent or not a time), once for the request's messages."""
+        self.sent_instant = None if sent_at is None else instant(sent_at)
+        """The same as an :func:`instant`."""
+        self.received_instant = (received - _ZERO) // _MICROSECOND if received.tzinfo is UTC else None
+        """``received`` as an :func:`instant` when it is in UTC (as ingest's clock gives it), else ``None``: the
+        correction is then made on datetimes, in ``received``'s zone, as written (its range ends are that zone's)."""
 
 
 def _timestamp(message: dict[str, Any], request: Request, received_text: str) -> str:
     """A webhook's ``timestamp``: its own when it is a time (Segment corrected it), else ``receivedAt``."""
-    return message["timestamp"] if parse_time(message.get("timestamp")) is not None else received_text
+    return message["timestamp"] if instant(message.get("timestamp")) is not None else received_text
 
 
 def enrich(message: dict[str, Any], request: Request, received_text: str) -> dict[str, Any]:
@@ -157,14 +215,31 @@ def enrich(message: dict[str, Any], request: Request, received_text: str) -> dic
     stamp = received_text
     if original is not None:
         message["originalTimestamp"] = original
-        client = parse_time(original)
+        client = instant(original)
         if client is not None:
             text = get("sentAt")
-            sent = request.sent if text is sent_at else parse_time(text)  # (the request's, parsed once)
-            try:
-                stamp = format_time(client if sent is None else request.received - (sent - client))
-            except (OverflowError, ValueError):  # out of datetime's range once shifted (year 1 or 9999): malformed
-                stamp = received_text
+            sent = request.sent_instant if text is sent_at else instant(text)  # (the request's, parsed once)
+            received = request.received_instant
+            if sent is None:
+                moment: int | None = client
+            elif received is not None:
+                moment = received - (sent - client)
+            else:  # (a received time not in UTC: on datetimes)
+                moment, stamp = None, _corrected(request.received, text, original, received_text)
+            if moment is not None and 0 <= moment <= _LAST_INSTANT:  # (else out of range once shifted: malformed)
+                stamp = text_of(moment)
     message["timestamp"] = stamp
     message.pop("writeKey", None)
     return message
+
+
+def _corrected(received: datetime, sent_at: object, original: object, received_text: str) -> str:
+    """The corrected timestamp as datetimes give it, for a ``received`` time not in UTC (its zone's range ends
+    apply); ``received_text`` when out of range."""
+    sent, client = parse_time(sent_at), parse_time(original)
+    if sent is None or client is None:  # (not so: both have instants)
+        return received_text
+    try:
+        return format_time(received - (sent - client))
+    except (OverflowError, ValueError):  # out of datetime's range once shifted (year 1 or 9999): malformed
+        return received_text

@@ -214,7 +214,9 @@ class Ingest:
         document = body.parse_json(data)
         depth = settings.max_depth
         items, top = _items(kind, document, settings.max_batch_messages)
-        flat = body.shallow(data, depth)  # then no message, enriched or not, can nest past the bound
+        # flat: no message, enriched or not, can nest past the bound. Not counted for more items than the bound: then
+        # the body, its items objects, has more brackets than that (each message is checked on its own encoding)
+        flat = len(items) < depth and body.shallow(data, depth)
         if top is not None and not flat:
             for name in ("context", "integrations"):  # merged into every item, one level down
                 if body.too_deep(top.get(name), depth - 1):

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from ingest import body
 from ingest.tracking import auth
 from ingest.tracking import enrich as enrich_module
-from ingest.tracking.enrich import Request, enrich, format_time, merge, parse_time
+from ingest.tracking.enrich import Request, enrich, format_time, instant, merge, parse_time
 from worker.core.destinations import Destination, Destinations
 from worker.core.errors import RequestError
 
@@ -164,7 +164,7 @@ def test_the_requests_sent_at_is_parsed_once_for_its_messages() -> None:
     assert Request(received=RECEIVED, sent_at="not a time").sent is None
     assert Request(received=RECEIVED).sent is None
     stamps = []
-    with mock.patch.object(enrich_module, "parse_time", wraps=parse_time) as parsed:
+    with mock.patch.object(enrich_module, "instant", wraps=instant) as parsed:  # (each time is read as an instant)
         for own in (None, None, "2026-11-28T12:00:03Z"):
             message = {"type": "track", "timestamp": "2026-11-28T12:00:01Z"}
             if own is not None:
