@@ -41,7 +41,7 @@ from worker.store.streams import measure_backlog, queue_backlog, read_backlogs
 # deletion: write its suppression (added now, or a duplicate whose pending key is still there: an earlier attempt
 # did not finish). Redis's CPU goes to the calls (SADD, SISMEMBER, XADD: each call and each argument costs), so
 # the loop is index arithmetic over KEYS and ARGV, with no table or string made per message, and what it uses of
-# Lua's globals (redis.call, KEYS, ARGV) is held in locals: a global's lookup per use was ~4 % of Redis's
+# Lua's globals (redis.call, KEYS, ARGV) is held in locals: a global's lookup per use was ~5 % of Redis's
 # instructions per message (callgrind). The calls stay per message (SADD, SISMEMBER, XADD), not per marker set:
 # a bucket is sized for ~128 members a set, so under load (many messages a window) a call's messages of one
 # partition almost never share a set, and a set's SMISMEMBER and SADD would be two calls where one SADD was.
