@@ -8,6 +8,7 @@ per message). Run through ``tests/bench/bench_dedup.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import Iterator
@@ -268,6 +269,81 @@ def held_drain(
     return used, commands
 
 
+def side_instructions(url: str, messages: int, state: str, batch: int = 100) -> dict[str, Any]:
+    """The enqueue of :func:`side_rounds` against a ``redis-server`` run by callgrind (:func:`callgrind_redis`),
+    counted from its first request to its last (the scripts loaded and the sizes read before, by one message
+    outside the count): Redis's instructions, a firmer figure than CPU seconds on a loaded machine."""
+    import subprocess
+
+    client = redis.Redis.from_url(url)
+    pid = str(client.info("server")["process_id"])
+    keys = Keys(f"bench-enqueue-{uuid.uuid4().hex[:6]}")
+    producer = Producer(keys, PARTITIONS, WINDOW)
+    day = 30_000
+    if state == "steady":
+        steady_buckets(client, keys, day)
+    producer.clock = lambda: day * WINDOW + 10
+    batches = [
+        [producer.entry("wk_live_1", message(i)) for i in range(start, start + batch)]
+        for start in range(0, messages, batch)
+    ]
+
+    def control(*flags: str) -> None:
+        subprocess.run(["callgrind_control", *flags, pid], check=True, capture_output=True)
+
+    async def enqueue() -> None:
+        async_client = redis.asyncio.Redis.from_url(url)
+        await producer.enqueue(async_client, [producer.entry("wk_live_1", message(messages))])  # (not counted)
+        control("-i", "on")
+        for request in batches:
+            await producer.enqueue(async_client, request)
+        control("-i", "off")
+        control("-d")
+        await async_client.aclose()
+
+    asyncio.run(enqueue())
+    for name in client.scan_iter(match=f"{keys.prefix}:*", count=1000):
+        client.delete(name)
+    client.close()
+    return {"pid": pid}
+
+
+def callgrind_totals(directory: str, pid: str) -> int:
+    """The instructions of a callgrind dump (``callgrind_control -d``: the file ``out.<pid>.1``)."""
+    from pathlib import Path
+
+    for line in (Path(directory) / f"out.{pid}.1").read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in the callgrind dump of {pid}")
+
+
+@contextlib.contextmanager
+def callgrind_redis() -> Iterator[tuple[str, str]]:
+    """A ``redis-server`` (the embedded one's settings) under ``valgrind --tool=callgrind``, its instrumentation
+    off until :func:`side_instructions` turns it on: (its URL, the directory of its dumps)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from worker.cli.embedded import free_port, stop_process, wait_until_answers
+
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--instructions needs valgrind (callgrind) on the PATH")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ctrelay-callgrind-") as workdir:
+        args = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={workdir}/out.%p"]
+        args += ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", workdir, "--daemonize", "no", "--loglevel", "warning"]
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            wait_until_answers(url, deadline_s=60.0)
+            yield url, workdir
+        finally:
+            stop_process(process, timeout_s=30.0)
+
+
 def compare() -> None:
     import argparse
     import json
@@ -288,7 +364,15 @@ def compare() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=100, help="messages per request (1: single calls)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count Redis's instructions of the enqueue under callgrind instead (one round: counts do not vary much)",
+    )
     args = parser.parse_args()
+    if args.instructions:
+        instructions(args, checkout, code_version)
+        return
     probe = (
         "import sys, json, enqueue_cpu; "
         "print(json.dumps(enqueue_cpu.side_rounds(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))"
@@ -327,6 +411,39 @@ def compare() -> None:
                 commands = sorted(best[(name, f"{state} {part}")]["commands"].items(), key=lambda kv: -kv[1][1])
                 calls = ", ".join(f"{k} {n:.3f} ({us:.2f} us)" for k, (n, us) in commands)
                 print(f"           {name} calls/msg (usec/msg): {calls}")
+
+
+def instructions(args: Any, checkout: Any, code_version: Any) -> None:
+    """``--instructions``: per side and state, a ``redis-server`` under callgrind counts the enqueue (base, head)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    root = here.parents[1]
+    probe = (
+        "import sys, json, enqueue_cpu; "
+        "print(json.dumps(enqueue_cpu.side_instructions(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))"
+    )
+    counts: dict[tuple[str, str], float] = {}
+    with checkout(args.base) as base_root:
+        for state in STATES:
+            for name, side_root in (("base", base_root), ("head", root)):
+                with callgrind_redis() as (url, workdir):
+                    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(side_root), str(here)]))
+                    out = subprocess.run(
+                        [sys.executable, "-c", probe, url, str(args.messages), state, str(args.batch)],
+                        cwd=side_root, env=env, capture_output=True, text=True, check=True,
+                    )  # fmt: skip
+                    pid = json.loads(out.stdout.strip().splitlines()[-1])["pid"]
+                    counts[(name, state)] = callgrind_totals(workdir, pid) / args.messages
+    print(f"Redis instructions per message of the enqueue (callgrind), base {args.base} vs head {code_version()}: "
+          f"{args.messages:,} messages, requests of {args.batch} over {PARTITIONS} partitions")  # fmt: skip
+    for state in STATES:
+        b, h = counts[("base", state)], counts[("head", state)]
+        print(f"  {state:6} enqueue base {b:9,.0f}  head {h:9,.0f} instructions/msg  ({h / b:.3f}x)")
 
 
 if __name__ == "__main__":

@@ -236,3 +236,42 @@ def test_the_scripts_run_on_fakeredis(keys: Keys) -> None:
     sync = fakeredis.FakeRedis(server=server)
     stream = keys.stream(partition_of("alice", 2))
     assert [Envelope.decode(f).message["userId"] for _, f in sync.xrange(stream)].count("alice") == 1
+
+
+def test_one_set_per_bucket_duplicates_in_the_call_and_in_the_previous_bucket(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    """Buckets of one set (a quiet partition): every message of a call shares its marker set and the previous
+    bucket's. The first of a messageId in the call wins, one in the previous bucket is a duplicate, a deletion's flag
+    lands on its own answer; a failed XADD leaves no marker in the shared set, for that message or a later one."""
+    bucket = 4_000_000
+    start = bucket * WINDOW + 10
+    redis_client.hset(keys.seen_sizes(0), mapping={bucket - 1: 1, bucket: 1})
+    producer = at(Producer(keys, 1, dedup_window=WINDOW), start - WINDOW)
+    old = producer.entry("wk", message("u", "old"))
+    assert all(run(redis_url, producer, [old]))
+    at(producer, start)
+    new, other, deletion = (producer.entry("wk", message("u", m)) for m in ("new", "other", "d1"))
+    hash_key = keys.suppressed("wk")
+    fields = {4: {"i:u": "9e9|1|track"}}
+    answer = run(redis_url, producer, [new, old, new, other, deletion, old], (hash_key, "v", fields))
+    assert [w is not None for w in answer] == [True, False, False, True, True, False]
+    assert producer.markers.cached(0, bucket) == (1, 1)
+    assert redis_client.hget(hash_key, "i:u") == b"9e9|1|track"
+    ids = [Envelope.decode(f).message["messageId"] for _, f in redis_client.xrange(keys.stream(0))]
+    assert ids == ["old", "new", "other", "d1"]
+    assert [entry_id for entry_id, _ in redis_client.xrange(keys.stream(0))][1:] == [answer[0], answer[3], answer[4]]
+
+    first, second = producer.entry("wk", message("u", "f1")), producer.entry("wk", message("u", "f2"))
+    moved = f"{keys.prefix}:moved"  # (the stream put aside, under the test's prefix)
+    redis_client.rename(keys.stream(0), moved)
+    redis_client.set(keys.stream(0), "not a stream")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        run(redis_url, producer, [first, second])
+    markers = Markers(keys, WINDOW)
+    assert markers.remembered(redis_client, 0, "wk", "f1", now=start) is None
+    assert markers.remembered(redis_client, 0, "wk", "f2", now=start) is None
+    assert markers.remembered(redis_client, 0, "wk", "new", now=start) is not None
+    redis_client.delete(keys.stream(0))
+    redis_client.rename(moved, keys.stream(0))
+    assert all(run(redis_url, producer, [first, second]))
