@@ -70,8 +70,9 @@ _instants: dict[str, int | None] = {}
 def instant(value: object) -> int | None:
     """:func:`parse_time` of ``value`` as microseconds since 0001-01-01T00:00:00Z (``None``: not a time); an offset
     may put it before 0 or after the last microsecond of year 9999. Cached by text: a batch's items share its
-    ``sentAt``, often their ``timestamp`` too."""
-    if value.__class__ is not str and not isinstance(value, str):
+    ``sentAt``, often their ``timestamp`` too. A text that cannot be a time (empty, or longer than
+    :func:`parse_time` reads) is not cached: the cache holds short keys only, whatever a client sends."""
+    if (value.__class__ is not str and not isinstance(value, str)) or not value or len(value) > 64:
         return None
     found = _instants.get(value, _UNKNOWN)
     if found is _UNKNOWN:
@@ -152,7 +153,6 @@ class Request:
         "received",
         "received_instant",
         "received_text",
-        "sent",
         "sent_at",
         "sent_instant",
     )
@@ -172,10 +172,8 @@ class Request:
         self.integrations = integrations
         self.correct_skew = correct_skew
         self.received_text = _received.text(received)
-        self.sent = None if sent_at is None else parse_time(sent_at)
-        """``sent_at`` parsed (``None``: absent or not a time), once for the request's messages."""
         self.sent_instant = None if sent_at is None else instant(sent_at)
-        """The same as an :func:`instant`."""
+        """``sent_at`` as an :func:`instant` (``None``: absent or not a time), once for the request's messages."""
         self.received_instant = (received - _ZERO) // _MICROSECOND if received.tzinfo is UTC else None
         """``received`` as an :func:`instant` when it is in UTC (as ingest's clock gives it), else ``None``: the
         correction is then made on datetimes, in ``received``'s zone, as written (its range ends are that zone's)."""

@@ -214,8 +214,9 @@ class Ingest:
         document = body.parse_json(data)
         depth = settings.max_depth
         items, top = _items(kind, document, settings.max_batch_messages)
-        # flat: no message, enriched or not, can nest past the bound. Not counted for more items than the bound: then
-        # the body, its items objects, has more brackets than that (each message is checked on its own encoding)
+        # flat: no message, enriched or not, can nest past the bound. Not counted for as many items as the bound
+        # or more: then the body (its array and items objects) has more brackets than the bound (each message is
+        # checked on its own encoding)
         flat = len(items) < depth and body.shallow(data, depth)
         if top is not None and not flat:
             for name in ("context", "integrations"):  # merged into every item, one level down

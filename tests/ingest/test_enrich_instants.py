@@ -109,3 +109,19 @@ def test_the_skew_correction_is_the_one_on_datetimes(
         original, own_sent if own_sent is not None else batch_sent, received, request.received_text
     )
     assert enrich(message, request, request.received_text)["timestamp"] == expected
+
+
+def test_only_short_texts_are_cached_whatever_a_client_sends() -> None:
+    """A huge ``timestamp`` (refused later as too large, or just not a time) is never kept by the cache of
+    :func:`instant`: what it holds is bounded by entries *and* by their size."""
+    from ingest.tracking import enrich as module
+
+    huge = "2026-11-28T12:00:00Z" + " " * 400_000
+    assert instant(huge) is None
+    assert instant("") is None
+    assert huge not in module._instants
+    assert "" not in module._instants
+    assert all(len(text) <= 64 for text in module._instants)
+    assert instant("2026-11-28T12:00:00Z") == (datetime(2026, 11, 28, 12, tzinfo=UTC) - FIRST.replace(tzinfo=UTC)) // (
+        timedelta(microseconds=1)
+    )

@@ -159,10 +159,11 @@ def test_no_skew_correction_for_webhooks() -> None:
 
 def test_the_requests_sent_at_is_parsed_once_for_its_messages() -> None:
     request = Request(received=RECEIVED, sent_at="2026-11-28T12:00:05Z")
-    assert request.sent == datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
+    sent = datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
+    assert request.sent_instant == (sent - datetime.min.replace(tzinfo=UTC)) // timedelta(microseconds=1)
     assert request.received_text == format_time(RECEIVED) == "2026-11-28T12:00:00.000Z"
-    assert Request(received=RECEIVED, sent_at="not a time").sent is None
-    assert Request(received=RECEIVED).sent is None
+    assert Request(received=RECEIVED, sent_at="not a time").sent_instant is None
+    assert Request(received=RECEIVED).sent_instant is None
     stamps = []
     with mock.patch.object(enrich_module, "instant", wraps=instant) as parsed:  # (each time is read as an instant)
         for own in (None, None, "2026-11-28T12:00:03Z"):
