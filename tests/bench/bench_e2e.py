@@ -1,6 +1,6 @@
 """End to end through HTTP ingest, and single calls, this tree against a base commit, side by side in one run.
 
-Run: ``.venv/bin/python tests/bench/bench_e2e.py [--base REV] [--seconds 4] [--workers 2]``
+Run: ``.venv/bin/python tests/bench/bench_e2e.py [--base REV] [--seconds 4] [--slow-seconds 10] [--workers 2]``
 
 Each side is a relay of its own, real processes on loopback: a ``redis-server`` of its own (so that all of its
 CPU is the relay's), ``ctrelay sandbox`` (CleverTap, 15 concurrent uploads), ``ctrelay ingest`` and
@@ -13,8 +13,10 @@ The load is Segment-shaped and comes from separate processes (a lean asyncio HTT
 connections, every body built before the clock starts, Basic auth with the write key):
 
 - end to end: ``/v1/batch`` requests of 100 ~300-byte tracks (as analytics-python sends them), at a sandbox
-  latency of 200 ms and of 1 s, ``seconds × ceiling`` messages each, where the ceiling is CleverTap's
-  ``15 × 1000 / latency`` (75,000 and 15,000 msgs/s). The rate is messages / (last record at the sandbox − first
+  latency of 200 ms and of 1 s, ``seconds × ceiling`` messages each (``--seconds`` at 200 ms, ``--slow-seconds``
+  at 1 s: there 4 s of load are only ~3 s of uploads of 1 s each, and the steady state of one code moved by ±25 %
+  between runs; 10 s hold it within a few per cent), where the ceiling is CleverTap's ``15 × 1000 / latency``
+  (75,000 and 15,000 msgs/s). The rate is messages / (last record at the sandbox − first
   request sent); the steady state is records/s between 10 % and 90 % of them arriving. Per process: CPU
   microseconds per message (user + system from ``/proc/<pid>/stat``, children included: uvicorn, Celery's pool)
   over the whole scenario, every message having gone through each process once.
@@ -246,10 +248,18 @@ def table(rows: list[tuple[str, str, float, float]]) -> None:
         print(f"    {label:34} {fmt.format(base)} {fmt.format(head)} {ratio(head, base)}")
 
 
+def scenario_messages(latency_ms: int, seconds: float, slow_seconds: float) -> int:
+    """Messages of the scenario at ``latency_ms``: its length (``seconds``, ``slow_seconds`` at 1 s) at the ceiling
+    rate, in whole batches of 100."""
+    length = slow_seconds if latency_ms >= 1000 else seconds
+    return int(CAP * 1000 / (latency_ms / 1000) * length) // 100 * 100
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--base", help=f"the commit to compare with (default: merge-base of HEAD and {SESSION_START})")
     parser.add_argument("--seconds", type=float, default=4, help="scenario length at the ceiling rate (messages)")
+    parser.add_argument("--slow-seconds", type=float, default=10, help="scenario length at 1 s (messages)")
     parser.add_argument("--workers", type=int, default=2, help="ctrelay worker processes per side")
     parser.add_argument("--processes", type=int, default=2, help="load processes")
     parser.add_argument("--connections", type=int, default=8, help="connections per load process")
@@ -269,7 +279,7 @@ def main() -> None:
         side("head", ROOT, Path(scratch), args.workers) as head,
     ):
         for latency_ms in LATENCIES_MS:
-            count = int(CAP * 1000 / (latency_ms / 1000) * args.seconds) // 100 * 100
+            count = scenario_messages(latency_ms, args.seconds, args.slow_seconds)
             for one in (base, head):
                 one.latency(latency_ms)
                 figures[(one.name, f"{latency_ms}")] = one.send(
@@ -292,7 +302,7 @@ def main() -> None:
           f"{load_before} before, {load_average()} after")  # fmt: skip
     for latency_ms in LATENCIES_MS:
         ceiling = CAP * 1000 / (latency_ms / 1000)
-        count = int(ceiling * args.seconds) // 100 * 100
+        count = scenario_messages(latency_ms, args.seconds, args.slow_seconds)
         b, h = figures[("base", f"{latency_ms}")], figures[("head", f"{latency_ms}")]
         print(f"  latency {latency_ms} ms (ceiling 15 x 1000 / {latency_ms / 1000:g} s = {ceiling:,.0f} msgs/s), "
               f"{count:,} messages via /v1/batch x100:")  # fmt: skip

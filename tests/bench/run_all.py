@@ -48,7 +48,7 @@ BENCHES = [
     Bench("delivery", "End to end vs the naive Celery baseline and the CleverTap ceiling", ("bench_delivery.py",),
           ("bench_delivery.py", "--messages", "20000", "--naive-messages", "300", "--naive-messages-0ms", "600")),
     Bench("e2e", "End to end through HTTP ingest and single calls, against a base commit", ("bench_e2e.py",),
-          ("bench_e2e.py", "--seconds", "0.5")),
+          ("bench_e2e.py", "--seconds", "0.5", "--slow-seconds", "0.5")),
     Bench("ingest_side", "Ingest's CPU per single call and per batched message, against a base commit",
           ("bench_ingest_side.py", "--base", BASE), ("bench_ingest_side.py", "--base", BASE, "--rounds", "1",
           "--singles", "1000", "--batches", "50")),
