@@ -6,12 +6,13 @@ A realistic mix, in equal parts: identify with 15 traits (special ones included)
 properties, Order Completed with 3 products, page, screen; every message has its own ids, values and
 timestamp (as ingest stores them), the keys repeat as they do in real traffic. Three figures:
 
-- cached: the bounded LRU key cache and the table of dict shapes warm (the steady state of a worker);
-- general pass: the key cache warm, no shape table (every dict through
-  :func:`worker.transform.values._clean_general`, as before the table): what the table saves;
-- cold cache: ``snake_case.cache_clear()`` and the shape table emptied before every round (the first messages
+- cached: the bounded LRU key cache and the table of names (:data:`worker.transform.values._NAMES`) warm (the
+  steady state of a worker);
+- no names table: the key cache warm, the names table never kept (every key through the LRU cache and the length
+  checks, as before the table): what the table saves;
+- cold cache: ``snake_case.cache_clear()`` and the names table emptied before every round (the first messages
   after a start);
-- uncached: every key converted again (:func:`worker.transform.keycase.convert` in place of the cache, no shape
+- uncached: every key converted again (:func:`worker.transform.keycase.convert` in place of the cache, no names
   table).
 
 ``--idle-ms N`` adds two figures, the cached transform in slices of 1000 messages (a drain's batch) back to back, and
@@ -188,28 +189,28 @@ def main() -> None:
     messages = mix(args.messages)
 
     values = worker.transform.values
-    shaped = values._clean
+    names, longest = values._NAMES, values.MAX_NAME_KEY
 
-    def general() -> None:
+    def no_table() -> None:  # (no key is short enough to be kept: the table stays empty)
         values.snake_case = snake_case
-        values._clean = values._clean_general  # type: ignore[assignment]
+        values._NAMES, values.MAX_NAME_KEY = {}, -1
 
     def uncached() -> None:
-        general()
+        no_table()
         values.snake_case = convert  # type: ignore[assignment]
 
     def cached() -> None:
         values.snake_case = snake_case
-        values._clean = shaped  # type: ignore[assignment]
+        values._NAMES, values.MAX_NAME_KEY = names, longest
 
     def cold() -> None:
         cached()
         snake_case.cache_clear()
-        values._SHAPES.clear()
+        names.clear()
 
-    best = {"cached": (0.0, 0.0), "general pass": (0.0, 0.0), "cold cache": (0.0, 0.0), "uncached": (0.0, 0.0)}
+    best = {"cached": (0.0, 0.0), "no names table": (0.0, 0.0), "cold cache": (0.0, 0.0), "uncached": (0.0, 0.0)}
     measure(messages[:2000], cached)  # warm the interpreter and the cache
-    variants = (("cached", cached), ("general pass", general), ("cold cache", cold), ("uncached", uncached))
+    variants = (("cached", cached), ("no names table", no_table), ("cold cache", cold), ("uncached", uncached))
     for _ in range(args.rounds):
         for name, before in variants:
             rate = measure(messages, before)
@@ -227,9 +228,9 @@ def main() -> None:
         walled = f"{wall:>10,.0f} msg/s" if wall else "(slices of 1000, back to back)"
         if name == "idle first":
             walled = f"(slices of 1000, {args.idle_ms:g} ms idle before each)"
-        print(f"  {name:<12} {cpu:>10,.0f} msg/s {1e6 / cpu:6.2f} µs   {walled}")
+        print(f"  {name:<14} {cpu:>10,.0f} msg/s {1e6 / cpu:6.2f} µs   {walled}")
     print(f"  ratio cached / uncached (CPU): {best['cached'][0] / best['uncached'][0]:.2f}x")
-    print(f"  ratio cached / general pass (CPU): {best['cached'][0] / best['general pass'][0]:.2f}x")
+    print(f"  ratio cached / no names table (CPU): {best['cached'][0] / best['no names table'][0]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -341,87 +341,29 @@ def typed(value: Any) -> Any:
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(shape_keys, max_size=8, unique=True), st.lists(shape_values, min_size=8, max_size=8), st.data())
-def test_a_known_shape_gives_what_the_general_pass_gives(keys: list[str], items: list[Any], data: Any) -> None:
-    """The shape table's pass (:func:`worker.transform.values._clean`) against the general pass: the same dict,
-    key order, value classes, found value and counts, for a new shape and for one already in the table (other
-    values, same keys), with and without arrays kept, with and without ``products`` asked for."""
+def test_a_key_known_by_the_names_table_gives_what_its_conversion_gives(
+    keys: list[str], items: list[Any], data: Any
+) -> None:
+    """The pass with every key converted (an empty names table) against the same pass with the keys known (the table
+    filled by the first): the same dict, key order, value classes, found value and counts, with and without arrays
+    kept, with and without ``products`` asked for, for the same values and for others under the same keys."""
     from worker.transform import values
 
-    least, values.MIN_SHAPE_KEYS = values.MIN_SHAPE_KEYS, 0  # (every size through the table, small dicts too)
-    try:
-        _compare(values, keys, items, data)
-    finally:
-        values.MIN_SHAPE_KEYS = least
-
-
-def _compare(values: Any, keys: list[str], items: list[Any], data: Any) -> None:
     keep_arrays = data.draw(st.booleans())
     find = data.draw(st.sampled_from([None, "products"]))
-    for round_values in (items, data.draw(st.permutations(items))):
-        message = dict(zip(keys, round_values, strict=False))
-        one, two = TransformStats(), TransformStats()
-        got, found = values._clean(message, one, keep_arrays, find)
-        want, wanted = values._clean_general(message, two, keep_arrays, find)
-        assert typed(got) == typed(want)
-        assert found is wanted
-        assert one == two
-
-
-def test_the_shape_table_holds_only_shapes_it_can_take_and_stays_bounded(monkeypatch: Any) -> None:
-    from worker.transform import values
-
-    monkeypatch.setattr(values, "MIN_SHAPE_KEYS", 1)
-    monkeypatch.setattr(values, "_SHAPES", {})
-    values.clean({"firstName": "a", "Order ID": 1})
-    assert values._SHAPES[("firstName", "Order ID")] == (("first_name", "order_id"), -1)
-    values.clean_finding({"Products": [], "x": 1}, "products")
-    assert values._SHAPES[("Products", "x")] == (("products", "x"), 0)
-    products = [{"sku": "s"}]
-    for _ in range(2):  # a new shape, then a known one
-        assert values.clean_finding({"x": 1, "Products": products}, "products") == ({"x": 1}, products)
-        assert values.clean_finding({"x": 1, "Products": products}, "products")[1] is products
-        assert values.clean_finding({"x": 1, "y": products}, "products") == ({"x": 1}, None)
-    for slow in ({"firstName": 1, "first_name": 2}, {"$": 1}):
-        assert values.clean(slow) == values._clean_general(slow, None, False, None)[0]
-        assert values._SHAPES[tuple(slow)] is values._SLOW  # (collision, empty name)
-    for long in ({"a" * 65: 1}, {"x": 1, "k" * 201: 1}):
-        assert values.clean(long) == values._clean_general(long, None, False, None)[0]
-        assert tuple(long) not in values._SHAPES  # a key too long: not kept (the table's memory stays bounded)
-    many = {f"k{n}": n for n in range(values.MAX_SHAPE_KEYS + 1)}
-    assert values.clean(many) == many
-    assert tuple(many) not in values._SHAPES  # too many keys: the general pass, nothing kept
-
-
-def test_a_full_shape_table_turns_new_shapes_away_then_relearns(monkeypatch: Any) -> None:
-    """A full table takes no new shape (their dicts take the general pass: no conversion of their keys on nearly
-    every dict when more shapes than it holds come in rotation) and is emptied after ``_RELEARN`` such misses; the
-    key characters it holds are bounded too."""
-    from worker.transform import values
-
-    monkeypatch.setattr(values, "MIN_SHAPE_KEYS", 1)
-    monkeypatch.setattr(values, "_SHAPES", {})
-    monkeypatch.setattr(values._Room, "chars", 0)
-    monkeypatch.setattr(values._Room, "misses", 0)
-    monkeypatch.setattr(values, "MAX_SHAPES", 3)
-    monkeypatch.setattr(values, "_RELEARN", 5)
-    for n in range(3):
-        values.clean({f"key{n}": n})
-    assert list(values._SHAPES) == [("key0",), ("key1",), ("key2",)]
-    for n in range(3, 7):  # four misses: turned away, cleaned as the general pass cleans them
-        assert values.clean({f"Key {n}": n}) == {f"key_{n}": n}
-    assert list(values._SHAPES) == [("key0",), ("key1",), ("key2",)]
-    assert values.clean({"key0": "again"}) == {"key0": "again"}  # (a known shape is no miss)
-    values.clean({"key7": 7})  # the fifth miss: emptied
-    assert values._SHAPES == {}
-    values.clean({"key8": 8})
-    assert list(values._SHAPES) == [("key8",)]
-    monkeypatch.setattr(values, "MAX_SHAPES", 1024)
-    monkeypatch.setattr(values, "MAX_SHAPE_CHARS", 10)
-    values._SHAPES.clear()
-    values._Room.chars = 0
-    values.clean({"abcdef": 1})
-    assert values.clean({"ghijk": 1}) == {"ghijk": 1}  # 6 + 5 characters > 10: not kept
-    assert list(values._SHAPES) == [("abcdef",)]
+    saved = values._NAMES
+    try:
+        for round_values in (items, data.draw(st.permutations(items))):
+            message = dict(zip(keys, round_values, strict=False))
+            one, two = TransformStats(), TransformStats()
+            values._NAMES = {}
+            cold, cold_found = values._clean(message, one, keep_arrays, find)
+            warm, warm_found = values._clean(message, two, keep_arrays, find)  # (its keys known now, when kept)
+            assert typed(warm) == typed(cold)
+            assert warm_found is cold_found
+            assert one == two
+    finally:
+        values._NAMES = saved
 
 
 def test_the_general_pass_remembers_kept_names_only_and_stays_bounded(monkeypatch: Any) -> None:
@@ -433,24 +375,17 @@ def test_the_general_pass_remembers_kept_names_only_and_stays_bounded(monkeypatc
     monkeypatch.setattr(values, "MAX_NAMES", 3)
     data = {"firstName": 1, "$": 2, "x" * 121: 3, "k" * 65: 4, "Order ID": 5}
     for _ in range(2):  # learnt, then known
-        assert values._clean_general(data, None, False, None)[0] == {"first_name": 1, "k" * 65: 4, "order_id": 5}
+        assert values._clean(data, None, False, None)[0] == {"first_name": 1, "k" * 65: 4, "order_id": 5}
         assert values._NAMES == {"firstName": "first_name", "Order ID": "order_id"}
     stats = TransformStats()
-    values._clean_general(data, stats, False, None)
+    values._clean(data, stats, False, None)
     assert stats.keys_dropped == 1  # (the key too long; "$" converts to nothing: not counted)
-    values._clean_general({"a": 1, "b": 2}, None, False, None)  # the fourth: full, emptied, learns again
+    values._clean({"a": 1, "b": 2}, None, False, None)  # the fourth: full, emptied, learns again
     assert values._NAMES == {"b": "b"}
     assert values.clean_finding({"Products": [1], "x": 1}, "products") == ({"x": 1}, [1])
     assert values.clean_finding({"Products": [2], "x": 1}, "products") == ({"x": 1}, [2])  # (a known name found)
-
-
-def test_dicts_of_few_keys_take_the_general_pass(monkeypatch: Any) -> None:
-    """Below ``MIN_SHAPE_KEYS`` keys the shape's lookup costs more than it saves: such dicts never enter the table."""
-    from worker.transform import values
-
-    monkeypatch.setattr(values, "_SHAPES", {})
-    few = {f"Key {n}": n for n in range(values.MIN_SHAPE_KEYS - 1)}
-    enough = {f"Key {n}": n for n in range(values.MIN_SHAPE_KEYS)}
-    assert values.clean(few) == values._clean_general(few, None, False, None)[0]
-    assert values.clean(enough) == values._clean_general(enough, None, False, None)[0]
-    assert list(values._SHAPES) == [tuple(enough)]
+    products = [{"sku": "s"}]
+    assert values.clean_finding({"x": 1, "Products": products}, "products")[1] is products  # (the value itself)
+    assert values.clean_finding({"x": 1, "y": products}, "products") == ({"x": 1}, None)
+    for slow in ({"firstName": 1, "first_name": 2}, {"$": 1}):  # (two keys, one name: the later wins; empty: dropped)
+        assert values.clean(slow) == ({"first_name": 2} if "firstName" in slow else {})

@@ -13,15 +13,11 @@ Counts go to an optional :class:`TransformStats` the caller owns (the worker tur
 debug logs); nothing here logs or reads a clock. This is the transform's hot path: the common value types
 are tested by exact class first, subclasses and the rest take the slow path.
 
-The same key sets come again and again (a track's properties, an identify's traits), so a dict's *shape*, its keys
-in order, is looked up in a bounded table (:data:`_SHAPES`) that holds their converted names when every one is kept
-and no two collide; a dict of a known shape then pairs its values with those names and tests only the values, as the
-general pass tests them (no key converted, checked or compared per key: ~0.7 of the general pass's instructions for
-10-15 keys; below :data:`MIN_SHAPE_KEYS` keys the lookup costs more than it saves, in time). Anything else takes the
-general pass (:func:`_clean_general`), which says what the result is: the table only saves converting each key
-again. (Building the dict with ``dict(zip(names, values))`` first and putting the odd values right after cost more
-than the general pass.) The general pass keeps a table of its own, by key (:data:`_NAMES`): a key whose name it kept
-before costs it one dict lookup, no conversion call and no length check (4 keys: ~0.8 of the pass's time).
+The same keys come again and again (a track's properties, an identify's traits), so :func:`clean` keeps a bounded table
+by key (:data:`_NAMES`): a key whose name it kept before costs one dict lookup, no conversion call and no length
+check (4 keys: ~0.8 of the time). (A table by the whole key set, which paired a dict's values with its names and
+tested only the values, cost 1.01-1.32x this per dict of 8-24 keys once this table existed, 0.95-0.98x at 32,
+and 0.94x over a mix of messages: it was removed.)
 """
 
 from __future__ import annotations
@@ -30,55 +26,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.transform.keycase import MAX_CACHED_KEY, convert, convert_key, snake_case
+from worker.transform.keycase import MAX_CACHED_KEY, convert, snake_case
 
 MAX_KEY_LENGTH = 120
 MAX_VALUE_BYTES = 512
 _ALWAYS_SHORT = MAX_VALUE_BYTES // 4  # at most 4 bytes per character: a string this long always fits
 DROP = object()
 """What :func:`kept` returns for a value that is dropped."""
-MAX_SHAPES = 1024
-"""Shapes (key tuples) remembered by :func:`_clean`. A full table does not take new shapes: their dicts take the
-general pass, as without the table (emptying it at once would make a client with more shapes than this in rotation
-pay a shape's conversion on nearly every dict); after :data:`_RELEARN` such misses it is emptied, so that a worker
-whose traffic changed learns its new shapes."""
-MAX_SHAPE_KEYS = 32
-"""Dicts with more keys take the general pass."""
-MIN_SHAPE_KEYS = 8
-"""Dicts with fewer keys take the general pass: the shape's lookup (a tuple of the keys, hashed) costs more than the
-conversions it saves below ~8 keys (measured per dict, shaped / general: 15 keys 0.44-0.87, 10 keys 0.77-0.83, 7 keys
-1.01-1.21, 4 keys 1.22, 2 keys 1.71)."""
-MAX_SHAPE_KEY = 64
-"""A shape with a longer key (or one not a string) is not remembered: its dicts take the general pass."""
-MAX_SHAPE_CHARS = 1 << 19
-"""The characters of the keys the table holds, at most (about as many again in their names): with the bounds above,
-a few MB at worst, whatever the keys' characters."""
-_RELEARN = 16 * MAX_SHAPES
-Shape = tuple[tuple[str, ...], int]
-_SLOW: Shape = ((), -2)
-_SHAPES: dict[tuple[Any, ...], Shape] = {}
-"""A shape's converted names and the position of ``"products"`` among them (-1: none); ``_SLOW`` when the shape
-cannot take the fast path (a key dropped, or two keys with one name)."""
+MAX_NAME_KEY = 64
+"""A longer key (or one not a string) is not remembered in :data:`_NAMES`: it is converted each time."""
 MAX_NAMES = 16_384
-"""Keys remembered by the general pass (:data:`_NAMES`); a full table is emptied and learns again (a key not in it is
+"""Keys remembered by the pass (:data:`_NAMES`); a full table is emptied and learns again (a key not in it is
 converted through the cache of :mod:`worker.transform.keycase`, as without the table)."""
 _NAMES: dict[str, str] = {}
-"""Keys (strings of at most :data:`MAX_SHAPE_KEY` characters) whose converted name is kept (not empty, at most
-:data:`MAX_KEY_LENGTH` characters), and that name: the general pass's one dict lookup per key, instead of a call of the
+"""Keys (strings of at most :data:`MAX_NAME_KEY` characters) whose converted name is kept (not empty, at most
+:data:`MAX_KEY_LENGTH` characters), and that name: the pass's one dict lookup per key, instead of a call of the
 conversion's LRU cache and the length checks (at most ~6 MB of ASCII keys and names when full, ~15 MB of
 non-ASCII ones)."""
-
-
-class _Room:
-    """What the table holds (key characters) and the misses it turned away since it filled. Updated without a lock:
-    a lost update between threads only moves when the table is emptied."""
-
-    chars = 0
-    misses = 0
-
-
-_FIND = "products"
-"""The one name :func:`clean_finding` is asked for (Order Completed's); another goes the general way."""
 
 
 @dataclass(slots=True)
@@ -165,74 +129,21 @@ def clean_finding(
     return _clean(data, stats, False, find)
 
 
-def _shape(keys: tuple[Any, ...]) -> Shape | None:
-    """The names of a new shape (see the module docstring), remembered while the table has room; None when it is
-    not to be remembered (a key not a short string; a full table: see :data:`MAX_SHAPES`)."""
-    if not all(key.__class__ is str and len(key) <= MAX_SHAPE_KEY for key in keys):
-        return None
-    chars = sum(map(len, keys))
-    if len(_SHAPES) >= MAX_SHAPES or _Room.chars + chars > MAX_SHAPE_CHARS:
-        _Room.misses += 1
-        if _Room.misses >= _RELEARN:
-            _SHAPES.clear()
-            _Room.chars = _Room.misses = 0
-        return None
-    names = tuple(map(convert_key, keys))
-    entry = _SLOW
-    if all(0 < len(name) <= MAX_KEY_LENGTH for name in names) and len(set(names)) == len(names):
-        entry = (names, names.index(_FIND) if _FIND in names else -1)
-    _SHAPES[keys] = entry
-    _Room.chars += chars
-    return entry
-
-
-def _clean(
-    data: Mapping[Any, Any], stats: TransformStats | None, keep_arrays: bool, find: str | None
-) -> tuple[dict[str, Any], Any]:
-    """The one pass of :func:`clean` and :func:`clean_finding`: by the shape's names where it can (the module
-    docstring), else :func:`_clean_general`. The same dict, values, order and counts either way."""
-    if (
-        data.__class__ is not dict
-        or not MIN_SHAPE_KEYS <= len(data) <= MAX_SHAPE_KEYS
-        or (find is not None and find != _FIND)
-    ):
-        return _clean_general(data, stats, keep_arrays, find)
-    keys = tuple(data)
-    entry = _SHAPES.get(keys)
-    if entry is None:
-        entry = _shape(keys)
-    if entry is None or entry is _SLOW:
-        return _clean_general(data, stats, keep_arrays, find)
-    names, at = entry
-    out: dict[str, Any] = {}
-    for name, item in zip(names, data.values(), strict=True):  # the general pass's tests, without the keys'
-        cls = item.__class__
-        if cls is str:
-            out[name] = truncate(item, stats) if len(item) > _ALWAYS_SHORT else item
-        elif cls is int or cls is bool or (cls is float and item - item == 0):
-            out[name] = item
-        elif item is not None:  # (null: dropped)
-            value = kept(item, stats, keep_arrays=keep_arrays)
-            if value is not DROP:
-                out[name] = value
-    return out, (None if find is None or at < 0 else data[keys[at]])
-
-
 def _name(key: Any) -> str:
     """The converted name of a key not in :data:`_NAMES` (remembered there when it is kept and the table has room)."""
     name = snake_case(key) if key.__class__ is str and len(key) <= MAX_CACHED_KEY else convert(key)
-    if 0 < len(name) <= MAX_KEY_LENGTH and key.__class__ is str and len(key) <= MAX_SHAPE_KEY:
+    if 0 < len(name) <= MAX_KEY_LENGTH and key.__class__ is str and len(key) <= MAX_NAME_KEY:
         if len(_NAMES) >= MAX_NAMES:  # full: learn again (a key's entry costs about one conversion)
             _NAMES.clear()
         _NAMES[key] = name
     return name
 
 
-def _clean_general(
+def _clean(
     data: Mapping[Any, Any], stats: TransformStats | None, keep_arrays: bool, find: str | None
 ) -> tuple[dict[str, Any], Any]:
-    """The general pass of :func:`_clean`: every key converted (a kept one known by :data:`_NAMES` in one lookup),
-    every value tested (what the result is)."""
+    """The one pass of :func:`clean` and :func:`clean_finding`: every key converted (a kept one known by
+    :data:`_NAMES` in one lookup), every value tested."""
     out: dict[str, Any] = {}
     found: Any = None
     names = _NAMES
