@@ -25,6 +25,9 @@ from worker.cli.embedded import RedisHandle, answers, ensure_redis
 from worker.core.keys import Keys
 
 _handle: RedisHandle | None = None
+_PREFIXES: set[str] = set()
+"""Every prefix the ``prefix`` fixture gave this session: their keys are deleted when the session's Redis is let go
+(tests that write through a client of their own, async ones included, leave none behind in a shared Redis)."""
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -40,6 +43,14 @@ def redis_handle() -> Iterator[RedisHandle]:
         global _handle
         _handle = handle
         yield handle
+        client = redis.Redis.from_url(handle.url)
+        with contextlib.suppress(redis.RedisError, OSError):
+            doomed = [
+                key for key in client.scan_iter(match="test-*", count=1000) if key.split(b":")[0].decode() in _PREFIXES
+            ]
+            for start in range(0, len(doomed), 500):
+                client.delete(*doomed[start : start + 500])
+        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +60,10 @@ def redis_url(redis_handle: RedisHandle) -> str:
 
 @pytest.fixture
 def prefix() -> str:
-    """A key prefix of this test's own, so that tests never see each other's keys."""
-    return f"test-{uuid.uuid4().hex[:12]}"
+    """A key prefix of this test's own, so that tests never see each other's keys (deleted at the session's end)."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    _PREFIXES.add(prefix)
+    return prefix
 
 
 @pytest.fixture
