@@ -287,9 +287,7 @@ def read_backlog(answers: Sequence[Any]) -> PartitionBacklog:
     """One partition's backlog from the :data:`BACKLOG_COMMANDS` answers :func:`queue_backlog` queued (executed with
     ``raise_on_error=False``: a stream not created yet answers an error, read as empty). Raises a connection error
     found among them."""
-    for answer in answers:
-        if isinstance(answer, redis.ConnectionError | redis.TimeoutError):
-            raise answer
+    _raise_lost(answers)
     length, groups, scheduled = answers
     info = group_info(groups)
     return PartitionBacklog(
@@ -319,14 +317,22 @@ def read_unread(answers: Sequence[Any]) -> int:
     the :data:`UNREAD_COMMANDS` answers :func:`queue_unread` queued (executed with ``raise_on_error=False``: a
     stream or group not created yet answers an error, read as none pending). Raises a connection error found among
     them."""
+    _raise_lost(answers)
+    length, summary = answers
+    pending = summary.get("pending") if isinstance(summary, dict) else None  # (redis-py's form of the summary)
+    return PartitionBacklog(
+        length=length if isinstance(length, int) else 0,
+        pending=pending if isinstance(pending, int) else 0,
+        scheduled=0,
+        group=isinstance(summary, dict),
+    ).unread
+
+
+def _raise_lost(answers: Sequence[Any]) -> None:
+    """Raise the first connection error or timeout among a pipeline's answers (other errors are answers)."""
     for answer in answers:
         if isinstance(answer, redis.ConnectionError | redis.TimeoutError):
             raise answer
-    length, summary = answers
-    if not isinstance(length, int):
-        return 0
-    pending = summary.get("pending") if isinstance(summary, dict) else None  # (redis-py's form of the summary)
-    return max(0, length - (pending if isinstance(pending, int) else 0))
 
 
 def read_backlogs(answers: Sequence[Any], partitions: int, offset: int = 0) -> list[PartitionBacklog]:
